@@ -1,0 +1,564 @@
+//! The cluster definition: the JSON document a user writes, as serde + schemars types.
+//!
+//! The format is a superset of hakube-installer's (2018): every field that tool read is
+//! accepted here, and the ones that no longer apply are kept as deprecated fields that
+//! validation turns into warnings. Field names are camelCase, as in hakube-installer and
+//! in kubeadm's own configuration.
+//!
+//! Defaults live in the `default_*` functions below so that serde, the JSON Schema
+//! (`"default"` keywords) and the documentation agree.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The Kubernetes version used when the definition names none: a current 1.36 patch release.
+pub const DEFAULT_KUBERNETES_VERSION: &str = "1.36.4";
+
+/// A highly available Kubernetes cluster on existing machines: who the nodes are, how to
+/// reach them over SSH, and how kubeadm should set the cluster up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(title = "hakube cluster definition", deny_unknown_fields)]
+pub struct ClusterDefinition {
+    /// The JSON Schema this document follows (lets editors complete and check it).
+    /// Ignored by hakube.
+    #[serde(rename = "$schema", default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+
+    /// The cluster's name: kubeadm's `clusterName`, and the cluster and context name in the
+    /// admin kubeconfig. An RFC 1123 subdomain.
+    #[serde(default = "default_cluster_name")]
+    pub cluster_name: String,
+
+    /// DNS names through which the API server is reached (for example a public load
+    /// balancer's name). Each becomes a subject alternative name of the API server
+    /// certificate (`apiServer.certSANs`) and a context in the admin kubeconfig.
+    #[serde(default, rename = "masterFQDNs")]
+    pub master_fqdns: Vec<String>,
+
+    /// kubeadm's `controlPlaneEndpoint`: a stable IP address or DNS name, usually a load
+    /// balancer that forwards TCP 6443 to every master. Required with more than one master;
+    /// with a single master it defaults to that master's privateIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_load_balancer_address: Option<String>,
+
+    /// The user hakube logs in as over SSH. When it is not root, hakube runs the boot
+    /// scripts through passwordless `sudo`. A node may override it.
+    #[serde(default = "default_ssh_login_user")]
+    pub ssh_login_user: String,
+
+    /// Path to the private SSH key to log in with (`~` is expanded). When unset, `hakube
+    /// render` generates an ed25519 login key pair in the assets (ssh/id_ed25519) and the
+    /// user's ssh-agent and ~/.ssh/config still apply. A node may override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_login_key: Option<String>,
+
+    /// TCP port of sshd on the nodes. A node may override it.
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+
+    /// A bastion to reach the nodes through, as OpenSSH's ProxyJump takes it:
+    /// `[user@]host[:port]`, several separated by commas. Unset: connect directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_bastion: Option<String>,
+
+    /// How install checks the nodes' SSH host keys against the assets' known_hosts.
+    #[serde(default)]
+    pub host_key_policy: HostKeyPolicy,
+
+    /// How many nodes install works on at the same time.
+    #[serde(default = "default_install_concurrency")]
+    pub install_concurrency: u32,
+
+    /// The Kubernetes version to install: `MAJOR.MINOR.PATCH` (a leading `v` is allowed).
+    /// 1.31 or newer (kubeadm.k8s.io/v1beta4).
+    #[serde(default = "default_kubernetes_version")]
+    pub kubernetes_version: String,
+
+    /// The pod network (kubeadm's `networking.podSubnet`), a CIDR. The network provider
+    /// is configured with it.
+    #[serde(default = "default_pod_network_cidr", rename = "podNetworkCIDR")]
+    pub pod_network_cidr: String,
+
+    /// The service network (kubeadm's `networking.serviceSubnet`), a CIDR. Its first
+    /// address is the `kubernetes` service's cluster IP.
+    #[serde(default = "default_service_cidr", rename = "serviceCIDR")]
+    pub service_cidr: String,
+
+    /// The network the nodes' private IPs are on, a CIDR. Optional: when set, every
+    /// privateIP must lie inside it, and it must not overlap the pod or service network.
+    #[serde(default, rename = "nodeNetworkCIDR", skip_serializing_if = "Option::is_none")]
+    pub node_network_cidr: Option<String>,
+
+    /// The cluster's DNS domain (kubeadm's `networking.dnsDomain`).
+    #[serde(default = "default_dns_domain")]
+    pub dns_domain: String,
+
+    /// Where etcd runs.
+    #[serde(default)]
+    pub etcd: EtcdSettings,
+
+    /// Keys and validity of the certificates `hakube render` issues (and kubeadm then
+    /// issues from the same CAs).
+    #[serde(default)]
+    pub pki: PkiSettings,
+
+    /// The bootstrap token that nodes join with.
+    #[serde(default)]
+    pub bootstrap_token: BootstrapTokenSettings,
+
+    /// The container runtime (containerd) on every node.
+    #[serde(default)]
+    pub container_runtime: ContainerRuntimeSettings,
+
+    /// Where kubelet, kubeadm and kubectl packages come from.
+    #[serde(default)]
+    pub package_repository: PackageRepository,
+
+    /// The control-plane nodes. The first one runs `kubeadm init`; the others join it
+    /// one at a time. Three or another odd number keeps etcd's quorum.
+    pub masters: Vec<Node>,
+
+    /// The worker nodes.
+    #[serde(default)]
+    pub workers: Vec<Node>,
+
+    /// Named fragments that customise the boot scripts.
+    #[serde(default)]
+    pub hooks: Hooks,
+
+    // hakube-installer fields that no longer apply: accepted so that an old definition
+    // works unchanged, each with a warning (see `legacy_fields`). Kept inline rather than
+    // `#[serde(flatten)]`, which would hide unknown fields from validation.
+
+    /// Deprecated (hakube-installer): Docker is no longer used; see containerRuntime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub docker_version: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer): kubeadm picks the etcd version that matches
+    /// kubernetesVersion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub etcd_version: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer): the assets layout is fixed (pki/etcd/).
+    #[serde(default, rename = "etcdPKIDir", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub etcd_pki_dir: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer): the etcd CA's common name is kubeadm's `etcd-ca`.
+    #[serde(default, rename = "etcdCACommonName", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub etcd_ca_common_name: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer): the etcd client certificate is kubeadm's
+    /// `kube-apiserver-etcd-client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub etcd_client_common_name: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer): see pki.caCertificateValidityPeriod.
+    #[serde(default, rename = "etcdCACertExpiry", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub etcd_ca_cert_expiry: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer): the assets layout is fixed (ssh/).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub ssh_keys_dir: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer): the assets layout is fixed (nodes/NAME/boot.sh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub scripts_dir: Option<serde_json::Value>,
+    /// Deprecated (hakube-installer, 2018): a single name; use masterFQDNs.
+    #[serde(default, rename = "masterFQDN", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub master_fqdn: Option<String>,
+    /// Deprecated (hakube-installer, 2018): use masterLoadBalancerAddress.
+    #[serde(default, rename = "masterLoadBalancerIP", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub master_load_balancer_ip: Option<String>,
+    /// Deprecated (hakube-installer, 2018): use masterLoadBalancerAddress.
+    #[serde(default, rename = "masterLoadBalancerFQDN", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("deprecated" = true))]
+    pub master_load_balancer_fqdn: Option<String>,
+}
+
+/// One machine of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Node {
+    /// The node's name in Kubernetes (`nodeRegistration.name`). An RFC 1123 subdomain:
+    /// lowercase letters, digits, `-` and `.`; it ends up in shell scripts, file names
+    /// and certificates. Unique across masters and workers.
+    pub node_name: String,
+
+    /// The address the node uses inside the cluster (the kubelet's node IP, the API
+    /// server's advertise address, etcd's peer address). Unique.
+    #[serde(rename = "privateIP")]
+    pub private_ip: String,
+
+    /// The address hakube connects to over SSH. Defaults to privateIP. Unique.
+    #[serde(default, rename = "publicIP", skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+
+    /// Overrides the cluster's sshLoginKey for this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_login_key: Option<String>,
+
+    /// Overrides the cluster's sshLoginUser for this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_login_user: Option<String>,
+
+    /// Overrides the cluster's sshPort for this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+
+    /// Labels the kubelet registers the node with (`--node-labels`). Keys are
+    /// Kubernetes qualified names, values label values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Taints the node registers with (`nodeRegistration.taints`). Unset: kubeadm's
+    /// default (the control-plane taint on masters, none on workers); `[]`: no taints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taints: Option<Vec<Taint>>,
+}
+
+/// A Kubernetes taint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Taint {
+    /// The taint key, a Kubernetes qualified name.
+    pub key: String,
+    /// The taint value (may be empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// What the taint does to pods that do not tolerate it.
+    pub effect: TaintEffect,
+}
+
+/// A taint's effect, as Kubernetes names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TaintEffect {
+    /// Do not schedule new pods.
+    NoSchedule,
+    /// Avoid scheduling new pods.
+    PreferNoSchedule,
+    /// Evict running pods too.
+    NoExecute,
+}
+
+/// How install treats a node's SSH host key (OpenSSH's `StrictHostKeyChecking`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyPolicy {
+    /// The key must already be in the assets' known_hosts (render writes the host keys it
+    /// generated there; an infra provider installs them on the machines).
+    #[default]
+    Strict,
+    /// A host not yet in known_hosts is trusted on first contact and its key recorded, so
+    /// it is pinned from then on. A changed key is still refused.
+    AcceptNew,
+}
+
+/// Where etcd runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct EtcdSettings {
+    /// `stacked`: kubeadm runs an etcd member as a static pod on every master.
+    /// `external`: hakube runs etcd as a system service on every master, with certificates
+    /// render issues, and kubeadm points the API servers at it (`etcd.external`).
+    #[serde(default)]
+    pub topology: EtcdTopology,
+}
+
+/// The etcd topology, in kubeadm's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EtcdTopology {
+    /// etcd members as static pods next to each API server (kubeadm's default).
+    #[default]
+    Stacked,
+    /// etcd members run outside kubeadm, on the masters, with pre-issued certificates.
+    External,
+}
+
+/// Certificate keys and lifetimes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PkiSettings {
+    /// Key algorithm of every key hakube and kubeadm generate (kubeadm's
+    /// `encryptionAlgorithm`).
+    #[serde(default)]
+    pub key_algorithm: KeyAlgorithm,
+    /// Lifetime of the CA certificates, a Go duration such as `87600h` (kubeadm's
+    /// `caCertificateValidityPeriod`; default 10 years).
+    #[serde(default = "default_ca_validity")]
+    pub ca_certificate_validity_period: String,
+    /// Lifetime of leaf certificates, a Go duration such as `8760h` (kubeadm's
+    /// `certificateValidityPeriod`; default 1 year).
+    #[serde(default = "default_leaf_validity")]
+    pub certificate_validity_period: String,
+}
+
+impl Default for PkiSettings {
+    fn default() -> Self {
+        Self {
+            key_algorithm: KeyAlgorithm::default(),
+            ca_certificate_validity_period: default_ca_validity(),
+            certificate_validity_period: default_leaf_validity(),
+        }
+    }
+}
+
+/// A key algorithm, spelled as kubeadm's `ClusterConfiguration.encryptionAlgorithm`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum KeyAlgorithm {
+    /// RSA, 2048-bit modulus (kubeadm's default).
+    #[default]
+    #[serde(rename = "RSA-2048")]
+    Rsa2048,
+    /// RSA, 3072-bit modulus.
+    #[serde(rename = "RSA-3072")]
+    Rsa3072,
+    /// RSA, 4096-bit modulus.
+    #[serde(rename = "RSA-4096")]
+    Rsa4096,
+    /// ECDSA on NIST P-256.
+    #[serde(rename = "ECDSA-P256")]
+    EcdsaP256,
+    /// ECDSA on NIST P-384.
+    #[serde(rename = "ECDSA-P384")]
+    EcdsaP384,
+}
+
+impl KeyAlgorithm {
+    /// The spelling kubeadm's `encryptionAlgorithm` uses, e.g. `RSA-2048`.
+    pub fn as_kubeadm_str(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Rsa2048 => "RSA-2048",
+            KeyAlgorithm::Rsa3072 => "RSA-3072",
+            KeyAlgorithm::Rsa4096 => "RSA-4096",
+            KeyAlgorithm::EcdsaP256 => "ECDSA-P256",
+            KeyAlgorithm::EcdsaP384 => "ECDSA-P384",
+        }
+    }
+}
+
+/// The bootstrap token nodes join with. hakube never renders a token that does not expire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct BootstrapTokenSettings {
+    /// How long the token lives after `kubeadm init` creates it (or install re-creates it),
+    /// a Go duration greater than zero and at most `168h` (kubeadm's default is `24h`).
+    #[serde(default = "default_token_ttl")]
+    pub ttl: String,
+}
+
+impl Default for BootstrapTokenSettings {
+    fn default() -> Self {
+        Self { ttl: default_token_ttl() }
+    }
+}
+
+/// containerd, configured with `SystemdCgroup = true` as the kubelet expects.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct ContainerRuntimeSettings {
+    /// The containerd package version to pin (as the node's package manager spells it).
+    /// Unset: whatever the distribution's repository offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The pause (sandbox) image containerd uses. Unset: the one kubeadm expects for
+    /// kubernetesVersion, from registry.k8s.io (or `imageRepository`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_image: Option<String>,
+    /// Registry that control-plane and pause images are pulled from (kubeadm's
+    /// `imageRepository`). Unset: registry.k8s.io.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_repository: Option<String>,
+}
+
+/// The Kubernetes package repository.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct PackageRepository {
+    /// Base URL laid out like `https://pkgs.k8s.io/core:/stable:/v1.MINOR/`: apt uses
+    /// `<url>/deb/` (key `<url>/deb/Release.key`), dnf `<url>/rpm/` (key
+    /// `<url>/rpm/repodata/repomd.xml.key`). Unset: pkgs.k8s.io for kubernetesVersion's
+    /// minor. Set it to a mirror for air-gapped sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// Named fragments under templates/hooks/ that customise the boot scripts. A name may be
+/// given with or without hakube-installer's `.sh.j2` suffix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Hooks {
+    /// A fragment run first on every node (templates/hooks/preinstall/NAME.sh.j2),
+    /// e.g. `aws`.
+    #[serde(default)]
+    pub preinstall: Option<String>,
+    /// A cloud provider (templates/hooks/cloud-provider/NAME.sh.j2), e.g. `aws`. Since
+    /// Kubernetes 1.31 every provider is external: the kubelet runs with
+    /// `--cloud-provider=external` and the hook installs the provider's cloud controller
+    /// manager.
+    #[serde(default)]
+    pub cloud_provider: Option<String>,
+    /// The cloud provider's configuration file (templates/hooks/cloud-config/NAME.j2),
+    /// placed at /etc/kubernetes/cloud-config. Most providers need none.
+    #[serde(default)]
+    pub cloud_provider_config: Option<String>,
+    /// The pod network add-on the first master applies (templates/hooks/network/NAME.sh.j2):
+    /// `calico`, `cilium`, `flannel`, or `weave` for old definitions. Absent: `calico`;
+    /// `null`: none (bring your own CNI after install).
+    #[serde(default = "default_network_provider")]
+    pub network_provider: Option<String>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            preinstall: None,
+            cloud_provider: None,
+            cloud_provider_config: None,
+            network_provider: default_network_provider(),
+        }
+    }
+}
+
+impl ClusterDefinition {
+    /// Every hakube-installer field that is set but no longer applies, as `(JSON field
+    /// name, what replaces it or why it is ignored)`, in a fixed order.
+    pub fn legacy_fields(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        let mut note = |set: bool, field: &'static str, why: &'static str| {
+            if set {
+                out.push((field, why));
+            }
+        };
+        note(self.docker_version.is_some(), "dockerVersion",
+            "ignored: hakube installs containerd, not Docker; pin it with containerRuntime.version");
+        note(self.etcd_version.is_some(), "etcdVersion",
+            "ignored: kubeadm runs the etcd version that matches kubernetesVersion");
+        note(self.etcd_pki_dir.is_some(), "etcdPKIDir",
+            "ignored: the assets layout is fixed; etcd certificates live in pki/etcd/");
+        note(self.etcd_ca_common_name.is_some(), "etcdCACommonName",
+            "ignored: the etcd CA's common name is kubeadm's `etcd-ca`");
+        note(self.etcd_client_common_name.is_some(), "etcdClientCommonName",
+            "ignored: the etcd client certificate is kubeadm's `kube-apiserver-etcd-client`");
+        note(self.etcd_ca_cert_expiry.is_some(), "etcdCACertExpiry",
+            "ignored: set pki.caCertificateValidityPeriod instead");
+        note(self.ssh_keys_dir.is_some(), "sshKeysDir",
+            "ignored: the assets layout is fixed; SSH keys live in ssh/");
+        note(self.scripts_dir.is_some(), "scriptsDir",
+            "ignored: the assets layout is fixed; boot scripts live in nodes/<nodeName>/boot.sh");
+        note(self.master_fqdn.is_some(), "masterFQDN",
+            "renamed: use the list masterFQDNs; its value is used as masterFQDNs[0]");
+        note(self.master_load_balancer_ip.is_some(), "masterLoadBalancerIP",
+            "renamed: use masterLoadBalancerAddress; its value is used as that");
+        note(self.master_load_balancer_fqdn.is_some(), "masterLoadBalancerFQDN",
+            "renamed: use masterLoadBalancerAddress; its value is used as that");
+        out
+    }
+}
+
+impl ClusterDefinition {
+    /// Every node, masters first, in definition order, with its role.
+    pub fn nodes(&self) -> impl Iterator<Item = (Role, &Node)> {
+        self.masters
+            .iter()
+            .map(|n| (Role::Master, n))
+            .chain(self.workers.iter().map(|n| (Role::Worker, n)))
+    }
+
+    /// The node called `name`, with its role, if there is one.
+    pub fn node(&self, name: &str) -> Option<(Role, &Node)> {
+        self.nodes().find(|(_, n)| n.node_name == name)
+    }
+
+    /// The first master: the one that runs `kubeadm init`. `None` only for a definition
+    /// that failed validation (validation requires at least one master).
+    pub fn first_master(&self) -> Option<&Node> {
+        self.masters.first()
+    }
+
+    /// kubeadm's `controlPlaneEndpoint` host: masterLoadBalancerAddress, or the single
+    /// master's privateIP when it is unset.
+    pub fn control_plane_host(&self) -> Option<&str> {
+        self.master_load_balancer_address
+            .as_deref()
+            .or_else(|| self.masters.first().map(|m| m.private_ip.as_str()))
+    }
+}
+
+impl Node {
+    /// The address hakube connects to over SSH: publicIP, else privateIP.
+    pub fn ssh_address(&self) -> &str {
+        self.public_ip.as_deref().unwrap_or(&self.private_ip)
+    }
+}
+
+/// A node's role in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A control-plane node (kubeadm's term; hakube-installer called it a master).
+    Master,
+    /// A worker node.
+    Worker,
+}
+
+impl Role {
+    /// `master` or `worker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+fn default_cluster_name() -> String {
+    "kubernetes".into()
+}
+fn default_ssh_login_user() -> String {
+    "ubuntu".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_install_concurrency() -> u32 {
+    50
+}
+fn default_kubernetes_version() -> String {
+    DEFAULT_KUBERNETES_VERSION.into()
+}
+fn default_pod_network_cidr() -> String {
+    "10.244.0.0/16".into()
+}
+fn default_service_cidr() -> String {
+    "10.96.0.0/12".into()
+}
+fn default_dns_domain() -> String {
+    "cluster.local".into()
+}
+fn default_ca_validity() -> String {
+    "87600h".into()
+}
+fn default_leaf_validity() -> String {
+    "8760h".into()
+}
+fn default_token_ttl() -> String {
+    "24h".into()
+}
+fn default_network_provider() -> Option<String> {
+    Some("calico".into())
+}
