@@ -445,27 +445,27 @@ impl ClusterDefinition {
             }
         };
         note(self.docker_version.is_some(), "dockerVersion",
-            "ignored: hakube installs containerd, not Docker; pin it with containerRuntime.version");
+            "ignored (hakube-installer field): hakube installs containerd, not Docker; pin it with containerRuntime.version");
         note(self.etcd_version.is_some(), "etcdVersion",
-            "ignored: kubeadm runs the etcd version that matches kubernetesVersion");
+            "ignored (hakube-installer field): kubeadm runs the etcd version that matches kubernetesVersion");
         note(self.etcd_pki_dir.is_some(), "etcdPKIDir",
-            "ignored: the assets layout is fixed; etcd certificates live in pki/etcd/");
+            "ignored (hakube-installer field): the assets layout is fixed; etcd certificates live in pki/etcd/");
         note(self.etcd_ca_common_name.is_some(), "etcdCACommonName",
-            "ignored: the etcd CA's common name is kubeadm's `etcd-ca`");
+            "ignored (hakube-installer field): the etcd CA's common name is kubeadm's `etcd-ca`");
         note(self.etcd_client_common_name.is_some(), "etcdClientCommonName",
-            "ignored: the etcd client certificate is kubeadm's `kube-apiserver-etcd-client`");
+            "ignored (hakube-installer field): the etcd client certificate is kubeadm's `kube-apiserver-etcd-client`");
         note(self.etcd_ca_cert_expiry.is_some(), "etcdCACertExpiry",
-            "ignored: set pki.caCertificateValidityPeriod instead");
+            "ignored (hakube-installer field): set pki.caCertificateValidityPeriod instead");
         note(self.ssh_keys_dir.is_some(), "sshKeysDir",
-            "ignored: the assets layout is fixed; SSH keys live in ssh/");
+            "ignored (hakube-installer field): the assets layout is fixed; SSH keys live in ssh/");
         note(self.scripts_dir.is_some(), "scriptsDir",
-            "ignored: the assets layout is fixed; boot scripts live in nodes/<nodeName>/boot.sh");
+            "ignored (hakube-installer field): the assets layout is fixed; boot scripts live in nodes/<nodeName>/boot.sh");
         note(self.master_fqdn.is_some(), "masterFQDN",
-            "renamed: use the list masterFQDNs; its value is used as masterFQDNs[0]");
+            "renamed (hakube-installer field): use the list masterFQDNs; its value is used as masterFQDNs[0]");
         note(self.master_load_balancer_ip.is_some(), "masterLoadBalancerIP",
-            "renamed: use masterLoadBalancerAddress; its value is used as that");
+            "renamed (hakube-installer field): use masterLoadBalancerAddress; its value is used as that");
         note(self.master_load_balancer_fqdn.is_some(), "masterLoadBalancerFQDN",
-            "renamed: use masterLoadBalancerAddress; its value is used as that");
+            "renamed (hakube-installer field): use masterLoadBalancerAddress; its value is used as that");
         out
     }
 }

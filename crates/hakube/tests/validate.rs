@@ -1,0 +1,195 @@
+//! `hakube validate` and `hakube schema` through the real binary: exit codes and
+//! messages that name the place (file:line:column and JSON path).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn hakube(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hakube")).args(args).output().expect("failed to run hakube")
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Writes `text` to a temp file named cluster.json and validates it.
+fn validate_text(text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.json");
+    std::fs::write(&path, text).unwrap();
+    let out = hakube(&["validate", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(path.to_str().unwrap(), "cluster.json");
+    assert!(!stderr.contains("panicked"), "hakube panicked:\n{stderr}");
+    (out.status.code().expect("hakube was killed by a signal"), stderr)
+}
+
+const VALID: &str = r#"{
+  "masterLoadBalancerAddress": "10.0.0.100",
+  "masters": [
+    { "nodeName": "m0", "privateIP": "10.0.0.10" },
+    { "nodeName": "m1", "privateIP": "10.0.0.11" },
+    { "nodeName": "m2", "privateIP": "10.0.0.12" }
+  ],
+  "workers": [
+    { "nodeName": "w0", "privateIP": "10.0.0.20" }
+  ]
+}
+"#;
+
+fn assert_invalid(text: &str, expected: &[&str]) -> String {
+    let (code, stderr) = validate_text(text);
+    assert_eq!(code, 1, "expected exit 1, stderr:\n{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "stderr lacks {e:?}:\n{stderr}");
+    }
+    stderr
+}
+
+#[test]
+fn a_valid_definition_exits_zero() {
+    let (code, stderr) = validate_text(VALID);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}
+
+#[test]
+fn broken_json_names_line_and_column() {
+    let text = VALID.replace("\"m1\",", "\"m1\"");
+    assert_invalid(&text, &["cluster.json:5:24: error:", "expected `,` or `}`"]);
+}
+
+#[test]
+fn a_wrong_type_names_the_path() {
+    let text = VALID.replace("\"10.0.0.20\"", "10");
+    assert_invalid(&text, &["cluster.json:9:38: error: workers[0].privateIP: invalid type: integer `10`, expected a string"]);
+}
+
+#[test]
+fn an_unknown_field_is_an_error_with_a_suggestion() {
+    let text = VALID.replace("\"nodeName\": \"m1\"", "\"nodeNmae\": \"m1\", \"nodeName\": \"m1\"").replace("\"masters\"", "\"kubernetesVersoin\": \"1.36.1\", \"masters\"");
+    assert_invalid(&text, &[
+        "cluster.json:5:7: error: masters[1].nodeNmae: unknown field `nodeNmae`",
+        "help: did you mean `nodeName`?",
+        "cluster.json:3:3: error: kubernetesVersoin: unknown field `kubernetesVersoin`",
+        "help: did you mean `kubernetesVersion`?",
+    ]);
+}
+
+#[test]
+fn node_names_with_shell_metacharacters_or_spaces_are_refused() {
+    let text = VALID.replace("\"m1\"", "\"m1;reboot\"").replace("\"w0\"", "\"w 0\"");
+    assert_invalid(&text, &[
+        "cluster.json:5:19: error: masters[1].nodeName: \"m1;reboot\" is not a valid node name",
+        "cluster.json:9:19: error: workers[0].nodeName: \"w 0\" is not a valid node name",
+        "RFC 1123",
+    ]);
+}
+
+#[test]
+fn a_duplicate_ip_is_refused_and_both_places_named() {
+    let text = VALID.replace("10.0.0.20", "10.0.0.11");
+    assert_invalid(&text, &["cluster.json:9:38: error: workers[0].privateIP: duplicate privateIP 10.0.0.11: also used by masters[1]"]);
+}
+
+#[test]
+fn overlapping_pod_and_service_networks_are_refused() {
+    let text = VALID.replace("\"masters\"", "\"podNetworkCIDR\": \"10.96.0.0/16\", \"serviceCIDR\": \"10.96.0.0/12\", \"masters\"");
+    assert_invalid(&text, &["cluster.json:3:52: error: serviceCIDR: serviceCIDR 10.96.0.0/12 overlaps podNetworkCIDR 10.96.0.0/16"]);
+}
+
+#[test]
+fn three_masters_without_a_load_balancer_are_refused() {
+    let text = VALID.replace("\"masterLoadBalancerAddress\": \"10.0.0.100\",", "");
+    assert_invalid(&text, &["cluster.json:1:1: error: masterLoadBalancerAddress: masterLoadBalancerAddress is required with 3 masters", "forwards TCP 6443"]);
+}
+
+#[test]
+fn an_unsupported_version_says_which_are_supported() {
+    let text = VALID.replace("\"masters\"", "\"kubernetesVersion\": \"1.9.12\", \"masters\"");
+    assert_invalid(&text, &["cluster.json:3:24: error: kubernetesVersion: Kubernetes 1.9.12 is not supported", "hakube supports 1.31.x to 1.37.x"]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = VALID
+        .replace("\"m1\"", "\"M1\"")
+        .replace("10.0.0.20", "10.0.0.10")
+        .replace("\"masterLoadBalancerAddress\": \"10.0.0.100\",", "\"kubernetesVersion\": \"2.0.0\", \"hooks\": {\"networkProvider\": \"calicoo\"},");
+    let stderr = assert_invalid(&text, &[
+        "masters[1].nodeName",
+        "workers[0].privateIP: duplicate privateIP",
+        "masterLoadBalancerAddress is required",
+        "Kubernetes 2.0.0 is not supported",
+        "there is no networkProvider hook named \"calicoo\"",
+        "did you mean `calico`?",
+    ]);
+    assert!(stderr.contains("5 errors"), "{stderr}");
+}
+
+#[test]
+fn few_or_even_masters_warn_but_pass() {
+    let single = r#"{"masters": [{"nodeName": "m0", "privateIP": "10.0.0.10"}]}"#;
+    let (code, stderr) = validate_text(single);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("warning: masters: 1 master cannot survive the loss of one"), "{stderr}");
+    let four = VALID.replace("{ \"nodeName\": \"m2\", \"privateIP\": \"10.0.0.12\" }", "{ \"nodeName\": \"m2\", \"privateIP\": \"10.0.0.12\" }, { \"nodeName\": \"m3\", \"privateIP\": \"10.0.0.13\" }");
+    let (code, stderr) = validate_text(&four);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("4 masters tolerate no more failures than 3"), "{stderr}");
+}
+
+#[test]
+fn a_hakube_installer_definition_validates_unchanged_with_warnings() {
+    let path = repo_root().join("crates/hakube/tests/fixtures/hakube-installer-aws.json");
+    let out = hakube(&["validate", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for field in ["dockerVersion", "etcdVersion", "etcdPKIDir", "etcdCACommonName", "etcdClientCommonName", "etcdCACertExpiry", "sshKeysDir", "scriptsDir"] {
+        assert!(stderr.contains(&format!("warning: {field}: ")), "no warning for {field}:\n{stderr}");
+    }
+    // Its legacy hook names are accepted: `aws.sh.j2` and `weave`.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"aws.sh.j2\"") && text.contains("\"weave\""));
+}
+
+#[test]
+fn the_2018_aliases_map_onto_current_fields() {
+    let text = VALID.replace("\"masterLoadBalancerAddress\"", "\"masterFQDN\": \"api.example.com\", \"masterLoadBalancerFQDN\"");
+    let (code, stderr) = validate_text(&text);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("warning: masterFQDN: renamed"), "{stderr}");
+    assert!(stderr.contains("warning: masterLoadBalancerFQDN: renamed"), "{stderr}");
+}
+
+#[test]
+fn every_sample_validates() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo_root().join("samples")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let out = hakube(&["validate", path.to_str().unwrap()]);
+            assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "expected at least four samples, found {seen}");
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let out = hakube(&["validate", "/nonexistent/cluster.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failed to read cluster definition /nonexistent/cluster.json"), "{stderr}");
+}
+
+#[test]
+fn schema_command_prints_the_committed_schema() {
+    let out = hakube(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let committed = std::fs::read_to_string(repo_root().join("schema/cluster.schema.json")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout) == committed,
+        "schema/cluster.schema.json is stale: run `cargo xtask codegen`"
+    );
+}
