@@ -3,6 +3,8 @@
 //! - `codegen`: regenerate committed generated files (schema/cluster.schema.json).
 //! - `ci`: install the Debian packages the tests need, then run the whole test suite.
 //!   README.md's test command and .ci/run both call exactly this.
+//! - `bench render`: time `hakube render` (release build) for 5 masters + 1000 workers,
+//!   a first render and a re-render. Target: under 1 s each on a 2-core machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,8 +29,12 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("codegen") => codegen(&root),
         Some("ci") => ci(&root),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            Some("render") => bench_render(&root),
+            _ => bail!("usage: cargo xtask bench render"),
+        },
         _ => {
-            eprintln!("usage: cargo xtask <codegen|ci>\n\n  codegen  regenerate schema/cluster.schema.json\n  ci       install test dependencies (Debian), then run every test");
+            eprintln!("usage: cargo xtask <codegen|ci|bench render>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time rendering 5 masters + 1000 workers");
             bail!("unknown or missing task")
         }
     }
@@ -81,6 +87,52 @@ fn install_packages() -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A definition with `masters` masters and `workers` workers on 10.20.0.0/16.
+fn big_definition(masters: usize, workers: usize) -> serde_json::Value {
+    let node = |name: String, i: usize| serde_json::json!({ "nodeName": name, "privateIP": format!("10.20.{}.{}", i / 250, i % 250 + 1) });
+    serde_json::json!({
+        "clusterName": "bench",
+        "masterLoadBalancerAddress": "10.20.255.1",
+        "nodeNetworkCIDR": "10.20.0.0/16",
+        "masters": (0..masters).map(|i| node(format!("master{i}"), i)).collect::<Vec<_>>(),
+        "workers": (0..workers).map(|i| node(format!("worker{i}"), masters + i)).collect::<Vec<_>>(),
+    })
+}
+
+fn bench_render(root: &Path) -> Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hakube"]).current_dir(root))?;
+    let hakube = root.join("target/release/hakube");
+    let work = std::env::temp_dir().join(format!("hakube-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let definition = work.join("cluster.json");
+    std::fs::write(&definition, serde_json::to_string_pretty(&big_definition(5, 1000))?)?;
+    let assets = work.join("assets");
+    let mut timings = Vec::new();
+    for label in ["first render (new PKI, 1005 nodes)", "re-render (nothing changes)"] {
+        let start = std::time::Instant::now();
+        let out = Command::new(&hakube).arg("render").arg(&definition).arg("--assets-dir").arg(&assets).output()?;
+        let elapsed = start.elapsed();
+        if !out.status.success() {
+            bail!("hakube render failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        timings.push((label, elapsed));
+    }
+    let files = walk_count(&assets);
+    std::fs::remove_dir_all(&work)?;
+    println!("hakube render, 5 masters + 1000 workers ({files} files), release build:");
+    for (label, elapsed) in timings {
+        let verdict = if elapsed.as_secs_f64() < 1.0 { "ok, target < 1 s" } else { "OVER the 1 s target" };
+        println!("  {label:<40} {:>8.3} s  ({verdict})", elapsed.as_secs_f64());
+    }
+    Ok(())
+}
+
+fn walk_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| if e.path().is_dir() { walk_count(&e.path()) } else { 1 }).sum())
+        .unwrap_or(0)
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -526,6 +526,26 @@ impl Role {
     }
 }
 
+/// Parses a Go duration (`87600h`, `90m`, `1h30m`) as kubeadm's configuration fields take
+/// it. `None` when it does not parse or is negative. Validation has already rejected both
+/// for a loaded definition.
+pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    let nanos = go_parse_duration::parse_duration(text).ok()?;
+    u64::try_from(nanos).ok().map(std::time::Duration::from_nanos)
+}
+
+impl PkiSettings {
+    /// `(CA validity, leaf validity)`; kubeadm's defaults (10 years, 1 year) for values
+    /// that do not parse (validation rejects those before rendering).
+    pub fn validities(&self) -> (std::time::Duration, std::time::Duration) {
+        const HOUR: u64 = 3600;
+        (
+            parse_go_duration(&self.ca_certificate_validity_period).unwrap_or(std::time::Duration::from_secs(87600 * HOUR)),
+            parse_go_duration(&self.certificate_validity_period).unwrap_or(std::time::Duration::from_secs(8760 * HOUR)),
+        )
+    }
+}
+
 fn default_cluster_name() -> String {
     "kubernetes".into()
 }

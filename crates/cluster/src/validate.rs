@@ -594,7 +594,7 @@ fn check_version(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
 
 fn parse_duration(text: &str, path: &JsonPath, c: &mut Checker<'_, '_>) -> Option<Duration> {
     match go_parse_duration::parse_duration(text) {
-        Ok(nanos) if nanos > 0 => Some(Duration::from_nanos(nanos as u64)),
+        Ok(nanos) if nanos > 0 => crate::definition::parse_go_duration(text),
         Ok(_) => {
             c.error(path, format!("{text:?} must be longer than zero"), Some("hakube never renders credentials that do not expire".into()));
             None
