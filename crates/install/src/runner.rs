@@ -1,0 +1,545 @@
+//! Runs a [`Plan`]: connects to nodes, ships files, runs boot.sh steps, writes logs and
+//! sends [`Event`]s. Failures are contained as the plan's phases say: a worker's failure
+//! stops only that worker; a failed `init`, token check or master join stops what
+//! depends on it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use hakube_cluster::definition::HostKeyPolicy;
+use hakube_cluster::ClusterDefinition;
+use hakube_render::layout;
+use hakube_render::manifest::{sha256_hex, Manifest, ManifestEntry};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Event, StepOutcome};
+use crate::plan::{Order, PhaseKind, Plan, Run, PURGE, SHIP};
+use crate::transport::{Connection, Stream, Target, TransportError};
+use crate::InstallError;
+
+/// Everything an install or reset needs besides the plan.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The assets directory render wrote.
+    pub assets_dir: PathBuf,
+    /// Where `<node>.log` files go.
+    pub log_dir: PathBuf,
+    /// How many nodes run at once in parallel phases.
+    pub concurrency: usize,
+    /// How long to keep retrying a connection that fails for network reasons.
+    pub connect_budget: Duration,
+}
+
+/// How a node ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeOutcome {
+    /// Every step it was planned for finished.
+    Done,
+    /// A step failed.
+    Failed {
+        /// The step (`ship`, `join`, ...).
+        step: String,
+        /// The exit code, when the step ran and exited.
+        exit_code: Option<i32>,
+        /// What went wrong.
+        message: String,
+    },
+    /// It did not run (all of) its steps because something it depends on failed.
+    Skipped {
+        /// Why.
+        reason: String,
+    },
+    /// The run was interrupted (Ctrl-C) before it finished.
+    Interrupted {
+        /// The step that was running on it and may still be running there.
+        running: Option<String>,
+    },
+}
+
+/// One node's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSummary {
+    /// The node.
+    pub node: String,
+    /// How it ended.
+    pub outcome: NodeOutcome,
+    /// Its log file.
+    pub log: PathBuf,
+    /// Time spent running its steps.
+    pub elapsed: Duration,
+}
+
+/// The result of a run, node by node in plan order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Every targeted node.
+    pub nodes: Vec<NodeSummary>,
+    /// Whether Ctrl-C stopped the run.
+    pub interrupted: bool,
+}
+
+impl Summary {
+    /// Whether every targeted node finished.
+    pub fn success(&self) -> bool {
+        !self.interrupted && self.nodes.iter().all(|n| n.outcome == NodeOutcome::Done)
+    }
+}
+
+/// The connection details of `node`, from the definition and the assets.
+pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str) -> Option<Target> {
+    let (_, n) = def.node(node)?;
+    let key = n.ssh_login_key.clone().or_else(|| def.ssh_login_key.clone()).map(|k| expand_home(&k)).or_else(|| {
+        let generated = assets_dir.join(layout::LOGIN_KEY);
+        generated.exists().then_some(generated)
+    });
+    let known_hosts = match def.host_key_policy {
+        HostKeyPolicy::Strict => assets_dir.join(layout::KNOWN_HOSTS),
+        HostKeyPolicy::AcceptNew => assets_dir.join(layout::KNOWN_HOSTS_ACCEPTED),
+    };
+    Some(Target {
+        node: node.to_string(),
+        host: n.ssh_address().to_string(),
+        user: n.ssh_login_user.clone().unwrap_or_else(|| def.ssh_login_user.clone()),
+        port: n.ssh_port.unwrap_or(def.ssh_port),
+        key,
+        jump_hosts: def.ssh_bastion.iter().flat_map(|b| b.split(',')).map(str::to_string).collect(),
+        known_hosts,
+        policy: def.host_key_policy,
+    })
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+struct Shared {
+    def: ClusterDefinition,
+    manifest: Manifest,
+    settings: Settings,
+    events: UnboundedSender<Event>,
+    control_dir: tempfile::TempDir,
+    connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    /// What is running right now, node -> step, for the Ctrl-C report.
+    running: Mutex<BTreeMap<String, String>>,
+    elapsed: Mutex<HashMap<String, Duration>>,
+}
+
+impl Shared {
+    fn log_path(&self, node: &str) -> PathBuf {
+        self.settings.log_dir.join(format!("{node}.log"))
+    }
+
+    async fn append_log(&self, node: &str, text: &str) {
+        let path = self.log_path(node);
+        if let Ok(mut f) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
+            let _ = f.write_all(text.as_bytes()).await;
+        }
+    }
+
+    async fn connection(&self, node: &str) -> Result<Arc<Connection>, TransportError> {
+        if let Some(c) = self.connections.lock().await.get(node) {
+            return Ok(c.clone());
+        }
+        let target = target(&self.def, &self.settings.assets_dir, node).ok_or_else(|| TransportError::Command {
+            node: node.into(),
+            what: "connect".into(),
+            detail: "the node is not in the definition".into(),
+        })?;
+        if target.policy == HostKeyPolicy::AcceptNew && !target.known_hosts.exists() {
+            let _ = std::fs::write(&target.known_hosts, b"");
+        }
+        let attempt = std::sync::atomic::AtomicU32::new(1);
+        let _ = self.events.send(Event::Connecting { node: node.into(), attempt: 1, last_error: None });
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(5))
+            .with_total_delay(Some(self.settings.connect_budget))
+            .without_max_times();
+        let conn = (|| Connection::connect(&target, self.control_dir.path()))
+            .retry(backoff)
+            .when(TransportError::is_retryable)
+            .notify(|err, _| {
+                let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let _ = self.events.send(Event::Connecting { node: node.into(), attempt: n, last_error: Some(err.to_string()) });
+            })
+            .await?;
+        let conn = Arc::new(conn);
+        self.connections.lock().await.insert(node.into(), conn.clone());
+        Ok(conn)
+    }
+}
+
+/// The result of one run.
+enum RunResult {
+    Ok,
+    Skipped,
+    Failed { exit_code: Option<i32>, message: String },
+}
+
+/// Checks every file that ships against the manifest before anything connects, so a
+/// stale or tampered asset never reaches a machine.
+pub fn check_local_assets(assets_dir: &Path, manifest: &Manifest, nodes: &[String]) -> Result<(), InstallError> {
+    for (path, entry) in &manifest.files {
+        if !entry.nodes.iter().any(|n| nodes.contains(n)) {
+            continue;
+        }
+        let full = assets_dir.join(path);
+        let bytes = std::fs::read(&full).map_err(|e| InstallError::Assets(format!("failed to read {}: {e}", full.display())))?;
+        if sha256_hex(&bytes) != entry.sha256 {
+            return Err(InstallError::Assets(format!(
+                "{} does not match the sha256 in manifest.json; run `hakube render` again (or restore the assets from git)",
+                full.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the tar stream of `node`'s files at their destinations (directories 0700).
+fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for (_, entry) in files {
+        let dest = entry.destination.as_deref().unwrap_or_default();
+        let mut p = Path::new(dest).parent();
+        while let Some(d) = p.filter(|d| d.starts_with(layout::REMOTE_DIR)) {
+            dirs.insert(d.to_path_buf());
+            p = d.parent();
+        }
+    }
+    for dir in &dirs {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o700);
+        header.set_size(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        builder.append_data(&mut header, dir.strip_prefix("/").unwrap_or(dir), std::io::empty())?;
+    }
+    for (path, entry) in files {
+        let bytes = std::fs::read(assets_dir.join(path))?;
+        let dest = entry.destination.as_deref().unwrap_or_default();
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(if path.ends_with(".sh") { 0o700 } else if entry.secret { 0o600 } else { 0o644 });
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        builder.append_data(&mut header, dest.trim_start_matches('/'), bytes.as_slice())?;
+    }
+    builder.into_inner()
+}
+
+async fn run_one(shared: &Shared, run: &Run) -> RunResult {
+    let conn = match shared.connection(&run.host).await {
+        Ok(c) => c,
+        Err(e) => return RunResult::Failed { exit_code: None, message: e.to_string() },
+    };
+    let host_log = shared.log_path(&run.host);
+    let log_line = |stream: Stream, line: &str| {
+        let prefix = if stream == Stream::Stderr { "! " } else { "" };
+        format!("{prefix}{line}\n")
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut skipped = false;
+    let result = match run.step.as_str() {
+        SHIP => {
+            let files: Vec<(&str, &ManifestEntry)> = shared.manifest.files_for(&run.node).collect();
+            let archive = match ship_archive(&shared.settings.assets_dir, &files) {
+                Ok(a) => a,
+                Err(e) => return RunResult::Failed { exit_code: None, message: format!("failed to read the assets: {e}") },
+            };
+            let code = conn
+                .run("tar", &["-x".into(), "-f".into(), "-".into(), "-C".into(), "/".into(), "--no-same-owner".into()], Some(archive), |s, l| lines.push(log_line(s, l)))
+                .await;
+            match code {
+                Ok(Some(0)) => {
+                    let dests: Vec<String> = files.iter().filter_map(|(_, e)| e.destination.clone()).collect();
+                    let mut args = vec!["--".to_string()];
+                    args.extend(dests.iter().cloned());
+                    let mut sums = Vec::new();
+                    match conn.run("sha256sum", &args, None, |s, l| if s == Stream::Stdout { sums.push(l.to_string()) } else { lines.push(log_line(s, l)) }).await {
+                        Ok(Some(0)) => verify_sums(&files, &sums),
+                        Ok(code) => Err((code, "sha256sum failed on the node".to_string())),
+                        Err(e) => Err((None, e.to_string())),
+                    }
+                }
+                Ok(code) => Err((code, "unpacking the files failed".to_string())),
+                Err(e) => Err((None, e.to_string())),
+            }
+        }
+        PURGE => match conn.run("rm", &["-rf".into(), "--".into(), layout::REMOTE_DIR.into(), "/var/lib/hakube".into()], None, |s, l| lines.push(log_line(s, l))).await {
+            Ok(Some(0)) => Ok(()),
+            Ok(code) => Err((code, "removing hakube's files failed".to_string())),
+            Err(e) => Err((None, e.to_string())),
+        },
+        step => {
+            let mut args = vec![step.to_string()];
+            args.extend(run.args.iter().cloned());
+            let script = format!("{}/boot.sh", layout::REMOTE_DIR);
+            // Lines go to the log file as they arrive; nothing is kept in memory.
+            let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&host_log).await.ok();
+            let file = std::sync::Arc::new(tokio::sync::Mutex::new(file));
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let writer = {
+                let file = file.clone();
+                tokio::spawn(async move {
+                    while let Some(line) = rx.recv().await {
+                        if let Some(f) = file.lock().await.as_mut() {
+                            let _ = f.write_all(line.as_bytes()).await;
+                        }
+                    }
+                })
+            };
+            let marker = format!("::hakube:: step={step} status=skipped");
+            let code = conn
+                .run(&script, &args, None, |s, l| {
+                    if l.trim() == marker {
+                        skipped = true;
+                    }
+                    let _ = tx.send(log_line(s, l));
+                })
+                .await;
+            drop(tx);
+            let _ = writer.await;
+            match code {
+                Ok(Some(0)) => Ok(()),
+                Ok(code) => Err((code, format!("boot.sh {step} failed"))),
+                Err(e) => Err((None, e.to_string())),
+            }
+        }
+    };
+    if !lines.is_empty() {
+        shared.append_log(&run.host, &lines.concat()).await;
+    }
+    match result {
+        Ok(()) if skipped => {
+            RunResult::Skipped
+        }
+        Ok(()) => RunResult::Ok,
+        Err((exit_code, message)) => RunResult::Failed { exit_code, message },
+    }
+}
+
+fn verify_sums(files: &[(&str, &ManifestEntry)], sums: &[String]) -> Result<(), (Option<i32>, String)> {
+    let on_node: HashMap<&str, &str> = sums.iter().filter_map(|l| l.split_once("  ")).map(|(sum, path)| (path, sum)).collect();
+    for (path, entry) in files {
+        let dest = entry.destination.as_deref().unwrap_or_default();
+        if on_node.get(dest) != Some(&entry.sha256.as_str()) {
+            return Err((None, format!("{dest} on the node does not match the manifest's sha256 for {path}")));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `plan`, sending events, and returns what happened to every targeted node.
+/// Cancelling `cancel` (Ctrl-C) starts no new step; steps already running are reported
+/// as left running.
+///
+/// # Errors
+///
+/// Only for problems before any node is touched (the log directory cannot be created,
+/// the assets do not match their manifest); node failures are in the [`Summary`].
+pub async fn execute(
+    def: &ClusterDefinition,
+    manifest: &Manifest,
+    plan: &Plan,
+    settings: &Settings,
+    events: UnboundedSender<Event>,
+    cancel: CancellationToken,
+) -> Result<Summary, InstallError> {
+    let mut involved: Vec<String> = plan.targets.clone();
+    for phase in &plan.phases {
+        for r in phase.runs.iter().flatten() {
+            if !involved.contains(&r.host) {
+                involved.push(r.host.clone());
+            }
+        }
+    }
+    check_local_assets(&settings.assets_dir, manifest, &plan.targets)?;
+    std::fs::create_dir_all(&settings.log_dir)
+        .map_err(|e| InstallError::Assets(format!("failed to create log directory {}: {e}", settings.log_dir.display())))?;
+    let control_dir = tempfile::Builder::new()
+        .prefix("hk")
+        .tempdir_in("/tmp")
+        .map_err(|e| InstallError::Assets(format!("failed to create a directory for SSH control sockets: {e}")))?;
+    let shared = Arc::new(Shared {
+        def: def.clone(),
+        manifest: manifest.clone(),
+        settings: settings.clone(),
+        events: events.clone(),
+        control_dir,
+        connections: tokio::sync::Mutex::new(HashMap::new()),
+        running: Mutex::new(BTreeMap::new()),
+        elapsed: Mutex::new(HashMap::new()),
+    });
+    for node in &involved {
+        shared.append_log(node, &format!("==> hakube run started at unix time {}\n", unix_now())).await;
+    }
+
+    let mut state: BTreeMap<String, NodeOutcome> = BTreeMap::new();
+    let mut blocked: Option<String> = None; // why dependent phases cannot run
+    let mut interrupted = false;
+    let semaphore = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+
+    'phases: for (index, phase) in plan.phases.iter().enumerate() {
+        if cancel.is_cancelled() {
+            interrupted = true;
+            break;
+        }
+        let depends_on_control_plane = matches!(phase.kind, PhaseKind::JoinMasters | PhaseKind::JoinWorkers | PhaseKind::Network | PhaseKind::Post);
+        let runnable: Vec<&Vec<Run>> = phase
+            .runs
+            .iter()
+            .filter(|runs| {
+                let r = &runs[0];
+                !state.contains_key(&r.node) && (r.host == r.node || !state.contains_key(&r.host))
+            })
+            .collect();
+        if let (true, Some(reason)) = (depends_on_control_plane, &blocked) {
+            for runs in &phase.runs {
+                let node = &runs[0].node;
+                if !state.contains_key(node) {
+                    let _ = events.send(Event::NodeSkipped { node: node.clone(), reason: reason.clone() });
+                    state.insert(node.clone(), NodeOutcome::Skipped { reason: reason.clone() });
+                }
+            }
+            continue;
+        }
+        if runnable.is_empty() {
+            continue;
+        }
+        let _ = events.send(Event::PhaseStarted {
+            index,
+            title: phase.title.clone(),
+            nodes: runnable.iter().map(|r| r[0].node.clone()).collect(),
+        });
+        let mut set = tokio::task::JoinSet::new();
+        let sequential = phase.order == Order::Sequential;
+        let mut queue: std::collections::VecDeque<Vec<Run>> = runnable.into_iter().cloned().collect();
+        loop {
+            // Start what may start: everything (bounded) in parallel, one group at a time otherwise.
+            while (!sequential || set.is_empty()) && !cancel.is_cancelled() {
+                let Some(runs) = queue.pop_front() else { break };
+                let shared = shared.clone();
+                let semaphore = semaphore.clone();
+                set.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await;
+                    run_group(&shared, &runs).await
+                });
+            }
+            if set.is_empty() {
+                if cancel.is_cancelled() && !queue.is_empty() {
+                    interrupted = true;
+                }
+                break;
+            }
+            tokio::select! {
+                joined = set.join_next() => {
+                    let Some(Ok((node, result))) = joined else { continue };
+                    if let Err((step, exit_code, message)) = result {
+                        let log = shared.log_path(&node);
+                        let code = exit_code.map_or("no exit code".to_string(), |c| format!("exit code {c}"));
+                        let text = format!("{message} ({code}); see {}", log.display());
+                        let _ = events.send(Event::NodeFailed { node: node.clone(), step: step.clone(), message: text.clone(), log });
+                        state.insert(node.clone(), NodeOutcome::Failed { step: step.clone(), exit_code, message });
+                        match phase.kind {
+                            PhaseKind::Init => blocked = Some(format!("kubeadm init failed on {node}")),
+                            PhaseKind::Token => blocked = Some(format!("the bootstrap token check failed on {node}")),
+                            PhaseKind::JoinMasters | PhaseKind::Forget => {
+                                let reason = format!("{step} failed on master {node}");
+                                for runs in queue.drain(..) {
+                                    let n = runs[0].node.clone();
+                                    let _ = events.send(Event::NodeSkipped { node: n.clone(), reason: reason.clone() });
+                                    state.insert(n, NodeOutcome::Skipped { reason: reason.clone() });
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    interrupted = true;
+                    break 'phases;
+                }
+            }
+        }
+        if interrupted {
+            break;
+        }
+    }
+
+    let running = shared.running.lock().map(|r| r.clone()).unwrap_or_default();
+    let elapsed = shared.elapsed.lock().map(|e| e.clone()).unwrap_or_default();
+    let nodes = plan
+        .targets
+        .iter()
+        .map(|node| {
+            let outcome = match state.get(node) {
+                Some(o) => o.clone(),
+                None if interrupted => NodeOutcome::Interrupted { running: running.get(node).cloned() },
+                None => NodeOutcome::Done,
+            };
+            NodeSummary { node: node.clone(), outcome, log: shared.log_path(node), elapsed: elapsed.get(node).copied().unwrap_or_default() }
+        })
+        .collect();
+    if let Ok(shared) = Arc::try_unwrap(shared) {
+        for (_, conn) in shared.connections.into_inner() {
+            if let Ok(conn) = Arc::try_unwrap(conn) {
+                conn.close().await;
+            }
+        }
+    }
+    Ok(Summary { nodes, interrupted })
+}
+
+type GroupResult = (String, Result<(), (String, Option<i32>, String)>);
+
+/// Runs one node's runs of a phase in order, stopping at the first failure.
+async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
+    let node = runs[0].node.clone();
+    for run in runs {
+        let _ = shared.events.send(Event::StepStarted { node: node.clone(), step: run.step.clone() });
+        if let Ok(mut r) = shared.running.lock() {
+            r.insert(node.clone(), run.step.clone());
+        }
+        let on = if run.host == run.node { String::new() } else { format!(" for {}", run.node) };
+        shared.append_log(&run.host, &format!("==> step {}{on} started at unix time {}\n", run.step, unix_now())).await;
+        let start = Instant::now();
+        let result = run_one(shared, run).await;
+        let elapsed = start.elapsed();
+        if let Ok(mut r) = shared.running.lock() {
+            r.remove(&node);
+        }
+        if let Ok(mut e) = shared.elapsed.lock() {
+            *e.entry(node.clone()).or_default() += elapsed;
+        }
+        match result {
+            RunResult::Ok | RunResult::Skipped => {
+                let (word, outcome) = if matches!(result, RunResult::Skipped) { ("already done, skipped", StepOutcome::Skipped) } else { ("finished", StepOutcome::Done) };
+                shared.append_log(&run.host, &format!("==> step {} {word} after {:.1}s\n", run.step, elapsed.as_secs_f64())).await;
+                let _ = shared.events.send(Event::StepFinished { node: node.clone(), step: run.step.clone(), outcome, elapsed });
+            }
+            RunResult::Failed { exit_code, message } => {
+                shared.append_log(&run.host, &format!("==> step {} FAILED: {message}\n", run.step)).await;
+                let _ = shared.events.send(Event::StepFinished { node: node.clone(), step: run.step.clone(), outcome: StepOutcome::Failed(exit_code), elapsed });
+                return (node, Err((run.step.clone(), exit_code, message)));
+            }
+        }
+    }
+    (node, Ok(()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}

@@ -1,0 +1,270 @@
+//! SSH to one node: the `openssh` crate over the system's OpenSSH client, one
+//! multiplexed connection (ControlMaster) per node for all its commands, so the user's
+//! ~/.ssh/config, ProxyJump and ssh-agent work as they do for `ssh` itself.
+
+use std::path::{Path, PathBuf};
+
+
+use hakube_cluster::definition::HostKeyPolicy;
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+
+/// How to reach one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The node's name (for messages).
+    pub node: String,
+    /// Address to connect to (publicIP, else privateIP).
+    pub host: String,
+    /// Login user; commands go through `sudo -n` unless it is root.
+    pub user: String,
+    /// sshd's port.
+    pub port: u16,
+    /// Private key to log in with (`IdentitiesOnly`); `None`: the agent and ~/.ssh/config decide.
+    pub key: Option<PathBuf>,
+    /// ProxyJump destinations, `[user@]host[:port]`.
+    pub jump_hosts: Vec<String>,
+    /// The known_hosts file host keys are checked against (and, under `accept-new`,
+    /// recorded into).
+    pub known_hosts: PathBuf,
+    /// Strict or accept-new.
+    pub policy: HostKeyPolicy,
+}
+
+/// Why talking to a node failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The node's host key differs from the pinned one. Never retried.
+    #[error("host key of {node} ({host}) does not match {known_hosts}: the machine was replaced or someone is in between; if the change is expected, remove its line from that file")]
+    HostKeyChanged {
+        /// The node.
+        node: String,
+        /// Its address.
+        host: String,
+        /// The known_hosts file.
+        known_hosts: String,
+    },
+    /// The node's host key is not known and the policy is strict. Never retried.
+    #[error("host key of {node} ({host}) is not in {known_hosts} and hostKeyPolicy is strict: install the host key render generated (ssh/host-keys/{node}/) on the machine, or set hostKeyPolicy to accept-new to trust it on first contact")]
+    HostKeyUnknown {
+        /// The node.
+        node: String,
+        /// Its address.
+        host: String,
+        /// The known_hosts file.
+        known_hosts: String,
+    },
+    /// The server refused our credentials. Never retried.
+    #[error("failed to log in to {node} as {user}: {detail}")]
+    Auth {
+        /// The node.
+        node: String,
+        /// The login user.
+        user: String,
+        /// What ssh said.
+        detail: String,
+    },
+    /// The connection could not be made (refused, timed out, dropped); retried with backoff.
+    #[error("failed to connect to {node} ({host}:{port}): {detail}")]
+    Connect {
+        /// The node.
+        node: String,
+        /// Its address.
+        host: String,
+        /// Its port.
+        port: u16,
+        /// What ssh said.
+        detail: String,
+    },
+    /// sudo wanted a password.
+    #[error("login user {user} on {node} needs passwordless sudo (sudo -n asked for a password); add a NOPASSWD sudoers rule or log in as root")]
+    SudoPassword {
+        /// The node.
+        node: String,
+        /// The login user.
+        user: String,
+    },
+    /// A command could not be run or its output read.
+    #[error("failed to run {what} on {node}: {detail}")]
+    Command {
+        /// The node.
+        node: String,
+        /// Which command.
+        what: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl TransportError {
+    /// Whether trying again may help (only plain connection failures).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TransportError::Connect { .. })
+    }
+}
+
+/// Which stream a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// An open, multiplexed connection to one node.
+pub struct Connection {
+    target: Target,
+    session: Session,
+}
+
+fn error_text(err: &openssh::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl Connection {
+    /// Opens the control connection; `control_dir` holds its socket (keep the path short:
+    /// Unix sockets allow ~100 bytes).
+    ///
+    /// # Errors
+    ///
+    /// A [`TransportError`] that says whether it was the host key, the login or the
+    /// network; only the last is worth retrying.
+    pub async fn connect(target: &Target, control_dir: &Path) -> Result<Connection, TransportError> {
+        let mut builder = SessionBuilder::default();
+        builder
+            .user(target.user.clone())
+            .port(target.port)
+            .known_hosts_check(match target.policy {
+                HostKeyPolicy::Strict => KnownHosts::Strict,
+                HostKeyPolicy::AcceptNew => KnownHosts::Add,
+            })
+            .user_known_hosts_file(&target.known_hosts)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .server_alive_interval(std::time::Duration::from_secs(15))
+            .control_directory(control_dir);
+        if let Some(key) = &target.key {
+            builder.keyfile(key);
+        }
+        if !target.jump_hosts.is_empty() {
+            builder.jump_hosts(&target.jump_hosts);
+        }
+        let session = builder.connect(&target.host).await.map_err(|e| classify(target, &e))?;
+        Ok(Connection { target: target.clone(), session })
+    }
+
+    /// The program and leading arguments that run `program` as root on the node.
+    fn root_command(&self, program: &str) -> openssh::OwningCommand<&Session> {
+        if self.target.user == "root" {
+            self.session.command(program)
+        } else {
+            let mut cmd = self.session.command("sudo");
+            cmd.arg("-n").arg("--").arg(program);
+            cmd
+        }
+    }
+
+    /// Runs `program args...` as root on the node (arguments are escaped for the remote
+    /// shell by the openssh crate, never spliced), feeding `stdin` to it and every
+    /// output line to `on_line` as it arrives. Returns the exit code (`None` when the
+    /// remote process was killed by a signal).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::SudoPassword`] when sudo asked for a password;
+    /// [`TransportError::Command`] when the command could not be run or read.
+    pub async fn run(
+        &self,
+        program: &str,
+        args: &[String],
+        stdin: Option<Vec<u8>>,
+        mut on_line: impl FnMut(Stream, &str),
+    ) -> Result<Option<i32>, TransportError> {
+        let what = format!("{program} {}", args.join(" "));
+        let fail = |detail: String| TransportError::Command { node: self.target.node.clone(), what: what.trim().to_string(), detail };
+        let mut cmd = self.root_command(program);
+        cmd.args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| fail(error_text(&e)))?;
+        let writer = match (child.stdin().take(), stdin) {
+            (Some(mut pipe), Some(bytes)) => Some(tokio::spawn(async move {
+                let r = pipe.write_all(&bytes).await;
+                let _ = pipe.shutdown().await;
+                r
+            })),
+            _ => None,
+        };
+        let stdout = child.stdout().take().ok_or_else(|| fail("no stdout".into()))?;
+        let stderr = child.stderr().take().ok_or_else(|| fail("no stderr".into()))?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stream, String)>();
+        let pumps = [spawn_lines(stdout, Stream::Stdout, tx.clone()), spawn_lines(stderr, Stream::Stderr, tx)];
+        let mut sudo_password = false;
+        while let Some((stream, line)) = rx.recv().await {
+            if stream == Stream::Stderr && self.target.user != "root" && line.starts_with("sudo:") && line.contains("password") {
+                sudo_password = true;
+            }
+            on_line(stream, &line);
+        }
+        for pump in pumps {
+            let _ = pump.await;
+        }
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+        let status = child.wait().await.map_err(|e| fail(error_text(&e)))?;
+        if sudo_password {
+            return Err(TransportError::SudoPassword { node: self.target.node.clone(), user: self.target.user.clone() });
+        }
+        Ok(status.code())
+    }
+
+    /// Closes the control connection.
+    pub async fn close(self) {
+        let _ = self.session.close().await;
+    }
+}
+
+fn spawn_lines(
+    reader: impl AsyncRead + Unpin + Send + 'static,
+    stream: Stream,
+    tx: tokio::sync::mpsc::UnboundedSender<(Stream, String)>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(reader);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let _ = tx.send((stream, line.trim_end_matches(['\n', '\r']).to_string()));
+                }
+            }
+        }
+    })
+}
+
+/// Sorts an ssh failure into host key, login or network trouble, from what ssh printed.
+fn classify(target: &Target, err: &openssh::Error) -> TransportError {
+    let text = error_text(err);
+    let known_hosts = target.known_hosts.display().to_string();
+    if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || text.contains("Host key for") && text.contains("has changed") {
+        TransportError::HostKeyChanged { node: target.node.clone(), host: target.host.clone(), known_hosts }
+    } else if text.contains("Host key verification failed") || text.contains("No ED25519 host key is known") || text.contains("host key is known") {
+        TransportError::HostKeyUnknown { node: target.node.clone(), host: target.host.clone(), known_hosts }
+    } else if text.contains("Permission denied") || text.contains("Too many authentication failures") {
+        TransportError::Auth { node: target.node.clone(), user: target.user.clone(), detail: text }
+    } else {
+        TransportError::Connect { node: target.node.clone(), host: target.host.clone(), port: target.port, detail: text }
+    }
+}
