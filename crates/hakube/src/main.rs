@@ -11,8 +11,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hakube_cluster::{HookCatalog, Loaded};
+use hakube_install::Mode;
 
 mod hooks;
+mod install;
+mod render;
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -43,8 +46,97 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         templates: Option<PathBuf>,
     },
+    /// Render the assets directory: PKI, bootstrap token, SSH keys, admin kubeconfig,
+    /// kubeadm configs and one boot script per node.
+    ///
+    /// Existing CAs, keys and the token are reused; a second render with the same
+    /// definition changes no byte.
+    #[command(after_help = AFTER_HELP)]
+    Render {
+        /// The cluster definition (JSON).
+        definition: PathBuf,
+        /// Where the assets go.
+        #[arg(long, value_name = "DIR", default_value = "assets")]
+        assets_dir: PathBuf,
+        /// A directory of templates that override the built-in ones of the same
+        /// relative path (e.g. steps/runtime.sh.j2) or add hooks (hooks/network/NAME.sh.j2).
+        #[arg(long, value_name = "DIR")]
+        templates: Option<PathBuf>,
+        /// Replace the CAs, service-account keys, bootstrap token and every certificate
+        /// issued from the CAs (SSH keys are kept: the machines trust them).
+        #[arg(long, conflicts_with = "check")]
+        rotate_secrets: bool,
+        /// Write nothing; exit 1 when the assets are stale or were tampered with.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Ship the assets to the nodes over SSH and run their boot scripts, in the order a
+    /// HA control plane needs: prepare everywhere, init on the first master, join the
+    /// other masters one at a time, join the workers, then the network provider.
+    ///
+    /// With NODE... only those nodes, against the existing cluster.
+    #[command(after_help = INSTALL_AFTER_HELP)]
+    Install {
+        /// The cluster definition (JSON).
+        definition: PathBuf,
+        /// Only these nodes (default: all).
+        nodes: Vec<String>,
+        #[command(flatten)]
+        common: RunArgs,
+        /// Print the plan, node by node and step by step, and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Reset the targeted nodes first (kubeadm reset; a master leaves etcd first).
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Remove what hakube installed from the nodes: kubeadm reset and hakube's files;
+    /// a master leaves etcd through another master first.
+    #[command(after_help = INSTALL_AFTER_HELP)]
+    Reset {
+        /// The cluster definition (JSON).
+        definition: PathBuf,
+        /// Only these nodes (default: all).
+        nodes: Vec<String>,
+        #[command(flatten)]
+        common: RunArgs,
+        /// Print the plan and touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// Print the JSON Schema (draft 2020-12) of cluster definitions.
     Schema,
+}
+
+const INSTALL_AFTER_HELP: &str = "\
+Exit codes:
+  0    every targeted node finished
+  1    the definition or the assets are wrong; nothing was touched
+  2    the command line was wrong
+  3    one or more nodes failed (the summary names node, step, exit code and log)
+  130  interrupted by Ctrl-C (the summary names what was left running)";
+
+/// Options shared by install and reset.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The assets directory `hakube render` wrote.
+    #[arg(long, value_name = "DIR", default_value = "assets")]
+    assets_dir: PathBuf,
+    /// Where each node's full output goes, as DIR/<node>.log.
+    #[arg(long, value_name = "DIR", default_value = "logs")]
+    log_dir: PathBuf,
+    /// How many nodes to work on at once (default: the definition's installConcurrency).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: Option<u32>,
+    /// How long to keep retrying a node that refuses or drops connections, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    connect_timeout: u64,
+    /// A directory of templates (only used here to know which hooks exist).
+    #[arg(long, value_name = "DIR")]
+    templates: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +168,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => ExitCode::from(1),
             })
         }
+        Command::Render { definition, assets_dir, templates, rotate_secrets, check } => {
+            render::run(&definition, &assets_dir, templates.as_deref(), rotate_secrets, check)
+        }
+        Command::Install { definition, nodes, common, dry_run, reset } => {
+            let mode = if reset { Mode::ResetThenInstall } else { Mode::Install };
+            install::run(request(&definition, &nodes, &common, dry_run, mode, false))
+        }
+        Command::Reset { definition, nodes, common, dry_run, yes } => {
+            install::run(request(&definition, &nodes, &common, dry_run, Mode::Reset, yes))
+        }
         Command::Schema => {
             print!("{}", hakube_cluster::schema());
             Ok(ExitCode::SUCCESS)
@@ -83,9 +185,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+fn request<'a>(definition: &'a Path, nodes: &'a [String], common: &'a RunArgs, dry_run: bool, mode: Mode, assume_yes: bool) -> install::Request<'a> {
+    install::Request {
+        definition,
+        nodes,
+        assets_dir: &common.assets_dir,
+        log_dir: &common.log_dir,
+        templates: common.templates.as_deref(),
+        concurrency: common.concurrency.map(|c| c as usize),
+        connect_timeout: std::time::Duration::from_secs(common.connect_timeout),
+        dry_run,
+        mode,
+        assume_yes,
+    }
+}
+
 /// Reads and validates a definition; prints warnings, and errors when it is invalid
 /// (then returns `None`). An unreadable file is an `Err`.
-fn load_definition(path: &Path, catalog: &HookCatalog) -> Result<Option<Loaded>> {
+pub(crate) fn load_definition(path: &Path, catalog: &HookCatalog) -> Result<Option<Loaded>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("failed to read cluster definition {}", path.display()))?;
     let origin = path.display().to_string();
     match hakube_cluster::load(&text, &origin, catalog) {

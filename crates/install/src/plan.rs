@@ -205,9 +205,11 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
             (Some(s), Role::Worker) => join_workers.push(vec![run(n, s)]),
             (None, _) => {}
         }
-        let (net, rest): (Vec<&str>, Vec<&str>) = after.iter().partition(|s| **s == "network");
-        network.push(net.iter().map(|s| run(n, s)).collect());
-        post.push(rest.iter().map(|s| run(n, s)).collect());
+        // Add-ons the first master applies once the control plane is complete
+        // (cloud-provider, network) run after every join; the rest is post-install.
+        let cut = after.iter().position(|s| *s == "network").map_or(0, |i| i + 1);
+        network.push(after[..cut].iter().map(|s| run(n, s)).collect());
+        post.push(after[cut..].iter().map(|s| run(n, s)).collect());
     }
     push(PhaseKind::Prepare, "prepare nodes (in parallel)", Order::Parallel, prepare);
     let joins = !join_masters.is_empty() || !join_workers.is_empty();
@@ -224,7 +226,7 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     push(PhaseKind::Init, "kubeadm init on the first master", Order::Sequential, init);
     push(PhaseKind::JoinMasters, "join masters one at a time", Order::Sequential, vec![join_masters]);
     push(PhaseKind::JoinWorkers, "join workers (in parallel)", Order::Parallel, join_workers);
-    push(PhaseKind::Network, "network provider", Order::Sequential, network);
+    push(PhaseKind::Network, "cluster add-ons on the first master (cloud provider, network)", Order::Sequential, network);
     push(PhaseKind::Post, "post-install steps", Order::Parallel, post);
     Ok(Plan { phases, targets: targeted })
 }

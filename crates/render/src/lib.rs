@@ -7,5 +7,15 @@
 
 #![deny(missing_docs)]
 
+pub mod assets;
+pub mod kubeadm;
+pub mod kubeconfig;
 pub mod layout;
 pub mod manifest;
+pub mod pki;
+pub mod render;
+pub mod sshkeys;
+pub mod templates;
+pub mod token;
+
+pub use templates::Templates;

@@ -1,0 +1,218 @@
+//! `hakube install` and `hakube reset`: plan, run, draw events, print the summary.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use hakube_install::plan::{self, Mode};
+use hakube_install::{Event, NodeOutcome, Settings, StepOutcome, Summary};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code when one or more nodes failed.
+pub const EXIT_NODES_FAILED: u8 = 3;
+/// Exit code after Ctrl-C.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// The options `install` and `reset` share.
+pub struct Request<'a> {
+    pub definition: &'a Path,
+    pub nodes: &'a [String],
+    pub assets_dir: &'a Path,
+    pub log_dir: &'a Path,
+    pub templates: Option<&'a Path>,
+    pub concurrency: Option<usize>,
+    pub connect_timeout: Duration,
+    pub dry_run: bool,
+    pub mode: Mode,
+    /// `--yes`: reset without asking.
+    pub assume_yes: bool,
+}
+
+pub fn run(req: Request<'_>) -> Result<ExitCode> {
+    let catalog = crate::hooks::catalog(req.templates)?;
+    let Some(loaded) = crate::load_definition(req.definition, &catalog)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let def = loaded.definition;
+    let manifest = hakube_install::read_manifest(req.assets_dir)?;
+    let order: Vec<String> = def.nodes().map(|(_, n)| n.node_name.clone()).collect();
+    let rendered: Vec<&String> = manifest.nodes.keys().collect();
+    let missing: Vec<&String> = order.iter().filter(|n| !manifest.nodes.contains_key(*n)).collect();
+    if !missing.is_empty() || rendered.len() != order.len() {
+        bail!(
+            "{} is stale for {}: run `hakube render {}` first",
+            req.assets_dir.join("manifest.json").display(),
+            req.definition.display(),
+            req.definition.display()
+        );
+    }
+    let plan = plan::build(&manifest, &order, req.nodes, req.mode)?;
+    if req.dry_run {
+        println!("plan for {} node(s) of cluster {:?}:", plan.targets.len(), def.cluster_name);
+        print!("{plan}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if req.mode == Mode::Reset && !req.assume_yes && !confirm_reset(&plan.targets)? {
+        eprintln!("hakube: reset cancelled");
+        return Ok(ExitCode::from(1));
+    }
+    let settings = Settings {
+        assets_dir: req.assets_dir.to_path_buf(),
+        log_dir: req.log_dir.to_path_buf(),
+        concurrency: req.concurrency.unwrap_or(def.install_concurrency as usize),
+        connect_budget: req.connect_timeout,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    let summary = runtime.block_on(async {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let on_ctrl_c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                on_ctrl_c.cancel();
+            }
+        });
+        let reporter = tokio::spawn(report(rx, plan.targets.clone()));
+        let result = hakube_install::execute(&def, &manifest, &plan, &settings, tx, cancel).await;
+        let _ = reporter.await;
+        result
+    })?;
+    print_summary(&summary);
+    Ok(if summary.success() {
+        ExitCode::SUCCESS
+    } else if summary.interrupted {
+        ExitCode::from(EXIT_INTERRUPTED)
+    } else {
+        ExitCode::from(EXIT_NODES_FAILED)
+    })
+}
+
+fn confirm_reset(targets: &[String]) -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        bail!("refusing to reset {} without confirmation: pass --yes", targets.join(", "));
+    }
+    eprint!("This runs `kubeadm reset` and removes hakube's files on: {}\nType yes to continue: ", targets.join(", "));
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+/// Draws events: a live display on a terminal, timestamped lines otherwise.
+async fn report(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>, nodes: Vec<String>) {
+    if std::io::stderr().is_terminal() {
+        live(&mut rx, &nodes).await
+    } else {
+        while let Some(event) = rx.recv().await {
+            if let Some(line) = plain(&event) {
+                eprintln!("{} {line}", humantime::format_rfc3339_seconds(SystemTime::now()));
+            }
+        }
+    }
+}
+
+fn plain(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::PhaseStarted { index, title, nodes } => format!("phase {}: {title} ({})", index + 1, nodes.join(", ")),
+        Event::Connecting { attempt: 1, .. } => return None,
+        Event::Connecting { node, attempt, last_error } => {
+            format!("{node}: connecting, attempt {attempt} ({})", last_error.as_deref().unwrap_or(""))
+        }
+        Event::StepStarted { node, step } => format!("{node}: {step} started"),
+        Event::StepFinished { node, step, outcome, elapsed } => {
+            let how = match outcome {
+                StepOutcome::Done => "done".to_string(),
+                StepOutcome::Skipped => "already done".to_string(),
+                StepOutcome::Failed(Some(code)) => format!("FAILED with exit code {code}"),
+                StepOutcome::Failed(None) => "FAILED".to_string(),
+            };
+            format!("{node}: {step} {how} ({:.1}s)", elapsed.as_secs_f64())
+        }
+        Event::NodeFailed { node, step, message, .. } => format!("{node}: failed in step {step}: {message}"),
+        Event::NodeSkipped { node, reason } => format!("{node}: skipped: {reason}"),
+    })
+}
+
+async fn live(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>, nodes: &[String]) {
+    let multi = MultiProgress::new();
+    let header = multi.add(ProgressBar::new_spinner());
+    header.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static template"));
+    header.enable_steady_tick(Duration::from_millis(120));
+    let width = nodes.iter().map(String::len).max().unwrap_or(4);
+    let style = ProgressStyle::with_template(&format!("  {{prefix:<{width}}} {{msg}}")).expect("static template");
+    let mut bars: HashMap<String, (ProgressBar, Instant)> = HashMap::new();
+    for node in nodes {
+        let bar = multi.add(ProgressBar::new_spinner());
+        bar.set_style(style.clone());
+        bar.set_prefix(node.clone());
+        bar.set_message("waiting");
+        bars.insert(node.clone(), (bar, Instant::now()));
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut current: HashMap<String, (String, Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(event) = event else { break };
+                match &event {
+                    Event::PhaseStarted { index, title, .. } => header.set_message(format!("phase {}: {title}", index + 1)),
+                    Event::StepStarted { node, step } => { current.insert(node.clone(), (step.clone(), Instant::now())); }
+                    Event::StepFinished { node, .. } => { current.remove(node); }
+                    _ => {}
+                }
+                if let Some(line) = plain(&event) {
+                    let node = match &event {
+                        Event::Connecting { node, .. } | Event::StepFinished { node, .. } | Event::NodeFailed { node, .. } | Event::NodeSkipped { node, .. } => Some(node),
+                        _ => None,
+                    };
+                    if let Some((bar, _)) = node.and_then(|n| bars.get(n)) {
+                        let text = line.split_once(": ").map_or(line.as_str(), |(_, rest)| rest).to_string();
+                        bar.set_message(text);
+                    }
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+        for (node, (step, since)) in &current {
+            if let Some((bar, _)) = bars.get(node) {
+                bar.set_message(format!("{step} ({}s)", since.elapsed().as_secs()));
+            }
+        }
+    }
+    header.finish_and_clear();
+    for (bar, _) in bars.values() {
+        bar.finish();
+    }
+}
+
+fn print_summary(summary: &Summary) {
+    let width = summary.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
+    println!("{:<width$}  {:<12} {:>8}  {}", "NODE", "RESULT", "TIME", "DETAIL");
+    for n in &summary.nodes {
+        let (result, detail) = match &n.outcome {
+            NodeOutcome::Done => ("ok".to_string(), String::new()),
+            NodeOutcome::Failed { step, exit_code, message } => {
+                let code = exit_code.map_or(String::new(), |c| format!(", exit code {c}"));
+                ("FAILED".to_string(), format!("step {step}{code}: {message}; log {}", n.log.display()))
+            }
+            NodeOutcome::Skipped { reason } => ("skipped".to_string(), reason.clone()),
+            NodeOutcome::Interrupted { running: Some(step) } => {
+                ("interrupted".to_string(), format!("step {step} was running and may still be running on the node"))
+            }
+            NodeOutcome::Interrupted { running: None } => ("interrupted".to_string(), "not started".to_string()),
+        };
+        println!("{:<width$}  {:<12} {:>7.1}s  {}", n.node, result, n.elapsed.as_secs_f64(), detail);
+    }
+    let failed = summary.nodes.iter().filter(|n| n.outcome != NodeOutcome::Done).count();
+    if summary.interrupted {
+        println!("interrupted: {} of {} node(s) did not finish", failed, summary.nodes.len());
+    } else if failed > 0 {
+        println!("{failed} of {} node(s) did not finish; fix the cause and run the same command again", summary.nodes.len());
+    } else {
+        println!("{} node(s) done", summary.nodes.len());
+    }
+}

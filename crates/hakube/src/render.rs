@@ -1,0 +1,48 @@
+//! `hakube render`: load, render, then write or check, and say what happened.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use hakube_render::{assets, render, Templates};
+
+pub fn run(definition: &Path, assets_dir: &Path, templates: Option<&Path>, rotate_secrets: bool, check: bool) -> Result<ExitCode> {
+    let templates = Templates::new(templates).context("failed to load templates")?;
+    let catalog = templates.hook_catalog();
+    let Some(loaded) = crate::load_definition(definition, &catalog)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let existing = assets::read_existing(assets_dir)?;
+    let options = render::Options { rotate_secrets, now: SystemTime::now() };
+    let set = render::render(&loaded.definition, &existing, &templates, &options)
+        .with_context(|| format!("failed to render {}", definition.display()))?;
+    let dir = assets_dir.display();
+    if check {
+        let problems = assets::check(assets_dir, &set, &existing)?;
+        if problems.is_empty() {
+            println!("{dir}: up to date ({} files)", set.files.len() + 1);
+            return Ok(ExitCode::SUCCESS);
+        }
+        for p in &problems {
+            eprintln!("{dir}/{p}");
+        }
+        eprintln!("{dir}: {} problem(s); run `hakube render {}` to bring the assets up to date", problems.len(), definition.display());
+        return Ok(ExitCode::from(1));
+    }
+    let summary = assets::write(assets_dir, &set, &existing)?;
+    for (label, paths) in [("created", &summary.created), ("changed", &summary.changed), ("removed", &summary.removed)] {
+        for p in paths {
+            println!("{label:>8} {dir}/{p}");
+        }
+    }
+    println!(
+        "{dir}: {} created, {} changed, {} kept, {} removed",
+        summary.created.len(),
+        summary.changed.len(),
+        summary.kept.len(),
+        summary.removed.len()
+    );
+    println!("next: review {dir}/nodes/*/boot.sh, then run `hakube install {} --assets-dir {dir}`", definition.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,386 @@
+//! The render model: a definition plus the existing assets -> the full set of files.
+//!
+//! [`render`] is a pure function of its inputs except for the randomness of secrets it
+//! has to create: given the same definition and the secrets it produced last time, it
+//! returns byte-identical files. It never replaces an existing CA, key, token or SSH
+//! key unless asked to rotate; leaf certificates are reissued from the same CA only when
+//! their subject or SANs no longer match the definition (or they expired). Writing the
+//! result to disk is [`crate::assets`]' job.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use hakube_cluster::definition::{EtcdTopology, KeyAlgorithm};
+use hakube_cluster::ClusterDefinition;
+
+use crate::kubeconfig;
+use crate::layout;
+use crate::manifest::{sha256_hex, Manifest, ManifestEntry, NodeEntry, FORMAT_VERSION};
+use crate::kubeadm::url_host;
+use crate::pki::{self, Issued, LeafSpec};
+use crate::sshkeys;
+use crate::templates::Templates;
+use crate::token::BootstrapToken;
+
+/// A boxed error from one of the building blocks, kept as the source of a [`RenderError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The files of the assets directory as they were before this render, by relative path.
+/// Empty for a first render.
+pub type Existing = BTreeMap<String, Vec<u8>>;
+
+/// One file of the assets directory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Asset {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Secret material: mode 0600, its directory 0700, never printed.
+    pub secret: bool,
+    /// Unix permission bits: 0600 for secrets, 0755 for boot scripts, 0644 otherwise.
+    pub mode: u32,
+    /// The nodes install ships it to (empty: it stays on the workstation).
+    pub nodes: Vec<String>,
+    /// Where it goes on those nodes.
+    pub destination: Option<String>,
+}
+
+impl std::fmt::Debug for Asset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Asset")
+            .field("bytes", &if self.secret { "<secret>".to_string() } else { format!("{} bytes", self.bytes.len()) })
+            .field("mode", &format_args!("{:04o}", self.mode))
+            .field("nodes", &self.nodes)
+            .field("destination", &self.destination)
+            .finish()
+    }
+}
+
+/// Every file render produces, by path relative to the assets directory (the manifest
+/// is derived from them by [`AssetSet::manifest`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetSet {
+    /// The cluster's name (recorded in the manifest).
+    pub cluster_name: String,
+    /// Every node's role and boot-script steps (recorded in the manifest).
+    pub nodes: BTreeMap<String, NodeEntry>,
+    /// The files, in path order.
+    pub files: BTreeMap<String, Asset>,
+}
+
+impl AssetSet {
+    /// The manifest describing [`AssetSet::files`].
+    pub fn manifest(&self) -> Manifest {
+        let files = self
+            .files
+            .iter()
+            .map(|(path, a)| {
+                let entry = ManifestEntry {
+                    sha256: sha256_hex(&a.bytes),
+                    mode: format!("{:04o}", a.mode),
+                    secret: a.secret,
+                    nodes: a.nodes.clone(),
+                    destination: a.destination.clone(),
+                };
+                (path.clone(), entry)
+            })
+            .collect();
+        Manifest { format: FORMAT_VERSION, cluster_name: self.cluster_name.clone(), nodes: self.nodes.clone(), files }
+    }
+}
+
+/// How to render.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Replace the CAs, the service-account key pair, the bootstrap token and every
+    /// certificate issued from the CAs (`--rotate-secrets`). SSH keys are kept: the
+    /// machines trust them.
+    pub rotate_secrets: bool,
+    /// The time certificates are issued at.
+    pub now: SystemTime,
+}
+
+/// Why render failed. Messages are lowercase and name the file or node involved.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// An existing secret in the assets is unusable; render never silently replaces one.
+    #[error("failed to reuse {path}: {problem}; restore it (e.g. from git) or pass --rotate-secrets to replace the cluster's secrets")]
+    BrokenSecret {
+        /// Path relative to the assets directory.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Creating or checking key material failed.
+    #[error("failed to create {what}")]
+    Crypto {
+        /// Which file or certificate.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// Rendering a node's boot script or kubeadm configuration failed.
+    #[error("failed to render {what} for node {node}")]
+    Node {
+        /// The node.
+        node: String,
+        /// `boot.sh`, `kubeadm.yaml` or `etcd certificates`.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+fn crypto(what: impl Into<String>) -> impl FnOnce(BoxError) -> RenderError {
+    let what = what.into();
+    move |source| RenderError::Crypto { what, source }
+}
+
+const SECRET: u32 = 0o600;
+const PUBLIC: u32 = 0o644;
+const EXECUTABLE: u32 = 0o755;
+
+struct Builder<'a> {
+    def: &'a ClusterDefinition,
+    existing: &'a Existing,
+    options: &'a Options,
+    files: BTreeMap<String, Asset>,
+}
+
+impl Builder<'_> {
+    fn text(&self, path: &str) -> Option<&str> {
+        self.existing.get(path).and_then(|b| std::str::from_utf8(b).ok())
+    }
+
+    /// An existing secret to reuse, unless rotating.
+    fn reusable(&self, path: &str) -> Option<&str> {
+        if self.options.rotate_secrets {
+            None
+        } else {
+            self.text(path)
+        }
+    }
+
+    fn add(&mut self, path: String, bytes: impl Into<Vec<u8>>, secret: bool, ships: Ships) {
+        let (nodes, destination) = match ships {
+            Ships::Nowhere => (Vec::new(), None),
+            Ships::To(nodes, dest) => (nodes, Some(dest)),
+        };
+        let mode = if secret { SECRET } else if path.ends_with(".sh") { EXECUTABLE } else { PUBLIC };
+        self.files.insert(path, Asset { bytes: bytes.into(), secret, mode, nodes, destination });
+    }
+
+    fn masters(&self) -> Vec<String> {
+        self.def.masters.iter().map(|n| n.node_name.clone()).collect()
+    }
+
+    fn all_nodes(&self) -> Vec<String> {
+        self.def.nodes().map(|(_, n)| n.node_name.clone()).collect()
+    }
+
+    /// A CA under `pki/<base>.crt/.key`: reused when both exist and match, created when
+    /// neither exists, an error when only one exists or they do not belong together.
+    fn ca(&mut self, base: &str, common_name: &str) -> Result<Issued, RenderError> {
+        let (crt_path, key_path) = (layout::pki(&format!("{base}.crt")), layout::pki(&format!("{base}.key")));
+        let issued = match (self.reusable(&crt_path), self.reusable(&key_path)) {
+            (Some(cert), Some(key)) => {
+                let ok = pki::is_ca_pair(cert, key).map_err(|e| crypto(&crt_path)(e.into()))?;
+                if !ok {
+                    return Err(RenderError::BrokenSecret { path: crt_path, problem: format!("it is not a CA certificate matching {key_path}") });
+                }
+                Issued { cert_pem: cert.to_string(), key_pem: key.to_string() }
+            }
+            (None, None) => {
+                let (ca_validity, _) = self.def.pki.validities();
+                pki::new_ca(common_name, self.def.pki.key_algorithm, ca_validity, self.options.now).map_err(|e| crypto(&crt_path)(e.into()))?
+            }
+            (Some(_), None) => return Err(RenderError::BrokenSecret { path: key_path, problem: format!("it is missing while {crt_path} exists") }),
+            (None, Some(_)) => return Err(RenderError::BrokenSecret { path: crt_path, problem: format!("it is missing while {key_path} exists") }),
+        };
+        let masters = self.masters();
+        self.add(crt_path.clone(), issued.cert_pem.clone(), false, Ships::secret_tree(&crt_path, masters.clone()));
+        self.add(key_path.clone(), issued.key_pem.clone(), true, Ships::secret_tree(&key_path, masters));
+        Ok(issued)
+    }
+
+    /// A leaf certificate reused when it still matches `spec` and chains to `ca`,
+    /// reissued otherwise.
+    fn leaf(&self, crt_path: &str, key_path: &str, ca: &Issued, spec: &LeafSpec) -> Result<Issued, RenderError> {
+        if let (Some(cert), Some(key)) = (self.reusable(crt_path), self.reusable(key_path)) {
+            if pki::leaf_matches(cert, ca, spec, self.options.now).unwrap_or(false) {
+                return Ok(Issued { cert_pem: cert.to_string(), key_pem: key.to_string() });
+            }
+        }
+        pki::issue_leaf(ca, spec, self.def.pki.key_algorithm, self.options.now).map_err(|e| crypto(crt_path)(e.into()))
+    }
+}
+
+/// Where a file goes.
+enum Ships {
+    Nowhere,
+    To(Vec<String>, String),
+}
+
+impl Ships {
+    /// Into /etc/hakube/secrets/<path> on `nodes`.
+    fn secret_tree(path: &str, nodes: Vec<String>) -> Ships {
+        Ships::To(nodes, format!("{}/{path}", layout::REMOTE_SECRETS_DIR))
+    }
+}
+
+/// The client certificate and key embedded in a kubeconfig's first user, if any.
+fn client_of_kubeconfig(text: &str) -> Option<Issued> {
+    use base64::Engine as _;
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).ok()?;
+    let user = doc.get("users")?.get(0)?.get("user")?;
+    let decode = |field: &str| -> Option<String> {
+        let data = base64::engine::general_purpose::STANDARD.decode(user.get(field)?.as_str()?).ok()?;
+        String::from_utf8(data).ok()
+    };
+    Some(Issued { cert_pem: decode("client-certificate-data")?, key_pem: decode("client-key-data")? })
+}
+
+/// Renders every file of the assets directory.
+///
+/// `existing` holds the current files of the assets directory (empty on a first render);
+/// secrets found there are reused (see [`Options::rotate_secrets`]). `def` must have
+/// passed [`hakube_cluster::load`].
+///
+/// # Errors
+///
+/// [`RenderError::BrokenSecret`] when an existing secret is unusable (half of a key pair,
+/// a certificate that does not match its key, an unparsable token); other variants when
+/// key generation or a template fails, naming the file or node.
+pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Templates, options: &Options) -> Result<AssetSet, RenderError> {
+    let mut b = Builder { def, existing, options, files: BTreeMap::new() };
+    let algorithm: KeyAlgorithm = def.pki.key_algorithm;
+    let (_, leaf_validity) = def.pki.validities();
+
+    // The CAs (kubeadm's names and common names; KUBEADM.md "PKI kubeadm lays out").
+    let cluster_ca = b.ca("ca", "kubernetes")?;
+    b.ca("front-proxy-ca", "front-proxy-ca")?;
+    let etcd_ca = b.ca("etcd/ca", "etcd-ca")?;
+
+    // The service-account key pair: sa.pub is derived from sa.key, so it is byte-stable.
+    let sa_key_path = layout::pki("sa.key");
+    let sa_key = match b.reusable(&sa_key_path) {
+        Some(key) => key.to_string(),
+        None => pki::service_account_key_pair(algorithm).map_err(|e| crypto(&sa_key_path)(e.into()))?.0,
+    };
+    let sa_pub = pki::public_key_pem_of(&sa_key)
+        .map_err(|e| RenderError::BrokenSecret { path: sa_key_path.clone(), problem: format!("it is not a private key ({e})") })?;
+    let masters = b.masters();
+    b.add(sa_key_path.clone(), sa_key, true, Ships::secret_tree(&sa_key_path, masters.clone()));
+    let sa_pub_path = layout::pki("sa.pub");
+    b.add(sa_pub_path.clone(), sa_pub, false, Ships::secret_tree(&sa_pub_path, masters.clone()));
+
+    // The bootstrap token and the discovery hash.
+    let token = match b.reusable(layout::BOOTSTRAP_TOKEN) {
+        Some(text) => BootstrapToken::parse(text.trim())
+            .map_err(|e| RenderError::BrokenSecret { path: layout::BOOTSTRAP_TOKEN.into(), problem: e.to_string() })?,
+        None => BootstrapToken::generate().map_err(|e| crypto(layout::BOOTSTRAP_TOKEN)(e.into()))?,
+    };
+    b.add(
+        layout::BOOTSTRAP_TOKEN.into(),
+        format!("{}\n", token.expose()),
+        true,
+        Ships::To(b.all_nodes(), format!("{}/bootstrap-token", layout::REMOTE_SECRETS_DIR)),
+    );
+    let hash = pki::discovery_token_ca_cert_hash(&cluster_ca.cert_pem).map_err(|e| crypto(layout::DISCOVERY_HASH)(e.into()))?;
+    b.add(layout::DISCOVERY_HASH.into(), format!("{hash}\n"), false, Ships::Nowhere);
+
+    // External etcd: a server and a peer certificate per master, and the API server's client.
+    if def.etcd.topology == EtcdTopology::External {
+        let client_spec = pki::apiserver_etcd_client_spec(leaf_validity);
+        let (crt, key) = (layout::pki("apiserver-etcd-client.crt"), layout::pki("apiserver-etcd-client.key"));
+        let client = b.leaf(&crt, &key, &etcd_ca, &client_spec)?;
+        b.add(crt.clone(), client.cert_pem, false, Ships::secret_tree(&crt, masters.clone()));
+        b.add(key.clone(), client.key_pem, true, Ships::secret_tree(&key, masters.clone()));
+        for master in &def.masters {
+            let name = &master.node_name;
+            let Ok(address) = master.private_ip.parse::<IpAddr>() else {
+                return Err(RenderError::Node { node: name.clone(), what: "etcd certificates", source: format!("privateIP {:?} is not an IP address", master.private_ip).into() });
+            };
+            let spec = pki::etcd_member_spec(name, address, leaf_validity);
+            for kind in ["server", "peer"] {
+                let (crt, key) = (layout::etcd_member(name, &format!("{kind}.crt")), layout::etcd_member(name, &format!("{kind}.key")));
+                let issued = b.leaf(&crt, &key, &etcd_ca, &spec)?;
+                b.add(crt.clone(), issued.cert_pem, false, Ships::secret_tree(&crt, vec![name.clone()]));
+                b.add(key.clone(), issued.key_pem, true, Ships::secret_tree(&key, vec![name.clone()]));
+            }
+        }
+    }
+
+    // The admin kubeconfig, issued from the cluster CA (its client certificate is reused).
+    let admin_spec = kubeconfig::admin_client_spec(leaf_validity);
+    let reused_admin = b
+        .reusable(layout::ADMIN_KUBECONFIG)
+        .and_then(client_of_kubeconfig)
+        .filter(|client| pki::leaf_matches(&client.cert_pem, &cluster_ca, &admin_spec, options.now).unwrap_or(false));
+    let admin = match reused_admin {
+        Some(client) => client,
+        None => pki::issue_leaf(&cluster_ca, &admin_spec, algorithm, options.now).map_err(|e| crypto(layout::ADMIN_KUBECONFIG)(e.into()))?,
+    };
+    let host = def.control_plane_host().unwrap_or_default();
+    let mut servers = vec![(String::new(), format!("https://{}:6443", url_host(host)))];
+    servers.extend(def.master_fqdns.iter().map(|f| (f.clone(), format!("https://{}:6443", url_host(f)))));
+    let kubeconfig = kubeconfig::admin_kubeconfig(&def.cluster_name, &servers, &cluster_ca.cert_pem, &admin)
+        .map_err(|e| crypto(layout::ADMIN_KUBECONFIG)(e.into()))?;
+    b.add(layout::ADMIN_KUBECONFIG.into(), kubeconfig, true, Ships::Nowhere);
+
+    // SSH: the installer's login key (unless the definition names one) and host keys.
+    if def.ssh_login_key.is_none() {
+        let private = match b.text(layout::LOGIN_KEY) {
+            Some(key) => key.to_string(),
+            None => sshkeys::generate_ed25519(&format!("hakube@{}", def.cluster_name)).map_err(|e| crypto(layout::LOGIN_KEY)(e.into()))?.private_openssh,
+        };
+        let public = sshkeys::public_line_of(&private)
+            .map_err(|e| RenderError::BrokenSecret { path: layout::LOGIN_KEY.into(), problem: format!("it is not an OpenSSH private key ({e})") })?;
+        b.add(layout::LOGIN_KEY.into(), private, true, Ships::Nowhere);
+        b.add(layout::LOGIN_KEY_PUB.into(), format!("{public}\n"), false, Ships::Nowhere);
+    }
+    let mut known_hosts = String::new();
+    for (_, node) in def.nodes() {
+        let path = layout::host_key(&node.node_name);
+        let private = match b.text(&path) {
+            Some(key) => key.to_string(),
+            None => sshkeys::generate_ed25519(&format!("root@{}", node.node_name)).map_err(|e| crypto(&path)(e.into()))?.private_openssh,
+        };
+        let public = sshkeys::public_line_of(&private)
+            .map_err(|e| RenderError::BrokenSecret { path: path.clone(), problem: format!("it is not an OpenSSH private key ({e})") })?;
+        let port = node.ssh_port.unwrap_or(def.ssh_port);
+        let mut patterns: Vec<String> = Vec::new();
+        for host in [node.ssh_address(), node.private_ip.as_str(), node.node_name.as_str()] {
+            let pattern = if port == 22 { host.to_string() } else { format!("[{host}]:{port}") };
+            if !patterns.contains(&pattern) {
+                patterns.push(pattern);
+            }
+        }
+        let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        known_hosts.push_str(&sshkeys::known_hosts_line(&refs, &public));
+        known_hosts.push('\n');
+        b.add(path.clone(), private, true, Ships::Nowhere);
+        b.add(format!("{path}.pub"), format!("{public}\n"), false, Ships::Nowhere);
+    }
+    b.add(layout::KNOWN_HOSTS.into(), known_hosts, false, Ships::Nowhere);
+
+    // Per node: kubeadm configuration and boot script.
+    let mut nodes = BTreeMap::new();
+    for (role, node) in def.nodes() {
+        let first_master = def.first_master().is_some_and(|m| m.node_name == node.node_name);
+        let steps = crate::templates::boot_steps(def, &node.node_name).unwrap_or_default().into_iter().map(String::from).collect();
+        nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps });
+        let name = &node.node_name;
+        let config = crate::kubeadm::kubeadm_config(def, name, &hash, token.id())
+            .map_err(|e| RenderError::Node { node: name.clone(), what: "kubeadm.yaml", source: e.into() })?;
+        let script = templates
+            .boot_script(def, name)
+            .map_err(|e| RenderError::Node { node: name.clone(), what: "boot.sh", source: e.into() })?;
+        b.add(layout::kubeadm_config(name), config, false, Ships::To(vec![name.clone()], format!("{}/kubeadm.yaml", layout::REMOTE_DIR)));
+        b.add(layout::boot_script(name), script, false, Ships::To(vec![name.clone()], format!("{}/boot.sh", layout::REMOTE_DIR)));
+    }
+
+    Ok(AssetSet { cluster_name: def.cluster_name.clone(), nodes, files: b.files })
+}

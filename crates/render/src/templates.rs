@@ -1,0 +1,549 @@
+//! The boot scripts: minijinja templates compiled into the binary from the workspace's
+//! `templates/` directory (minijinja-embed), optionally overridden from a directory.
+//!
+//! Layout (names are paths relative to the templates directory):
+//!
+//! ```text
+//! boot.sh.j2                       the script: header, values, helpers, step runner
+//! steps/<step>.sh.j2               one file per step, defining <step>_done and <step>_run
+//! hooks/preinstall/NAME.sh.j2      defines preinstall_done and preinstall_run
+//! hooks/cloud-provider/NAME.sh.j2  defines cloud_provider_done and cloud_provider_run
+//! hooks/network/NAME.sh.j2         defines network_done and network_run
+//! hooks/cloud-config/NAME.j2       a cloud provider configuration file (text, not bash)
+//! ```
+//!
+//! A file `DIR/<name>` of `--templates DIR` replaces the built-in template of the same
+//! name, or adds one (a new hook). Only `*.j2` files are templates.
+//!
+//! The environment renders with strict undefined behaviour (a misspelt variable is an
+//! error, not an empty string) and no auto-escaping. Every value from the definition
+//! enters a script through the `shell_quote` filter, which quotes for bash (the `shlex`
+//! crate) and refuses control characters, so a quoted value is always one line and is
+//! safe even in a comment. The exception is a cloud-config file, which is embedded
+//! verbatim in a quoted heredoc (nothing in it is expanded).
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use hakube_cluster::definition::{EtcdTopology, Node};
+use hakube_cluster::{ClusterDefinition, HookCatalog, HookKind, Role, Version};
+use minijinja::value::{Value, ValueKind};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use serde::Serialize;
+
+use crate::kubeadm::{kubelet_may_set_label, url_host, TOKEN_PLACEHOLDER};
+
+/// The boot script template.
+pub const BOOT_TEMPLATE: &str = "boot.sh.j2";
+
+/// The heredoc delimiter a cloud-config file is embedded with; a line equal to it is
+/// refused.
+const CLOUD_CONFIG_DELIMITER: &str = "HAKUBE_CLOUD_CONFIG";
+
+/// Why templates could not be loaded or a boot script rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// A file or directory of `--templates DIR` could not be read.
+    #[error("failed to read templates from {}", path.display())]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A template has a syntax error.
+    #[error("failed to load template {name}")]
+    Load {
+        /// The template's name (path relative to the templates directory).
+        name: String,
+        /// minijinja's error, with the line.
+        #[source]
+        source: minijinja::Error,
+    },
+    /// The node is not in the definition.
+    #[error("failed to render the boot script: node {node:?} is not in the definition")]
+    UnknownNode {
+        /// The name asked for.
+        node: String,
+    },
+    /// The definition names a hook no template provides (validation normally catches it).
+    #[error("failed to render the boot script of node {node}: there is no template {template} for {field} {name:?}")]
+    MissingHook {
+        /// The node.
+        node: String,
+        /// The definition field, e.g. `hooks.networkProvider`.
+        field: String,
+        /// The hook name as written.
+        name: String,
+        /// The template looked for.
+        template: String,
+    },
+    /// A template failed while rendering (an undefined variable, a value `shell_quote`
+    /// refuses, ...).
+    #[error("failed to render {template} for node {node}")]
+    Render {
+        /// The template.
+        template: String,
+        /// The node.
+        node: String,
+        /// minijinja's error, with template and line.
+        #[source]
+        source: minijinja::Error,
+    },
+    /// The definition or a rendered hook is unusable (validation normally catches it).
+    #[error("failed to render the boot script of node {node}: {problem}")]
+    Invalid {
+        /// The node.
+        node: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The template set: the built-in templates, with `--templates DIR` overrides applied.
+#[derive(Debug)]
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// The built-in templates, then every `*.j2` file under `overrides` (recursively;
+    /// hidden files skipped) replacing or adding the template of the same relative path.
+    ///
+    /// # Errors
+    ///
+    /// [`TemplateError::Read`] when the override directory or a file in it cannot be
+    /// read (or is not UTF-8); [`TemplateError::Load`] when an override has a syntax
+    /// error.
+    pub fn new(overrides: Option<&Path>) -> Result<Templates, TemplateError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_keep_trailing_newline(true);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_filter("shell_quote", shell_quote);
+        // The built-in templates parse: tests render every one of them.
+        minijinja_embed::load_templates!(&mut env);
+        if let Some(dir) = overrides {
+            let mut files = Vec::new();
+            read_dir_templates(dir, "", &mut files)?;
+            for (name, source) in files {
+                env.add_template_owned(name.clone(), source).map_err(|source| TemplateError::Load { name, source })?;
+            }
+        }
+        Ok(Templates { env })
+    }
+
+    /// The hooks of one kind, as names without suffix (`aws`, `calico`), sorted: the
+    /// templates `hooks/<kind dir>/NAME<suffix>` (see [`HookKind::dir`] and
+    /// [`HookKind::suffix`]), built in or added by the override directory.
+    pub fn hook_names(&self, kind: HookKind) -> Vec<String> {
+        let prefix = format!("hooks/{}/", kind.dir());
+        let mut names: Vec<String> = self
+            .env
+            .templates()
+            .filter_map(|(name, _)| name.strip_prefix(&prefix)?.strip_suffix(kind.suffix()).map(str::to_string))
+            .filter(|name| !name.is_empty() && !name.contains('/'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every hook of every kind, for validating a definition's `hooks`.
+    pub fn hook_catalog(&self) -> HookCatalog {
+        let all: Vec<(HookKind, String)> =
+            HookKind::ALL.into_iter().flat_map(|kind| self.hook_names(kind).into_iter().map(move |n| (kind, n))).collect();
+        HookCatalog::new(all.iter().map(|(kind, name)| (*kind, name.as_str())))
+    }
+
+    /// The boot script of `node` (`nodes/<node>/boot.sh`): bash, with the steps
+    /// [`boot_steps`] lists. `def` should have passed validation.
+    ///
+    /// # Errors
+    ///
+    /// [`TemplateError::UnknownNode`], [`TemplateError::MissingHook`] when a hook the
+    /// definition names has no template, [`TemplateError::Invalid`] for a malformed
+    /// kubernetesVersion or cloud-config, [`TemplateError::Render`] when a template fails
+    /// (for instance a value with a control character reaching `shell_quote`).
+    pub fn boot_script(&self, def: &ClusterDefinition, node: &str) -> Result<String, TemplateError> {
+        let mut context = self.context(def, node)?;
+        if let (Some(hook), Role::Master) = (&context.hooks.cloud_config, context.role_enum) {
+            let text = self.render(&hook.template, node, &context)?;
+            let text = text.trim_end_matches('\n').to_string();
+            if text.lines().any(|line| line == CLOUD_CONFIG_DELIMITER) {
+                return Err(TemplateError::Invalid {
+                    node: node.to_string(),
+                    problem: format!("{} has a line {CLOUD_CONFIG_DELIMITER}, which ends its heredoc in boot.sh", hook.template),
+                });
+            }
+            context.cloud_config = Some(text);
+        }
+        self.render(BOOT_TEMPLATE, node, &context)
+    }
+
+    fn render(&self, template: &str, node: &str, context: &BootContext<'_>) -> Result<String, TemplateError> {
+        let failed = |source| TemplateError::Render { template: template.to_string(), node: node.to_string(), source };
+        self.env.get_template(template).and_then(|t| t.render(context)).map_err(failed)
+    }
+
+    fn context<'a>(&self, def: &'a ClusterDefinition, name: &str) -> Result<BootContext<'a>, TemplateError> {
+        let invalid = |problem: String| TemplateError::Invalid { node: name.to_string(), problem };
+        let (role, node) = def.node(name).ok_or_else(|| TemplateError::UnknownNode { node: name.to_string() })?;
+        let steps = boot_steps(def, name).ok_or_else(|| TemplateError::UnknownNode { node: name.to_string() })?;
+        let version = Version::parse(&def.kubernetes_version)
+            .ok_or_else(|| invalid(format!("{:?} is not a Kubernetes version", def.kubernetes_version)))?;
+        let first_master = def.first_master().is_some_and(|m| m.node_name == name);
+        let package_repository = match &def.package_repository.url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("https://pkgs.k8s.io/core:/stable:/v{}", version.minor_string()),
+        };
+        let external_etcd = def.etcd.topology == EtcdTopology::External;
+        let etcd_initial_cluster = def
+            .masters
+            .iter()
+            .map(|m| format!("{}=https://{}:2380", m.node_name, url_host(&m.private_ip)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let admin_labels = if first_master {
+            def.nodes()
+                .flat_map(|(_, n)| n.labels.iter().map(move |(k, v)| (n, k, v)))
+                .filter(|(_, key, _)| !kubelet_may_set_label(key))
+                .map(|(n, key, value)| AdminLabel { node: n.node_name.clone(), label: format!("{key}={value}") })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let hooks = &def.hooks;
+        let hook = |kind: HookKind, field: &str, value: &Option<String>| -> Result<Option<Hook>, TemplateError> {
+            let Some(written) = value else { return Ok(None) };
+            let hook_name = HookCatalog::normalise(written);
+            let template = format!("hooks/{}/{hook_name}{}", kind.dir(), kind.suffix());
+            if self.env.get_template(&template).is_err() {
+                return Err(TemplateError::MissingHook {
+                    node: name.to_string(),
+                    field: format!("hooks.{field}"),
+                    name: written.clone(),
+                    template,
+                });
+            }
+            Ok(Some(Hook { name: hook_name.to_string(), template }))
+        };
+        Ok(BootContext {
+            cluster: def,
+            node,
+            role: role.as_str(),
+            role_enum: role,
+            first_master,
+            steps,
+            kubernetes_version: version.to_string(),
+            kubernetes_minor: version.minor_string(),
+            package_repository,
+            containerd_version: def.container_runtime.version.as_deref(),
+            sandbox_image: def.container_runtime.sandbox_image.as_deref(),
+            image_repository: def.container_runtime.image_repository.as_deref(),
+            external_etcd,
+            etcd_initial_cluster,
+            node_url_host: url_host(&node.private_ip),
+            admin_labels,
+            token_placeholder: TOKEN_PLACEHOLDER,
+            hooks: Hooks {
+                preinstall: hook(HookKind::Preinstall, "preinstall", &hooks.preinstall)?,
+                cloud_provider: hook(HookKind::CloudProvider, "cloudProvider", &hooks.cloud_provider)?,
+                cloud_config: hook(HookKind::CloudConfig, "cloudProviderConfig", &hooks.cloud_provider_config)?,
+                network: hook(HookKind::Network, "networkProvider", &hooks.network_provider)?,
+            },
+            cloud_config: None,
+        })
+    }
+}
+
+/// The steps of `node`'s boot script, in the order `boot.sh` runs them (and `boot.sh
+/// --list` prints them); `None` when the node is not in `def`.
+///
+/// `preinstall` (when hooks.preinstall is set), `prepare`, `runtime`, `packages`; on
+/// masters `pki`, and `etcd` with the external topology; `init` on the first master,
+/// `join` elsewhere; on the first master `cloud-provider` (when hooks.cloudProvider is
+/// set) and `network` (unless hooks.networkProvider is null); `post` last.
+pub fn boot_steps(def: &ClusterDefinition, node: &str) -> Option<Vec<&'static str>> {
+    let (role, _) = def.node(node)?;
+    let first = def.first_master().is_some_and(|m| m.node_name == node);
+    let mut steps = Vec::new();
+    if def.hooks.preinstall.is_some() {
+        steps.push("preinstall");
+    }
+    steps.extend(["prepare", "runtime", "packages"]);
+    if role == Role::Master {
+        steps.push("pki");
+        if def.etcd.topology == EtcdTopology::External {
+            steps.push("etcd");
+        }
+    }
+    steps.push(if first { "init" } else { "join" });
+    if first && def.hooks.cloud_provider.is_some() {
+        steps.push("cloud-provider");
+    }
+    if first && def.hooks.network_provider.is_some() {
+        steps.push("network");
+    }
+    steps.push("post");
+    Some(steps)
+}
+
+/// What the templates see.
+#[derive(Serialize)]
+struct BootContext<'a> {
+    /// The whole definition, with its JSON field names (for hooks that want more).
+    cluster: &'a ClusterDefinition,
+    /// This node, with its JSON field names.
+    node: &'a Node,
+    /// `master` or `worker`.
+    role: &'static str,
+    #[serde(skip)]
+    role_enum: Role,
+    first_master: bool,
+    steps: Vec<&'static str>,
+    /// `1.36.4`.
+    kubernetes_version: String,
+    /// `1.36`.
+    kubernetes_minor: String,
+    /// Base URL of the Kubernetes package repository, without a trailing slash.
+    package_repository: String,
+    containerd_version: Option<&'a str>,
+    sandbox_image: Option<&'a str>,
+    image_repository: Option<&'a str>,
+    external_etcd: bool,
+    /// `name=https://ip:2380,...` over every master.
+    etcd_initial_cluster: String,
+    /// privateIP as it goes into a URL.
+    node_url_host: String,
+    /// First master only: labels the kubelets may not set themselves.
+    admin_labels: Vec<AdminLabel>,
+    token_placeholder: &'static str,
+    hooks: Hooks,
+    /// The rendered cloud-config hook (masters only).
+    cloud_config: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AdminLabel {
+    node: String,
+    /// `key=value`, as `kubectl label` and label selectors take it.
+    label: String,
+}
+
+#[derive(Serialize)]
+struct Hooks {
+    preinstall: Option<Hook>,
+    cloud_provider: Option<Hook>,
+    cloud_config: Option<Hook>,
+    network: Option<Hook>,
+}
+
+#[derive(Serialize)]
+struct Hook {
+    /// The normalised name (`aws`).
+    name: String,
+    /// The template to include (`hooks/preinstall/aws.sh.j2`).
+    template: String,
+}
+
+/// The `shell_quote` filter: a string (or number) as one bash word, quoted when needed
+/// (`shlex::try_quote`, POSIX single quotes). Control characters, newlines included, are
+/// refused so that the result is always one line; so are values that are not strings
+/// or numbers (an undefined or `none` value is a template bug).
+fn shell_quote(value: &Value) -> Result<String, minijinja::Error> {
+    let text: Cow<'_, str> = match value.kind() {
+        ValueKind::String => Cow::Borrowed(value.as_str().unwrap_or_default()),
+        ValueKind::Number => Cow::Owned(value.to_string()),
+        other => {
+            return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("shell_quote takes a string, not {other}")));
+        }
+    };
+    if let Some(c) = text.chars().find(|c| c.is_control()) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("shell_quote refuses {text:?}: it contains the control character {c:?}"),
+        ));
+    }
+    shlex::try_quote(&text)
+        .map(Cow::into_owned)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("shell_quote refuses {text:?}: {e}")))
+}
+
+/// Every `*.j2` file under `dir` as `(relative/name.j2, text)`, in name order.
+fn read_dir_templates(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) -> Result<(), TemplateError> {
+    fn read(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
+        move |source| TemplateError::Read { path: path.to_path_buf(), source }
+    }
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(read(dir))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(dir))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            return Err(read(&path)(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file name is not UTF-8")));
+        };
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let name = format!("{prefix}{file_name}");
+        if path.is_dir() {
+            read_dir_templates(&path, &format!("{name}/"), out)?;
+        } else if file_name.ends_with(".j2") {
+            out.push((name, std::fs::read_to_string(&path).map_err(read(&path))?));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition(extra: &str) -> ClusterDefinition {
+        let json = format!(
+            r#"{{
+              "clusterName": "prod",
+              "masterLoadBalancerAddress": "10.0.0.100",
+              "kubernetesVersion": "1.36.4",
+              "masters": [
+                {{ "nodeName": "m0", "privateIP": "10.0.0.10" }},
+                {{ "nodeName": "m1", "privateIP": "10.0.0.11" }},
+                {{ "nodeName": "m2", "privateIP": "10.0.0.12" }}
+              ],
+              "workers": [
+                {{ "nodeName": "w0", "privateIP": "10.0.0.20", "labels": {{ "node-role.kubernetes.io/ingress": "", "team": "a" }} }}
+              ]
+              {extra}
+            }}"#
+        );
+        serde_json::from_str(&json).expect("test definition parses")
+    }
+
+    fn quote(text: &str) -> Result<String, minijinja::Error> {
+        shell_quote(&Value::from(text))
+    }
+
+    #[test]
+    fn shell_quote_quotes_and_refuses_control_characters() {
+        assert_eq!(quote("10.0.0.1").unwrap(), "10.0.0.1");
+        assert_eq!(quote("a b").unwrap(), "'a b'");
+        assert_eq!(quote("").unwrap(), "''");
+        let quoted = quote("$(touch x)'`;").unwrap();
+        assert!(quoted.starts_with('\'') || quoted.starts_with('"'), "{quoted}");
+        assert!(quote("a\nb").is_err());
+        assert!(quote("a\rb").is_err());
+        assert!(shell_quote(&Value::from(())).is_err(), "none is a template bug");
+        assert_eq!(shell_quote(&Value::from(6443)).unwrap(), "6443");
+    }
+
+    #[test]
+    fn hook_catalog_lists_the_builtin_hooks() {
+        let t = Templates::new(None).unwrap();
+        assert_eq!(t.hook_names(HookKind::Network), ["calico", "cilium", "flannel", "weave"]);
+        assert_eq!(t.hook_names(HookKind::Preinstall), ["aws"]);
+        assert_eq!(t.hook_names(HookKind::CloudProvider), ["aws"]);
+        assert!(t.hook_names(HookKind::CloudConfig).is_empty());
+        let catalog = t.hook_catalog();
+        assert!(catalog.contains(HookKind::Network, "weave.sh.j2"));
+        assert!(!catalog.contains(HookKind::Network, "aws"));
+    }
+
+    #[test]
+    fn overrides_replace_and_add_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("hooks/network")).unwrap();
+        std::fs::create_dir_all(dir.path().join("hooks/cloud-config")).unwrap();
+        std::fs::write(dir.path().join("hooks/network/mycni.sh.j2"), "network_done() { true; }\nnetwork_run() { kube get nodes; }\n").unwrap();
+        std::fs::write(dir.path().join("hooks/network/calico.sh.j2"), "# my calico\nnetwork_done() { true; }\nnetwork_run() { true; }\n").unwrap();
+        std::fs::write(dir.path().join("hooks/cloud-config/acme.j2"), "[global]\nzone = {{ node.nodeName }}\n").unwrap();
+        std::fs::write(dir.path().join("hooks/network/README.md"), "not a template {{").unwrap();
+        let t = Templates::new(Some(dir.path())).unwrap();
+        assert_eq!(t.hook_names(HookKind::Network), ["calico", "cilium", "flannel", "mycni", "weave"]);
+        assert_eq!(t.hook_names(HookKind::CloudConfig), ["acme"]);
+
+        let def = definition(r#", "hooks": { "networkProvider": "calico", "cloudProviderConfig": "acme.j2" }"#);
+        let script = t.boot_script(&def, "m0").unwrap();
+        assert!(script.contains("# my calico\n"), "the override replaced the built-in hook");
+        assert!(!script.contains("CALICO_VERSION"));
+        assert!(script.contains("cat <<'HAKUBE_CLOUD_CONFIG'\n[global]\nzone = m0\nHAKUBE_CLOUD_CONFIG\n"), "{script}");
+        let worker = t.boot_script(&def, "w0").unwrap();
+        assert!(!worker.contains("HAKUBE_CLOUD_CONFIG"), "workers get no cloud-config");
+
+        std::fs::write(dir.path().join("hooks/cloud-config/acme.j2"), "HAKUBE_CLOUD_CONFIG\n").unwrap();
+        let t = Templates::new(Some(dir.path())).unwrap();
+        assert!(matches!(t.boot_script(&def, "m0"), Err(TemplateError::Invalid { .. })));
+
+        std::fs::write(dir.path().join("hooks/network/broken.sh.j2"), "{% if %}").unwrap();
+        assert!(matches!(Templates::new(Some(dir.path())), Err(TemplateError::Load { .. })));
+        assert!(matches!(Templates::new(Some(&dir.path().join("absent"))), Err(TemplateError::Read { .. })));
+    }
+
+    #[test]
+    fn steps_per_role_and_topology() {
+        let def = definition(r#", "etcd": { "topology": "external" }, "hooks": { "preinstall": "aws", "cloudProvider": "aws" }"#);
+        assert_eq!(
+            boot_steps(&def, "m0").unwrap(),
+            ["preinstall", "prepare", "runtime", "packages", "pki", "etcd", "init", "cloud-provider", "network", "post"]
+        );
+        assert_eq!(boot_steps(&def, "m1").unwrap(), ["preinstall", "prepare", "runtime", "packages", "pki", "etcd", "join", "post"]);
+        assert_eq!(boot_steps(&def, "w0").unwrap(), ["preinstall", "prepare", "runtime", "packages", "join", "post"]);
+        let plain = definition(r#", "hooks": { "networkProvider": null }"#);
+        assert_eq!(boot_steps(&plain, "m0").unwrap(), ["prepare", "runtime", "packages", "pki", "init", "post"]);
+        assert_eq!(boot_steps(&plain, "nope"), None);
+    }
+
+    #[test]
+    fn script_shape() {
+        let t = Templates::new(None).unwrap();
+        let def = definition(r#", "containerRuntime": { "version": "1.7.24-1", "sandboxImage": "registry.k8s.io/pause:3.10" }"#);
+        let script = t.boot_script(&def, "m0").unwrap();
+        assert!(script.starts_with("#!/usr/bin/env bash\n# hakube boot script of node m0\n"));
+        assert!(script.contains("\n# Generated by hakube render; do not edit."));
+        assert!(script.contains("\nset -euo pipefail\n"));
+        assert!(script.contains("readonly CONTAINERD_VERSION=1.7.24-1\n"));
+        assert!(script.contains("readonly SANDBOX_IMAGE=registry.k8s.io/pause:3.10\n"));
+        assert!(script.contains("readonly -a STEPS=(prepare runtime packages pki init network post)\n"));
+        for step in boot_steps(&def, "m0").unwrap() {
+            let f = step.replace('-', "_");
+            assert!(script.contains(&format!("\n{f}_done() {{")), "{step}_done missing");
+            assert!(script.contains(&format!("\n{f}_run() {{")), "{step}_run missing");
+        }
+        // The first master applies labels the worker's kubelet may not set on itself.
+        assert!(script.contains("readonly -a LABEL_NODES=(w0)\n"), "{script}");
+        assert!(script.contains("readonly -a LABELS=('node-role.kubernetes.io/ingress=')\n"), "{script}");
+        let other = t.boot_script(&def, "m1").unwrap();
+        assert!(!other.contains("LABEL_NODES"));
+        assert!(!script.contains("team=a"), "the kubelet sets that label itself (kubeadm.yaml)");
+    }
+
+    #[test]
+    fn hostile_values_are_quoted_or_refused() {
+        let t = Templates::new(None).unwrap();
+        let mut def = definition("");
+        def.workers[0].node_name = "w0$(touch pwned)'\"`".into();
+        let script = t.boot_script(&def, "w0$(touch pwned)'\"`").unwrap();
+        let line = script.lines().find(|l| l.starts_with("readonly NODE_NAME=")).unwrap();
+        assert_eq!(line, format!("readonly NODE_NAME={}", shlex::try_quote("w0$(touch pwned)'\"`").unwrap()));
+        assert!(!script.contains("node w0$(touch"), "the header comment holds the quoted name too");
+        def.workers[0].node_name = "w0\nrm -rf /".into();
+        let err = t.boot_script(&def, "w0\nrm -rf /").unwrap_err();
+        assert!(matches!(err, TemplateError::Render { .. }), "{err}");
+        assert!(err.to_string().starts_with("failed to render boot.sh.j2 for node"), "{err}");
+    }
+
+    #[test]
+    fn missing_hook_and_unknown_node() {
+        let t = Templates::new(None).unwrap();
+        let def = definition(r#", "hooks": { "networkProvider": "nope" }"#);
+        let err = t.boot_script(&def, "m0").unwrap_err();
+        assert!(matches!(err, TemplateError::MissingHook { .. }), "{err}");
+        assert!(err.to_string().contains("hooks/network/nope.sh.j2"), "{err}");
+        assert!(matches!(t.boot_script(&definition(""), "zz"), Err(TemplateError::UnknownNode { .. })));
+    }
+}

@@ -1,0 +1,343 @@
+//! The rendered boot scripts, checked with real tools: `shellcheck -s bash -S style` finds
+//! nothing in any node's script of any sample or option combination, and bash itself runs
+//! the parts that can run here (argument handling, quoting of hostile values, the token
+//! substitution, the containerd configuration filter, the failure marker).
+//!
+//! Needs the Debian package `shellcheck` (and bash).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use hakube_cluster::ClusterDefinition;
+use hakube_render::kubeadm::{self, Document};
+use hakube_render::templates::{boot_steps, Templates};
+
+const HASH: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn load(templates: &Templates, text: &str, origin: &str) -> ClusterDefinition {
+    match hakube_cluster::load(text, origin, &templates.hook_catalog()) {
+        Ok(loaded) => loaded.definition,
+        Err(report) => panic!("{origin} does not validate:\n{report}"),
+    }
+}
+
+/// A definition with three masters and two workers, plus `extra` top-level fields.
+fn definition(templates: &Templates, extra: &str) -> ClusterDefinition {
+    let text = format!(
+        r#"{{
+          "clusterName": "test",
+          "masterLoadBalancerAddress": "10.0.0.100",
+          "kubernetesVersion": "1.36.4",
+          "masters": [
+            {{ "nodeName": "m0", "privateIP": "10.0.0.10" }},
+            {{ "nodeName": "m1", "privateIP": "10.0.0.11" }},
+            {{ "nodeName": "m2", "privateIP": "10.0.0.12" }}
+          ],
+          "workers": [
+            {{ "nodeName": "w0", "privateIP": "10.0.0.20",
+               "labels": {{ "node-role.kubernetes.io/ingress": "", "topology.kubernetes.io/zone": "a" }},
+               "taints": [ {{ "key": "dedicated", "value": "ingress", "effect": "NoSchedule" }} ] }},
+            {{ "nodeName": "w1", "privateIP": "10.0.0.21" }}
+          ]
+          {extra}
+        }}"#
+    );
+    load(templates, &text, "test.json")
+}
+
+fn write_script(dir: &Path, name: &str, script: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.sh"));
+    std::fs::write(&path, script).unwrap();
+    path
+}
+
+/// shellcheck's findings for `path`, empty when there are none.
+fn shellcheck(path: &Path) -> String {
+    let out = Command::new("shellcheck")
+        .args(["-s", "bash", "-S", "style"])
+        .arg(path)
+        .output()
+        .expect("shellcheck runs (install the Debian package shellcheck)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        assert!(text.trim().is_empty(), "shellcheck succeeded but printed:\n{text}");
+    } else {
+        assert!(!text.trim().is_empty(), "shellcheck failed without a finding: {:?}", out.status);
+    }
+    text
+}
+
+/// Renders every node's script and collects shellcheck's findings.
+fn check_all(templates: &Templates, def: &ClusterDefinition, label: &str, dir: &Path) -> Vec<String> {
+    let mut findings = Vec::new();
+    for (_, node) in def.nodes() {
+        let script = templates.boot_script(def, &node.node_name).unwrap_or_else(|e| panic!("{label}/{}: {e:?}", node.node_name));
+        let path = write_script(dir, &format!("{label}-{}", node.node_name), &script);
+        let text = shellcheck(&path);
+        if !text.trim().is_empty() {
+            findings.push(format!("{label}/{}:\n{text}", node.node_name));
+        }
+    }
+    findings
+}
+
+fn bash(args: &[&str], cwd: &Path) -> Output {
+    Command::new("bash").args(args).current_dir(cwd).env("LC_ALL", "C").output().expect("bash runs")
+}
+
+#[test]
+fn every_sample_passes_shellcheck() {
+    let templates = Templates::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut samples: Vec<PathBuf> = std::fs::read_dir(repo_root().join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    samples.sort();
+    assert!(samples.len() >= 2, "samples/ has the sample definitions");
+    let mut findings = Vec::new();
+    for sample in &samples {
+        let label = sample.file_stem().unwrap().to_string_lossy().to_string();
+        let def = load(&templates, &std::fs::read_to_string(sample).unwrap(), &sample.display().to_string());
+        findings.extend(check_all(&templates, &def, &label, dir.path()));
+    }
+    assert!(findings.is_empty(), "{}", findings.join("\n"));
+}
+
+#[test]
+fn every_option_passes_shellcheck() {
+    let overrides = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(overrides.path().join("hooks/cloud-config")).unwrap();
+    std::fs::write(overrides.path().join("hooks/cloud-config/acme.j2"), "[Global]\nZone = {{ node.nodeName }}\n$HOME `x`\n").unwrap();
+    let templates = Templates::new(Some(overrides.path())).unwrap();
+    let variants = [
+        (
+            "everything",
+            r#", "etcd": { "topology": "external" },
+               "hooks": { "preinstall": "aws", "cloudProvider": "aws", "cloudProviderConfig": "acme", "networkProvider": "cilium" },
+               "containerRuntime": { "version": "1.7.24-1", "sandboxImage": "registry.k8s.io/pause:3.10" },
+               "packageRepository": { "url": "https://mirror.example.com/core:/stable:/v1.36/" }"#,
+        ),
+        ("image-repository", r#", "containerRuntime": { "imageRepository": "mirror.example.com/k8s" }, "hooks": { "networkProvider": "flannel" }"#),
+        ("weave", r#", "hooks": { "networkProvider": "weave.sh.j2" }"#),
+        ("no-network", r#", "hooks": { "networkProvider": null }"#),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut findings = Vec::new();
+    for (label, extra) in variants {
+        let def = definition(&templates, extra);
+        findings.extend(check_all(&templates, &def, label, dir.path()));
+    }
+    assert!(findings.is_empty(), "{}", findings.join("\n"));
+
+    // And the options did reach the scripts.
+    let def = definition(&templates, variants[0].1);
+    let m0 = templates.boot_script(&def, "m0").unwrap();
+    assert!(m0.contains("readonly PACKAGE_REPOSITORY=https://mirror.example.com/core:/stable:/v1.36\n"));
+    assert!(m0.contains("cilium install"));
+    assert!(m0.contains("\n[Global]\nZone = m0\n$HOME `x`\nHAKUBE_CLOUD_CONFIG\n"), "the cloud-config sits in a quoted heredoc");
+    let m1 = templates.boot_script(&def, "m1").unwrap();
+    assert!(m1.contains("readonly ETCD_INITIAL_CLUSTER='m0=https://10.0.0.10:2380,m1=https://10.0.0.11:2380,m2=https://10.0.0.12:2380'\n"));
+    assert!(m1.contains("\netcd_run() {"));
+}
+
+#[test]
+fn list_usage_and_unknown_steps() {
+    let templates = Templates::new(None).unwrap();
+    let def = definition(&templates, r#", "etcd": { "topology": "external" }"#);
+    let dir = tempfile::tempdir().unwrap();
+    for node in ["m0", "m1", "w0"] {
+        let path = write_script(dir.path(), node, &templates.boot_script(&def, node).unwrap());
+        let path = path.to_str().unwrap();
+
+        let out = bash(&[path, "--list"], dir.path());
+        assert!(out.status.success(), "{out:?}");
+        let expected: String = boot_steps(&def, node).unwrap().iter().map(|s| format!("{s}\n")).collect();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+
+        let out = bash(&[path, "no-such-step"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("unknown step no-such-step"), "{stderr}");
+        assert!(stderr.contains(&boot_steps(&def, node).unwrap().join(" ")), "the message lists the steps: {stderr}");
+        assert!(out.stdout.is_empty(), "no marker for a step that does not exist");
+
+        let out = bash(&[path, "prepare", "runtime"], dir.path());
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+    }
+}
+
+#[test]
+fn hostile_values_stay_data() {
+    // Values validation would refuse, straight into the types: quoting alone must hold.
+    let templates = Templates::new(None).unwrap();
+    let evil = "$(touch pwned-1)`touch pwned-2`;touch pwned-3 'x\" $HOME";
+    let mut def = definition(&templates, "");
+    def.cluster_name = evil.to_string();
+    def.workers[1].node_name = format!("w1{evil}");
+    def.workers[1].labels.insert("node-role.kubernetes.io/x".into(), evil.to_string());
+    def.pod_network_cidr = evil.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    for node in ["m0".to_string(), format!("w1{evil}")] {
+        let script = templates.boot_script(&def, &node).unwrap();
+        let path = write_script(dir.path(), "evil", &script);
+        // Sourcing evaluates every readonly value; then they are printed back.
+        let out = bash(
+            &["-c", r#"source "$1" && printf '%s\n' "$NODE_NAME" "$CLUSTER_NAME" && { [[ -z ${LABELS+x} ]] || printf '%s\n' "${LABELS[@]}"; }"#, "bash", path.to_str().unwrap()],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some(node.as_str()));
+        assert_eq!(lines.next(), Some(evil));
+        if node == "m0" {
+            assert!(lines.any(|l| l == format!("node-role.kubernetes.io/x={evil}")), "{stdout}");
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["evil.sh"], "nothing ran");
+    }
+    // A value with a newline would escape a comment or a quoted line: refused.
+    def.cluster_name = "a\ntouch pwned".into();
+    assert!(templates.boot_script(&def, "m0").is_err());
+}
+
+#[test]
+fn the_token_goes_in_with_builtins_only() {
+    let templates = Templates::new(None).unwrap();
+    let def = definition(&templates, "");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Only rm (to start from a fresh file) is on PATH: anything else external fails.
+    std::fs::create_dir(d.join("bin")).unwrap();
+    std::os::unix::fs::symlink(which("rm"), d.join("bin/rm")).unwrap();
+    let token = "abcdef.0123456789abcdef";
+    std::fs::write(d.join("bootstrap-token"), format!("{token}\n")).unwrap();
+
+    for node in ["m0", "m1", "w0"] {
+        let script = write_script(d, node, &templates.boot_script(&def, node).unwrap());
+        std::fs::write(d.join("kubeadm.yaml"), kubeadm::kubeadm_config(&def, node, HASH, "abcdef").unwrap()).unwrap();
+        let out = bash(
+            &[
+                "-c",
+                r#"source "$1" && PATH="$2" write_kubeadm_config "$3" "$4" "$5""#,
+                "bash",
+                script.to_str().unwrap(),
+                d.join("bin").to_str().unwrap(),
+                d.join("kubeadm.yaml").to_str().unwrap(),
+                d.join("bootstrap-token").to_str().unwrap(),
+                d.join("secret.yaml").to_str().unwrap(),
+            ],
+            d,
+        );
+        assert!(out.status.success(), "{node}: {out:?}");
+        let mode = std::fs::metadata(d.join("secret.yaml")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{node}");
+        let text = std::fs::read_to_string(d.join("secret.yaml")).unwrap();
+        assert!(!text.contains(kubeadm::TOKEN_PLACEHOLDER));
+        match kubeadm::parse(&text).unwrap().as_slice() {
+            [Document::Init(init), Document::Cluster(_)] => assert_eq!(init.bootstrap_tokens[0].token, token),
+            [Document::Join(join)] => assert_eq!(join.discovery.bootstrap_token.token, token),
+            other => panic!("{node}: {other:?}"),
+        }
+    }
+
+    // A file that is not a token is refused without being echoed.
+    std::fs::write(d.join("bootstrap-token"), "NOT-A-TOKEN-s3cr3t\n").unwrap();
+    let script = d.join("w0.sh");
+    let out = bash(
+        &["-c", r#"source "$1" && write_kubeadm_config "$2" "$3" "$4""#, "bash", script.to_str().unwrap(), "kubeadm.yaml", "bootstrap-token", "secret.yaml"],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("does not hold a bootstrap token"), "{all}");
+    assert!(!all.contains("s3cr3t"), "{all}");
+}
+
+fn which(program: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
+        .unwrap_or_else(|| panic!("{program} is on PATH"))
+}
+
+#[test]
+fn containerd_config_for_1x_and_2x() {
+    // Abridged `containerd config default` output of containerd 1.7 and 2.0.
+    let v1 = r#"version = 2
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.8"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        BinaryName = ""
+        SystemdCgroup = false
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/opt/containerd"
+"#;
+    let v2 = r#"version = 3
+[plugins]
+  [plugins.'io.containerd.cri.v1.images']
+    [plugins.'io.containerd.cri.v1.images'.pinned_images]
+      sandbox = 'registry.k8s.io/pause:3.10'
+  [plugins.'io.containerd.cri.v1.runtime']
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      sandboxer = 'podsandbox'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = ''
+        ShimCgroup = ''
+"#;
+    let templates = Templates::new(None).unwrap();
+    let def = definition(&templates, "");
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(dir.path(), "w0", &templates.boot_script(&def, "w0").unwrap());
+    let filter = |input: &str, sandbox: &str| -> String {
+        std::fs::write(dir.path().join("default.toml"), input).unwrap();
+        let out = bash(
+            &["-c", r#"source "$1" && containerd_config_filter "$2" <"$3""#, "bash", script.to_str().unwrap(), sandbox, "default.toml"],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let out = filter(v1, "");
+    assert_eq!(out.matches("SystemdCgroup").count(), 1, "{out}");
+    assert!(out.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"), "{out}");
+    assert!(out.contains("sandbox_image = \"registry.k8s.io/pause:3.8\""), "no sandbox given: containerd's default stays");
+    assert!(out.contains("runtime_type = \"io.containerd.runc.v2\"\n") && out.contains("path = \"/opt/containerd\"\n"));
+
+    let out = filter(v1, "mirror.example.com/pause:3.10");
+    assert!(out.contains("    sandbox_image = \"mirror.example.com/pause:3.10\"\n"), "{out}");
+
+    let out = filter(v2, "mirror.example.com/pause:3.10");
+    assert_eq!(out.matches("SystemdCgroup").count(), 1, "{out}");
+    assert!(out.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"), "{out}");
+    assert!(out.contains("      sandbox = \"mirror.example.com/pause:3.10\"\n"), "{out}");
+    assert!(out.contains("sandboxer = 'podsandbox'"), "other keys stay: {out}");
+}
+
+#[test]
+fn a_failing_step_is_marked_with_its_exit_code() {
+    let templates = Templates::new(None).unwrap();
+    let def = definition(&templates, "");
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(dir.path(), "w0", &templates.boot_script(&def, "w0").unwrap());
+    // As run_step leaves it while a step runs; then a command fails under `set -e`.
+    let out = bash(&["-c", r#"source "$1"; current_step=runtime; (exit 7); echo unreachable"#, "bash", script.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "::hakube:: step=runtime status=failed exit=7\n");
+    // fail() stops with 1 and says why on stderr.
+    let out = bash(&["-c", r#"source "$1"; current_step=join; fail "no luck"; echo unreachable"#, "bash", script.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "::hakube:: step=join status=failed exit=1\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "boot.sh: error: no luck\n");
+}
