@@ -211,7 +211,7 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
         network.push(after[..cut].iter().map(|s| run(n, s)).collect());
         post.push(after[cut..].iter().map(|s| run(n, s)).collect());
     }
-    push(PhaseKind::Prepare, "prepare nodes (in parallel)", Order::Parallel, prepare);
+    push(PhaseKind::Prepare, "prepare nodes", Order::Parallel, prepare);
     let joins = !join_masters.is_empty() || !join_workers.is_empty();
     if init.is_empty() && joins {
         // Joining an existing cluster: the rendered token may have expired since init.
@@ -225,7 +225,7 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     }
     push(PhaseKind::Init, "kubeadm init on the first master", Order::Sequential, init);
     push(PhaseKind::JoinMasters, "join masters one at a time", Order::Sequential, vec![join_masters]);
-    push(PhaseKind::JoinWorkers, "join workers (in parallel)", Order::Parallel, join_workers);
+    push(PhaseKind::JoinWorkers, "join workers", Order::Parallel, join_workers);
     push(PhaseKind::Network, "cluster add-ons on the first master (cloud provider, network)", Order::Sequential, network);
     push(PhaseKind::Post, "post-install steps", Order::Parallel, post);
     Ok(Plan { phases, targets: targeted })

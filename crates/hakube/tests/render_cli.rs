@@ -1,0 +1,91 @@
+//! `hakube render` and `hakube install --dry-run` / `hakube reset` through the real
+//! binary, without machines: exit codes, what render reports, the printed plan.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn hakube(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hakube")).args(args).current_dir(cwd).stdin(Stdio::null()).output().expect("failed to run hakube")
+}
+
+fn sample(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples").join(name).to_str().unwrap().to_string()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn render_reports_then_keeps_everything_and_check_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("lab-cluster.json");
+    let first = hakube(&["render", &lab], dir.path());
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let out = text(&first);
+    assert!(out.contains("created assets/pki/ca.key"), "{out}");
+    assert!(out.contains("0 changed, 0 kept, 0 removed"), "{out}");
+    assert!(out.contains("next: review assets/nodes/*/boot.sh, then run `hakube install"), "{out}");
+    let second = hakube(&["render", &lab], dir.path());
+    assert!(text(&second).contains(" 0 created, 0 changed,"), "{}", text(&second));
+    let check = hakube(&["render", &lab, "--check"], dir.path());
+    assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+    // A tampered file makes --check fail and names it; nothing is rewritten.
+    let script: PathBuf = dir.path().join("assets/nodes/worker0/boot.sh");
+    std::fs::write(&script, "#!/bin/sh\nreboot\n").unwrap();
+    let check = hakube(&["render", &lab, "--check"], dir.path());
+    assert_eq!(check.status.code(), Some(1));
+    assert!(text(&check).contains("assets/nodes/worker0/boot.sh: does not match the sha256 in manifest.json"), "{}", text(&check));
+    assert_eq!(std::fs::read_to_string(&script).unwrap(), "#!/bin/sh\nreboot\n");
+}
+
+#[test]
+fn render_refuses_an_invalid_definition_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"masters": [{"nodeName": "a b", "privateIP": "10.0.0.1"}]}"#).unwrap();
+    let out = hakube(&["render", bad.to_str().unwrap()], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("masters[0].nodeName"), "{}", text(&out));
+    assert!(!dir.path().join("assets").exists());
+}
+
+#[test]
+fn install_dry_run_prints_the_plan_in_ha_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("lab-cluster.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    let out = hakube(&["install", &lab, "--dry-run"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = text(&out);
+    let at = |needle: &str| plan.find(needle).unwrap_or_else(|| panic!("{needle:?} not in plan:\n{plan}"));
+    assert!(at("ship files") < at("boot.sh prepare"));
+    assert!(at("master0                  boot.sh init") < at("master1                  boot.sh join"));
+    assert!(at("master2                  boot.sh join") < at("worker0                  boot.sh join"));
+    assert!(at("join masters one at a time [one at a time]") > 0);
+    // One worker: the token is checked on a master before it joins; nothing else is touched.
+    let out = hakube(&["install", &lab, "worker1", "--dry-run"], dir.path());
+    let plan = text(&out);
+    assert!(plan.contains("master0                  boot.sh token"), "{plan}");
+    assert!(!plan.contains("worker0") && !plan.contains("master1"), "{plan}");
+}
+
+#[test]
+fn install_without_assets_says_to_render_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = hakube(&["install", &sample("lab-cluster.json")], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("run `hakube render` first"), "{}", text(&out));
+}
+
+#[test]
+fn reset_needs_confirmation_or_yes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("lab-cluster.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    let out = hakube(&["reset", &lab, "master2"], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("refusing to reset master2 without confirmation: pass --yes"), "{}", text(&out));
+    let out = hakube(&["reset", &lab, "master2", "--dry-run"], dir.path());
+    assert!(text(&out).contains("boot.sh forget master2 (on master0)"), "{}", text(&out));
+}
