@@ -104,27 +104,31 @@ fn big_definition(masters: usize, workers: usize) -> serde_json::Value {
 fn bench_render(root: &Path) -> Result<()> {
     run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hakube"]).current_dir(root))?;
     let hakube = root.join("target/release/hakube");
-    let work = std::env::temp_dir().join(format!("hakube-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let definition = work.join("cluster.json");
-    std::fs::write(&definition, serde_json::to_string_pretty(&big_definition(5, 1000))?)?;
-    let assets = work.join("assets");
-    let mut timings = Vec::new();
-    for label in ["first render (new PKI, 1005 nodes)", "re-render (nothing changes)"] {
-        let start = std::time::Instant::now();
-        let out = Command::new(&hakube).arg("render").arg(&definition).arg("--assets-dir").arg(&assets).output()?;
-        let elapsed = start.elapsed();
-        if !out.status.success() {
-            bail!("hakube render failed: {}", String::from_utf8_lossy(&out.stderr));
+    // Once on a memory file system (the cost of rendering), once on the project's disk
+    // (plus the cost of creating ~4000 inodes there).
+    let mut places = vec![("memory (/dev/shm)", PathBuf::from("/dev/shm"))];
+    places.push(("disk (target/)", root.join("target")));
+    println!("hakube render, 5 masters + 1000 workers, release build; target: under 1 s");
+    for (label, base) in places {
+        if !base.is_dir() {
+            continue;
         }
-        timings.push((label, elapsed));
-    }
-    let files = walk_count(&assets);
-    std::fs::remove_dir_all(&work)?;
-    println!("hakube render, 5 masters + 1000 workers ({files} files), release build:");
-    for (label, elapsed) in timings {
-        let verdict = if elapsed.as_secs_f64() < 1.0 { "ok, target < 1 s" } else { "OVER the 1 s target" };
-        println!("  {label:<40} {:>8.3} s  ({verdict})", elapsed.as_secs_f64());
+        let work = base.join(format!("hakube-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&work)?;
+        let definition = work.join("cluster.json");
+        std::fs::write(&definition, serde_json::to_string_pretty(&big_definition(5, 1000))?)?;
+        let assets = work.join("assets");
+        for run_label in ["first render (new PKI)", "re-render (nothing changes)"] {
+            let start = std::time::Instant::now();
+            let out = Command::new(&hakube).arg("render").arg(&definition).arg("--assets-dir").arg(&assets).output()?;
+            let elapsed = start.elapsed();
+            if !out.status.success() {
+                bail!("hakube render failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let verdict = if elapsed.as_secs_f64() < 1.0 { "ok" } else { "over 1 s" };
+            println!("  {label:<20} {run_label:<30} {:>7.3} s  {verdict}  ({} files)", elapsed.as_secs_f64(), walk_count(&assets));
+        }
+        std::fs::remove_dir_all(&work)?;
     }
     Ok(())
 }

@@ -182,9 +182,9 @@ impl Builder<'_> {
 
     /// A CA under `pki/<base>.crt/.key`: reused when both exist and match, created when
     /// neither exists, an error when only one exists or they do not belong together.
-    fn ca(&mut self, base: &str, common_name: &str) -> Result<Issued, RenderError> {
+    fn load_or_new_ca(&self, base: &str, common_name: &str) -> Result<Issued, RenderError> {
         let (crt_path, key_path) = (layout::pki(&format!("{base}.crt")), layout::pki(&format!("{base}.key")));
-        let issued = match (self.reusable(&crt_path), self.reusable(&key_path)) {
+        Ok(match (self.reusable(&crt_path), self.reusable(&key_path)) {
             (Some(cert), Some(key)) => {
                 let ok = pki::is_ca_pair(cert, key).map_err(|e| crypto(&crt_path)(e.into()))?;
                 if !ok {
@@ -198,11 +198,24 @@ impl Builder<'_> {
             }
             (Some(_), None) => return Err(RenderError::BrokenSecret { path: key_path, problem: format!("it is missing while {crt_path} exists") }),
             (None, Some(_)) => return Err(RenderError::BrokenSecret { path: crt_path, problem: format!("it is missing while {key_path} exists") }),
-        };
+        })
+    }
+
+    /// Adds a CA's certificate and key, shipped to the masters.
+    fn add_ca(&mut self, base: &str, issued: &Issued) {
+        let (crt_path, key_path) = (layout::pki(&format!("{base}.crt")), layout::pki(&format!("{base}.key")));
         let masters = self.masters();
         self.add(crt_path.clone(), issued.cert_pem.clone(), false, Ships::secret_tree(&crt_path, masters.clone()));
         self.add(key_path.clone(), issued.key_pem.clone(), true, Ships::secret_tree(&key_path, masters));
-        Ok(issued)
+    }
+
+    /// The existing service-account private key, or a new one.
+    fn load_or_new_sa_key(&self) -> Result<String, RenderError> {
+        let path = layout::pki("sa.key");
+        match self.reusable(&path) {
+            Some(key) => Ok(key.to_string()),
+            None => Ok(pki::service_account_key_pair(self.def.pki.key_algorithm).map_err(|e| crypto(&path)(e.into()))?.0),
+        }
     }
 
     /// A leaf certificate reused when it still matches `spec` and chains to `ca`,
@@ -258,17 +271,25 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
     let algorithm: KeyAlgorithm = def.pki.key_algorithm;
     let (_, leaf_validity) = def.pki.validities();
 
-    // The CAs (kubeadm's names and common names; KUBEADM.md "PKI kubeadm lays out").
-    let cluster_ca = b.ca("ca", "kubernetes")?;
-    b.ca("front-proxy-ca", "front-proxy-ca")?;
-    let etcd_ca = b.ca("etcd/ca", "etcd-ca")?;
+    // The CAs (kubeadm's names and common names; KUBEADM.md "PKI kubeadm lays out") and
+    // the service-account key, generated side by side: RSA key generation dominates a first
+    // render.
+    let (cluster_ca, front_proxy_ca, etcd_ca, sa_key) = std::thread::scope(|s| {
+        let builder = &b;
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Issued, RenderError>>| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let cluster = s.spawn(move || builder.load_or_new_ca("ca", "kubernetes"));
+        let front = s.spawn(move || builder.load_or_new_ca("front-proxy-ca", "front-proxy-ca"));
+        let etcd = s.spawn(move || builder.load_or_new_ca("etcd/ca", "etcd-ca"));
+        let sa = builder.load_or_new_sa_key();
+        (join(cluster), join(front), join(etcd), sa)
+    });
+    let (cluster_ca, front_proxy_ca, etcd_ca, sa_key) = (cluster_ca?, front_proxy_ca?, etcd_ca?, sa_key?);
+    b.add_ca("ca", &cluster_ca);
+    b.add_ca("front-proxy-ca", &front_proxy_ca);
+    b.add_ca("etcd/ca", &etcd_ca);
 
-    // The service-account key pair: sa.pub is derived from sa.key, so it is byte-stable.
+    // sa.pub is derived from sa.key, so it is byte-stable.
     let sa_key_path = layout::pki("sa.key");
-    let sa_key = match b.reusable(&sa_key_path) {
-        Some(key) => key.to_string(),
-        None => pki::service_account_key_pair(algorithm).map_err(|e| crypto(&sa_key_path)(e.into()))?.0,
-    };
     let sa_pub = pki::public_key_pem_of(&sa_key)
         .map_err(|e| RenderError::BrokenSecret { path: sa_key_path.clone(), problem: format!("it is not a private key ({e})") })?;
     let masters = b.masters();
