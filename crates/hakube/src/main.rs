@@ -77,15 +77,8 @@ enum Command {
     /// With NODE... only those nodes, against the existing cluster.
     #[command(after_help = INSTALL_AFTER_HELP)]
     Install {
-        /// The cluster definition (JSON).
-        definition: PathBuf,
-        /// Only these nodes (default: all).
-        nodes: Vec<String>,
         #[command(flatten)]
         common: RunArgs,
-        /// Print the plan, node by node and step by step, and touch nothing.
-        #[arg(long)]
-        dry_run: bool,
         /// Reset the targeted nodes first (kubeadm reset; a master leaves etcd first).
         #[arg(long)]
         reset: bool,
@@ -94,15 +87,8 @@ enum Command {
     /// a master leaves etcd through another master first.
     #[command(after_help = INSTALL_AFTER_HELP)]
     Reset {
-        /// The cluster definition (JSON).
-        definition: PathBuf,
-        /// Only these nodes (default: all).
-        nodes: Vec<String>,
         #[command(flatten)]
         common: RunArgs,
-        /// Print the plan and touch nothing.
-        #[arg(long)]
-        dry_run: bool,
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
@@ -122,6 +108,13 @@ Exit codes:
 /// Options shared by install and reset.
 #[derive(clap::Args)]
 struct RunArgs {
+    /// The cluster definition (JSON).
+    definition: PathBuf,
+    /// Only these nodes (default: all).
+    nodes: Vec<String>,
+    /// Print the plan, node by node and step by step, and touch nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// The assets directory `hakube render` wrote.
     #[arg(long, value_name = "DIR", default_value = "assets")]
     assets_dir: PathBuf,
@@ -171,13 +164,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Render { definition, assets_dir, templates, rotate_secrets, check } => {
             render::run(&definition, &assets_dir, templates.as_deref(), rotate_secrets, check)
         }
-        Command::Install { definition, nodes, common, dry_run, reset } => {
+        Command::Install { common, reset } => {
             let mode = if reset { Mode::ResetThenInstall } else { Mode::Install };
-            install::run(request(&definition, &nodes, &common, dry_run, mode, false))
+            install::run(request(&common, mode, false))
         }
-        Command::Reset { definition, nodes, common, dry_run, yes } => {
-            install::run(request(&definition, &nodes, &common, dry_run, Mode::Reset, yes))
-        }
+        Command::Reset { common, yes } => install::run(request(&common, Mode::Reset, yes)),
         Command::Schema => {
             print!("{}", hakube_cluster::schema());
             Ok(ExitCode::SUCCESS)
@@ -185,16 +176,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn request<'a>(definition: &'a Path, nodes: &'a [String], common: &'a RunArgs, dry_run: bool, mode: Mode, assume_yes: bool) -> install::Request<'a> {
+fn request(common: &RunArgs, mode: Mode, assume_yes: bool) -> install::Request<'_> {
     install::Request {
-        definition,
-        nodes,
+        definition: &common.definition,
+        nodes: &common.nodes,
         assets_dir: &common.assets_dir,
         log_dir: &common.log_dir,
         templates: common.templates.as_deref(),
         concurrency: common.concurrency.map(|c| c as usize),
         connect_timeout: std::time::Duration::from_secs(common.connect_timeout),
-        dry_run,
+        dry_run: common.dry_run,
         mode,
         assume_yes,
     }
