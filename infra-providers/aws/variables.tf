@@ -99,13 +99,13 @@ variable "ami_id" {
 }
 
 variable "vpc_cidr" {
-  description = "The VPC's network, also the definition's nodeNetworkCIDR. A /16 or larger: the three subnets are its first three /24s (for a /16), masters get .10 and up in them, workers .40 and up. Must not overlap pod_network_cidr or service_cidr."
+  description = "The VPC's network, also the definition's nodeNetworkCIDR. A /16: the three subnets are its first three /24s, masters get .10 and up in them, workers .40 and up. Must not overlap pod_network_cidr or service_cidr."
   type        = string
   default     = "10.1.0.0/16"
 
   validation {
-    condition     = can(cidrnetmask(var.vpc_cidr)) && can(regex("^[0-9.]+/(1[6]|[0-9])$", var.vpc_cidr)) && tonumber(split("/", var.vpc_cidr)[1]) >= 16
-    error_message = "vpc_cidr must be an IPv4 CIDR with a prefix of exactly /16 (AWS allows /16 to /28; the address plan needs /24 subnets)."
+    condition     = can(cidrnetmask(var.vpc_cidr)) && endswith(var.vpc_cidr, "/16") && try(cidrsubnet(var.vpc_cidr, 0, 0) == var.vpc_cidr, false)
+    error_message = "vpc_cidr must be an IPv4 /16 without host bits, such as 10.1.0.0/16 (the largest VPC AWS allows; the address plan needs /24 subnets)."
   }
 }
 
@@ -115,8 +115,8 @@ variable "pod_network_cidr" {
   default     = "10.244.0.0/16"
 
   validation {
-    condition     = can(cidrnetmask(var.pod_network_cidr))
-    error_message = "pod_network_cidr must be an IPv4 CIDR such as 10.244.0.0/16."
+    condition     = can(cidrnetmask(var.pod_network_cidr)) && try(cidrsubnet(var.pod_network_cidr, 0, 0) == var.pod_network_cidr, false)
+    error_message = "pod_network_cidr must be an IPv4 CIDR without host bits, such as 10.244.0.0/16."
   }
 }
 
@@ -126,8 +126,8 @@ variable "service_cidr" {
   default     = "10.96.0.0/12"
 
   validation {
-    condition     = can(cidrnetmask(var.service_cidr))
-    error_message = "service_cidr must be an IPv4 CIDR such as 10.96.0.0/12."
+    condition     = can(cidrnetmask(var.service_cidr)) && try(cidrsubnet(var.service_cidr, 0, 0) == var.service_cidr, false)
+    error_message = "service_cidr must be an IPv4 CIDR without host bits, such as 10.96.0.0/12."
   }
 }
 
