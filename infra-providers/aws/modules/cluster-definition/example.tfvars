@@ -1,7 +1,7 @@
-# Inputs as the root module passes them for terraform.tfvars.example, with made-up
-# addresses (203.0.113.0/24 is a documentation range). ../../cluster.example.json is the
-# output; crates/hakube/tests/infra_providers.rs checks that they agree and that hakube
-# validates it.
+# Inputs as the root module passes them for terraform.tfvars.example plus one
+# api_server_names entry, with made-up addresses (203.0.113.0/24 is a documentation
+# range). ../../cluster.example.json is the output: crates/hakube/tests/infra_providers.rs
+# checks that they agree and that hakube validates it.
 schema                       = "../../schema/cluster.schema.json"
 cluster_name                 = "hakube"
 master_load_balancer_address = "hakube-api-0123456789abcdef.elb.us-east-1.amazonaws.com"
