@@ -59,7 +59,31 @@ fn codegen(root: &Path) -> Result<()> {
 
 fn ci(root: &Path) -> Result<()> {
     install_packages()?;
-    run(Command::new("cargo").args(["test", "--workspace", "--locked"]).current_dir(root))
+    // cargo test's own output goes through as it comes; its per-binary results are added up
+    // into one closing line, so the last line says how many tests ran in all.
+    let mut child = Command::new("cargo")
+        .args(["test", "--workspace", "--locked", "--no-fail-fast"])
+        .current_dir(root)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("failed to start cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().expect("piped");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| rest.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok());
+            passed += count("passed").unwrap_or(0);
+            failed += count("failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait()?;
+    println!("{passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
 }
 
 /// Installs the missing [`TEST_PACKAGES`] with apt-get (root on Debian/Ubuntu), so a
