@@ -191,7 +191,7 @@ async fn live(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>, nodes: &[Str
 
 fn print_summary(summary: &Summary) {
     let width = summary.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<12} {:>8}  {}", "NODE", "RESULT", "TIME", "DETAIL");
+    println!("{:<width$}  {:<12} {:>8}  DETAIL", "NODE", "RESULT", "TIME");
     for n in &summary.nodes {
         let (result, detail) = match &n.outcome {
             NodeOutcome::Done => ("ok".to_string(), String::new()),
