@@ -1,0 +1,233 @@
+//! `hakube install` and `hakube reset`, the real binary, against the local test lab: three
+//! masters and two workers, each a network namespace with its own overlay root and a real
+//! sshd; kubeadm, kubelet, systemd and package downloads are the lab's recording stand-ins
+//! (crates/lab/README.md). Everything is asserted from the stand-ins' call logs on the
+//! nodes and from the per-node log files. Needs root (as CI runs).
+//!
+//! One lab serves every scenario, in order, inside one test: they build on each other
+//! (install, install again, one worker, a reset, an outage, host keys).
+
+use std::path::PathBuf;
+use std::time::Duration;
+use std::process::{Command, Output, Stdio};
+
+use hakube_lab::{Call, Lab, LabConfig};
+
+struct World {
+    lab: Lab,
+    dir: tempfile::TempDir,
+    definition: PathBuf,
+}
+
+impl World {
+    fn assets(&self) -> PathBuf {
+        self.dir.path().join("assets")
+    }
+    fn logs(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+    fn hakube(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_hakube"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .expect("failed to run hakube");
+        let text = text(&out);
+        assert!(!text.contains("panicked"), "hakube panicked:\n{text}");
+        out
+    }
+    fn install(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["install", self.definition.to_str().unwrap(), "--connect-timeout", "3"];
+        args.extend_from_slice(extra);
+        self.hakube(&args)
+    }
+    fn calls(&self, node: &str) -> Vec<Call> {
+        self.lab.calls(node).expect("read the node's call log")
+    }
+    fn kubeadm_calls(&self, node: &str) -> Vec<Call> {
+        self.calls(node).into_iter().filter(|c| c.name == "kubeadm").collect()
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn assert_code(out: &Output, code: i32, what: &str) {
+    assert_eq!(out.status.code(), Some(code), "{what}:\n{}", text(out));
+}
+
+/// `(start, end)` of the last kubeadm call whose first argument is `verb`.
+fn span(calls: &[Call], verb: &str) -> Option<(Duration, Duration)> {
+    calls.iter().rev().find(|c| c.args.first().map(String::as_str) == Some(verb)).map(|c| (c.start, c.end.expect("kubeadm call did not finish")))
+}
+
+fn setup() -> World {
+    assert!(
+        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
+        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Its own names and network, so it can run while `cargo xtask lab` has a lab up.
+    let config = LabConfig { prefix: "hkt".into(), bridge: "hkbr7".into(), subnet_base: [10, 252], ..LabConfig::new(3, 2, dir.path().join("lab")) };
+    // The definition the lab will match (its addressing is documented in LabConfig), with
+    // stacked etcd, kubeadm's default topology (external etcd is covered by render's tests).
+    let node = |name: String, ip: String| serde_json::json!({ "nodeName": name, "privateIP": ip });
+    let definition = serde_json::json!({
+        "clusterName": "lab",
+        "masterLoadBalancerAddress": config.load_balancer().to_string(),
+        "sshLoginUser": "root",
+        "nodeNetworkCIDR": config.network(),
+        "masters": (0..3).map(|i| node(format!("master{i}"), format!("10.252.0.{}", 11 + i))).collect::<Vec<_>>(),
+        "workers": (0..2).map(|i| node(format!("worker{i}"), format!("10.252.1.{}", 11 + i))).collect::<Vec<_>>(),
+    });
+    let path = dir.path().join("lab.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
+    // Render first: the lab installs the rendered host keys and authorizes the login key.
+    let out = Command::new(env!("CARGO_BIN_EXE_hakube")).args(["render", path.to_str().unwrap()]).current_dir(dir.path()).output().unwrap();
+    assert_code(&out, 0, "render");
+    let login = std::fs::read_to_string(dir.path().join("assets/ssh/id_ed25519.pub")).unwrap();
+    let lab = Lab::up(LabConfig { host_keys: Some(dir.path().join("assets")), authorized_key: Some(login.trim().to_string()), ..config })
+        .expect("lab up");
+    let lab_nodes: Vec<(String, String)> = lab.nodes().iter().map(|n| (n.name.clone(), n.address.to_string())).collect();
+    let ours: Vec<(String, String)> = definition["masters"].as_array().unwrap().iter().chain(definition["workers"].as_array().unwrap())
+        .map(|n| (n["nodeName"].as_str().unwrap().to_string(), n["privateIP"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(lab_nodes, ours, "the lab's addressing changed");
+    World { lab, dir, definition: path }
+}
+
+#[test]
+fn install_reset_and_failures_on_the_lab() {
+    let w = setup();
+    full_install_runs_in_ha_order(&w);
+    a_second_install_changes_nothing(&w);
+    one_worker_alone(&w);
+    one_worker_reset_and_rejoined(&w);
+    an_unreachable_worker_fails_alone_and_a_rerun_completes_it(&w);
+    no_secret_in_logs_or_process_arguments(&w);
+    host_keys_are_checked(&w);
+}
+
+fn full_install_runs_in_ha_order(w: &World) {
+    let out = w.install(&[]);
+    assert_code(&out, 0, "full install");
+    let summary = text(&out);
+    assert!(summary.contains("5 node(s) done"), "{summary}");
+    let init = span(&w.kubeadm_calls("master0"), "init").expect("kubeadm init ran on master0");
+    let m1 = span(&w.kubeadm_calls("master1"), "join").expect("master1 joined");
+    let m2 = span(&w.kubeadm_calls("master2"), "join").expect("master2 joined");
+    let w0 = span(&w.kubeadm_calls("worker0"), "join").expect("worker0 joined");
+    let w1 = span(&w.kubeadm_calls("worker1"), "join").expect("worker1 joined");
+    assert!(init.1 <= m1.0 && init.1 <= m2.0 && init.1 <= w0.0 && init.1 <= w1.0, "a join started before init finished");
+    assert!(m1.1 <= m2.0 || m2.1 <= m1.0, "master joins overlapped: {m1:?} {m2:?}");
+    let masters_done = m1.1.max(m2.1);
+    assert!(w0.0 >= masters_done && w1.0 >= masters_done, "a worker joined before the masters finished");
+    assert!(w.kubeadm_calls("master0").iter().all(|c| c.args.first().map(String::as_str) != Some("join")));
+    for node in ["master0", "worker1"] {
+        let log = std::fs::read_to_string(w.logs().join(format!("{node}.log"))).unwrap();
+        assert!(log.contains("::hakube:: step=post status=done"), "{node}.log:\n{log}");
+    }
+}
+
+fn a_second_install_changes_nothing(w: &World) {
+    // kubeadm calls that change a node (`kubeadm version` is only asked).
+    let changes = |n: &str| w.kubeadm_calls(n).iter().filter(|c| c.args.first().is_some_and(|v| v != "version")).count();
+    let before: Vec<usize> = ["master0", "master1", "worker0"].iter().map(|n| changes(n)).collect();
+    let out = w.install(&[]);
+    assert_code(&out, 0, "second install");
+    let after: Vec<usize> = ["master0", "master1", "worker0"].iter().map(|n| changes(n)).collect();
+    assert_eq!(before, after, "a second install ran kubeadm again");
+    let log = std::fs::read_to_string(w.logs().join("worker0.log")).unwrap();
+    assert!(log.contains("::hakube:: step=join status=skipped"), "{log}");
+}
+
+fn one_worker_alone(w: &World) {
+    let others = ["master1", "master2", "worker0"];
+    let before: Vec<usize> = others.iter().map(|n| w.calls(n).len()).collect();
+    let worker1_before = w.calls("worker1").len();
+    let out = w.install(&["worker1"]);
+    assert_code(&out, 0, "install worker1");
+    assert!(text(&out).contains("1 node(s) done"), "{}", text(&out));
+    let after: Vec<usize> = others.iter().map(|n| w.calls(n).len()).collect();
+    assert_eq!(before, after, "installing worker1 touched other nodes");
+    assert!(w.calls("worker1").len() > worker1_before, "worker1 was not touched");
+    // The token was checked on the first master, and nothing else ran there.
+    let log = std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
+    assert!(log.contains("::hakube:: step=token status=done"), "{log}");
+}
+
+fn one_worker_reset_and_rejoined(w: &World) {
+    let before = w.kubeadm_calls("worker1").len();
+    let out = w.install(&["worker1", "--reset"]);
+    assert_code(&out, 0, "install worker1 --reset");
+    let calls = &w.kubeadm_calls("worker1")[before..];
+    let verbs: Vec<&str> = calls.iter().filter_map(|c| c.args.first().map(String::as_str)).collect();
+    let reset = verbs.iter().position(|v| *v == "reset").expect("kubeadm reset ran on worker1");
+    let join = verbs.iter().rposition(|v| *v == "join").expect("worker1 joined again");
+    assert!(reset < join, "{verbs:?}");
+    assert!(w.kubeadm_calls("worker0").iter().all(|c| c.args.first().map(String::as_str) != Some("reset")));
+}
+
+fn an_unreachable_worker_fails_alone_and_a_rerun_completes_it(w: &World) {
+    // A fresh worker0: reset it, then take its sshd away before installing again.
+    assert_code(&w.hakube(&["reset", w.definition.to_str().unwrap(), "worker0", "--yes"]), 0, "reset worker0");
+    w.lab.stop_sshd("worker0").unwrap();
+    let out = w.install(&[]);
+    assert_code(&out, 3, "install with worker0 down");
+    let summary = text(&out);
+    let line = summary.lines().find(|l| l.starts_with("worker0")).unwrap_or_default();
+    assert!(line.contains("FAILED") && line.contains("worker0.log"), "{summary}");
+    for node in ["master0", "master1", "master2", "worker1"] {
+        let line = summary.lines().find(|l| l.starts_with(node)).unwrap_or_default();
+        assert!(line.contains(" ok "), "{node} did not finish:\n{summary}");
+    }
+    w.lab.start_sshd("worker0").unwrap();
+    let out = w.install(&[]);
+    assert_code(&out, 0, "rerun after sshd is back");
+    assert!(span(&w.kubeadm_calls("worker0"), "join").is_some());
+}
+
+fn no_secret_in_logs_or_process_arguments(w: &World) {
+    let token = std::fs::read_to_string(w.assets().join("token/bootstrap-token")).unwrap();
+    let secret = token.trim().split('.').nth(1).unwrap().to_string();
+    let ca_key = std::fs::read_to_string(w.assets().join("pki/ca.key")).unwrap();
+    let key_line = ca_key.lines().nth(1).unwrap().to_string();
+    for entry in std::fs::read_dir(w.logs()).unwrap() {
+        let path = entry.unwrap().path();
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(!log.contains(&secret), "{} holds the token secret", path.display());
+        assert!(!log.contains(&key_line) && !log.contains("PRIVATE KEY"), "{} holds key material", path.display());
+    }
+    for node in ["master0", "master1", "master2", "worker0", "worker1"] {
+        for call in w.calls(node) {
+            let args = call.args.join(" ");
+            assert!(!args.contains(&secret), "{node}: {} was called with the token secret", call.name);
+        }
+    }
+}
+
+fn host_keys_are_checked(w: &World) {
+    // A replaced machine (new host key) is refused under the default strict policy, and
+    // the failure names the host key.
+    w.lab.replace_host_key("worker1").unwrap();
+    let out = w.install(&["worker1"]);
+    assert_code(&out, 3, "install to a changed host key");
+    assert!(text(&out).contains("host key of worker1"), "{}", text(&out));
+    // accept-new: a host not yet known is recorded, then pinned.
+    let mut definition: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&w.definition).unwrap()).unwrap();
+    definition["hostKeyPolicy"] = "accept-new".into();
+    std::fs::write(&w.definition, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
+    let accepted = w.assets().join("ssh/known_hosts.accepted");
+    let _ = std::fs::remove_file(&accepted);
+    let out = w.install(&["worker1"]);
+    assert_code(&out, 0, "accept-new install");
+    let recorded = std::fs::read_to_string(&accepted).unwrap();
+    assert!(recorded.lines().count() >= 2, "accept-new did not record the keys of worker1 and master0: {recorded}");
+    w.lab.replace_host_key("worker1").unwrap();
+    let out = w.install(&["worker1"]);
+    assert_code(&out, 3, "accept-new after the key changed");
+    assert!(text(&out).contains("does not match"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&accepted).unwrap(), recorded, "the pinned key was replaced");
+}
