@@ -5,11 +5,14 @@
 //!   README.md's test command and .ci/run both call exactly this.
 //! - `bench render`: time `hakube render` (release build) for 5 masters + 1000 workers,
 //!   a first render and a re-render. Target: under 1 s each on a 2-core machine.
+//! - `lab up|down|status`: the local test lab (crates/lab; see xtask/src/lab.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod lab;
 
 /// Debian packages the test suite uses, with what for.
 const TEST_PACKAGES: &[(&str, &str)] = &[
@@ -29,12 +32,13 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("codegen") => codegen(&root),
         Some("ci") => ci(&root),
+        Some("lab") => lab::run(&root, &args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("render") => bench_render(&root),
             _ => bail!("usage: cargo xtask bench render"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <codegen|ci|bench render>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time rendering 5 masters + 1000 workers");
+            eprintln!("usage: cargo xtask <codegen|ci|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time rendering 5 masters + 1000 workers\n  lab           the local test lab: up [--masters N] [--workers M] [--assets DIR], down, status");
             bail!("unknown or missing task")
         }
     }
