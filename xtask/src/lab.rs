@@ -59,7 +59,7 @@ fn up(state_dir: &Path, args: &[String]) -> Result<()> {
         .with_context(|| format!("failed to write {}", definition.display()))?;
     print_nodes(&lab);
     println!("lab up in {:.1} s; cluster definition: {}", started.elapsed().as_secs_f64(), definition.display());
-    println!("stand-in calls of a node: {}/<node>/ (read through /proc/<holder>/root/var/log/hakube-lab/calls.log)", state_dir.display());
+    println!("a node's files: /proc/<holder>/root/...; its stand-in calls: /proc/<holder>/root/var/log/hakube-lab/calls.log");
     lab.detach();
     Ok(())
 }
@@ -85,14 +85,18 @@ fn status(state_dir: &Path) -> Result<()> {
 }
 
 fn print_nodes(lab: &Lab) {
-    println!("{:<10} {:<7} {:<14} {:<14} {:<8} sshd", "node", "role", "address", "netns", "holder");
+    println!("{:<10} {:<7} {:<14} {:<14} {:<16} sshd", "node", "role", "address", "netns", "holder");
     for node in lab.nodes() {
-        let holder = if Path::new(&format!("/proc/{}", node.holder_pid)).exists() { "up" } else { "gone" };
+        let holder = if Path::new(&format!("/proc/{}", node.holder_pid)).exists() {
+            format!("pid {}", node.holder_pid)
+        } else {
+            format!("pid {} (gone)", node.holder_pid)
+        };
         let sshd = match lab.sshd_pid(&node.name) {
             Ok(Some(pid)) if Path::new(&format!("/proc/{pid}")).exists() => format!("pid {pid}"),
             Ok(Some(pid)) => format!("pid {pid} (gone)"),
             _ => "stopped".into(),
         };
-        println!("{:<10} {:<7} {:<14} {:<14} {:<8} {sshd}", node.name, node.role.as_str(), node.address, node.netns, holder);
+        println!("{:<10} {:<7} {:<14} {:<14} {:<16} {sshd}", node.name, node.role.as_str(), node.address, node.netns, holder);
     }
 }

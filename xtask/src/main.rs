@@ -3,6 +3,8 @@
 //! - `codegen`: regenerate committed generated files (schema/cluster.schema.json).
 //! - `ci`: install the Debian packages the tests need, then run the whole test suite.
 //!   README.md's test command and .ci/run both call exactly this.
+//! - `bench install`: a full install on a 50-node lab (wall time, peak memory) next to one
+//!   round of plain parallel `ssh`.
 //! - `bench render`: time `hakube render` (release build) for 5 masters + 1000 workers,
 //!   a first render and a re-render. Target: under 1 s each on a 2-core machine.
 //! - `lab up|down|status`: the local test lab (crates/lab; see xtask/src/lab.rs).
@@ -12,6 +14,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench_install;
 mod lab;
 
 /// Debian packages the test suite uses, with what for.
@@ -23,6 +26,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("openssh-client", "ssh-keygen checks the rendered SSH keys; install's transport"),
     ("openssh-server", "a real sshd for every lab node"),
     ("iproute2", "network namespaces for the lab"),
+    ("sudo", "the lab's non-root login user with passwordless sudo"),
     ("openssl", "independent recomputation of the discovery token CA cert hash"),
 ];
 
@@ -35,10 +39,11 @@ fn main() -> Result<()> {
         Some("lab") => lab::run(&root, &args[1..]),
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("render") => bench_render(&root),
-            _ => bail!("usage: cargo xtask bench render"),
+            Some("install") => bench_install::run(&root),
+            _ => bail!("usage: cargo xtask bench render|install"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <codegen|ci|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time rendering 5 masters + 1000 workers\n  lab           the local test lab: up [--masters N] [--workers M] [--assets DIR], down, status");
+            eprintln!("usage: cargo xtask <codegen|ci|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time rendering 5 masters + 1000 workers\n  bench install time a full install on a 50-node lab next to plain parallel ssh\n  lab           the local test lab: up [--masters N] [--workers M] [--assets DIR], down, status");
             bail!("unknown or missing task")
         }
     }

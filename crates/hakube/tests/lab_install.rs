@@ -71,17 +71,10 @@ fn setup() -> World {
     let dir = tempfile::tempdir().unwrap();
     // Its own names and network, so it can run while `cargo xtask lab` has a lab up.
     let config = LabConfig { prefix: "hkt".into(), bridge: "hkbr7".into(), subnet_base: [10, 252], ..LabConfig::new(3, 2, dir.path().join("lab")) };
-    // The definition the lab will match (its addressing is documented in LabConfig), with
-    // stacked etcd, kubeadm's default topology (external etcd is covered by render's tests).
-    let node = |name: String, ip: String| serde_json::json!({ "nodeName": name, "privateIP": ip });
-    let definition = serde_json::json!({
-        "clusterName": "lab",
-        "masterLoadBalancerAddress": config.load_balancer().to_string(),
-        "sshLoginUser": "root",
-        "nodeNetworkCIDR": config.network(),
-        "masters": (0..3).map(|i| node(format!("master{i}"), format!("10.252.0.{}", 11 + i))).collect::<Vec<_>>(),
-        "workers": (0..2).map(|i| node(format!("worker{i}"), format!("10.252.1.{}", 11 + i))).collect::<Vec<_>>(),
-    });
+    // Stacked etcd: kubeadm's default topology (external etcd is covered by render's tests
+    // and by the lab's own runs of samples/lab-cluster.json).
+    let mut definition = hakube_lab::definition(&config).expect("lab definition");
+    definition["etcd"] = serde_json::json!({ "topology": "stacked" });
     let path = dir.path().join("lab.json");
     std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
     // Render first: the lab installs the rendered host keys and authorizes the login key.
@@ -90,11 +83,7 @@ fn setup() -> World {
     let login = std::fs::read_to_string(dir.path().join("assets/ssh/id_ed25519.pub")).unwrap();
     let lab = Lab::up(LabConfig { host_keys: Some(dir.path().join("assets")), authorized_key: Some(login.trim().to_string()), ..config })
         .expect("lab up");
-    let lab_nodes: Vec<(String, String)> = lab.nodes().iter().map(|n| (n.name.clone(), n.address.to_string())).collect();
-    let ours: Vec<(String, String)> = definition["masters"].as_array().unwrap().iter().chain(definition["workers"].as_array().unwrap())
-        .map(|n| (n["nodeName"].as_str().unwrap().to_string(), n["privateIP"].as_str().unwrap().to_string()))
-        .collect();
-    assert_eq!(lab_nodes, ours, "the lab's addressing changed");
+    assert_eq!(lab.definition()["workers"], definition["workers"], "the lab's addressing differs from its definition");
     World { lab, dir, definition: path }
 }
 
@@ -115,6 +104,10 @@ fn full_install_runs_in_ha_order(w: &World) {
     assert_code(&out, 0, "full install");
     let summary = text(&out);
     assert!(summary.contains("5 node(s) done"), "{summary}");
+    // Progress names each master as it joins (plain lines: stderr is not a terminal).
+    for node in ["master1", "master2", "worker0", "worker1"] {
+        assert!(summary.contains(&format!("{node}: join done")), "no progress line for {node}:\n{summary}");
+    }
     let init = span(&w.kubeadm_calls("master0"), "init").expect("kubeadm init ran on master0");
     let m1 = span(&w.kubeadm_calls("master1"), "join").expect("master1 joined");
     let m2 = span(&w.kubeadm_calls("master2"), "join").expect("master2 joined");

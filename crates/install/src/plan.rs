@@ -85,7 +85,7 @@ pub struct Phase {
     pub title: String,
     /// Parallel or one at a time.
     pub order: Order,
-    /// The steps, grouped by node: the runs of one node go in order.
+    /// The steps, one group per node: a group's runs go in order, on behalf of one node.
     pub runs: Vec<Vec<Run>>,
 }
 
@@ -171,7 +171,8 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
                 .filter(|n| nodes[*n].role == Role::Master)
                 .map(|n| Run { node: n.clone(), host: helper.into(), step: "forget".into(), args: vec![n.clone()] })
                 .collect();
-            push(PhaseKind::Forget, &format!("remove leaving masters from etcd through {helper}"), Order::Sequential, vec![leaving]);
+            let leaving = leaving.into_iter().map(|r| vec![r]).collect();
+            push(PhaseKind::Forget, &format!("remove leaving masters from etcd through {helper}"), Order::Sequential, leaving);
         }
         let resets = targeted
             .iter()
@@ -224,7 +225,8 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
         );
     }
     push(PhaseKind::Init, "kubeadm init on the first master", Order::Sequential, init);
-    push(PhaseKind::JoinMasters, "join masters one at a time", Order::Sequential, vec![join_masters]);
+    // One group per master: the runner starts the next only when the previous finished.
+    push(PhaseKind::JoinMasters, "join masters one at a time", Order::Sequential, join_masters.into_iter().map(|r| vec![r]).collect());
     push(PhaseKind::JoinWorkers, "join workers", Order::Parallel, join_workers);
     push(PhaseKind::Network, "cluster add-ons on the first master (cloud provider, network)", Order::Sequential, network);
     push(PhaseKind::Post, "post-install steps", Order::Parallel, post);
@@ -289,7 +291,7 @@ mod tests {
         assert_eq!(kinds(&plan), vec![Ship, Prepare, Init, JoinMasters, JoinWorkers, Network, Post]);
         let joins = &plan.phases[3];
         assert_eq!(joins.order, Order::Sequential);
-        assert_eq!(joins.runs, vec![vec![run("m1", "join"), run("m2", "join")]]);
+        assert_eq!(joins.runs, vec![vec![run("m1", "join")], vec![run("m2", "join")]]);
         assert_eq!(plan.phases[1].runs[0].iter().map(|r| r.step.as_str()).collect::<Vec<_>>(), ["prepare", "runtime", "packages", "pki"]);
     }
 

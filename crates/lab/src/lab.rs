@@ -129,29 +129,9 @@ impl Lab {
         self.nodes.iter().find(|n| n.name == name).ok_or_else(|| LabError::UnknownNode(name.to_string()))
     }
 
-    /// A cluster definition (hakube's JSON format) for this lab: clusterName `lab`, the
-    /// masters and workers with their addresses as privateIP, masterLoadBalancerAddress
-    /// `A.B.0.10` (nothing listens there), sshLoginUser from the configuration,
-    /// hostKeyPolicy `strict`, the stand-ins' Kubernetes version and nodeNetworkCIDR
-    /// `A.B.0.0/16`. Add or change fields (etcd, hooks, ...) as a test needs.
+    /// The cluster definition of this lab; see [`definition`].
     pub fn definition(&self) -> serde_json::Value {
-        let nodes = |role: Role| {
-            self.nodes
-                .iter()
-                .filter(|n| n.role == role)
-                .map(|n| json!({ "nodeName": n.name, "privateIP": n.address.to_string() }))
-                .collect::<Vec<_>>()
-        };
-        json!({
-            "clusterName": "lab",
-            "masterLoadBalancerAddress": self.config.load_balancer().to_string(),
-            "sshLoginUser": self.config.login_user,
-            "hostKeyPolicy": "strict",
-            "kubernetesVersion": self.config.kubernetes_version,
-            "nodeNetworkCIDR": self.config.network(),
-            "masters": nodes(Role::Master),
-            "workers": nodes(Role::Worker),
-        })
+        definition_of(&self.config, &self.nodes)
     }
 
     /// PID of `node`'s sshd, `None` while it is stopped. Errors: [`LabError::UnknownNode`].
@@ -479,6 +459,39 @@ fn veth_name(prefix: &str, node: &LabNode) -> String {
     format!("{prefix}v{letter}{index}")
 }
 
+/// A cluster definition (hakube's JSON format) for the lab `config` describes, known before
+/// the lab is up (so that `hakube render` can make the host keys and login key the lab then
+/// installs): clusterName `lab`, the masters and workers with their addresses as privateIP,
+/// masterLoadBalancerAddress `A.B.0.10` (nothing listens there), sshLoginUser from the
+/// configuration, hostKeyPolicy `strict`, the stand-ins' Kubernetes version and
+/// nodeNetworkCIDR `A.B.0.0/16`. Add or change fields (etcd, hooks, ...) as a test needs.
+///
+/// Errors: [`LabError`] when `config` asks for more nodes than a lab holds.
+pub fn definition(config: &LabConfig) -> Result<serde_json::Value, LabError> {
+    check_config(config)?;
+    Ok(definition_of(config, &plan(config)))
+}
+
+fn definition_of(config: &LabConfig, nodes: &[LabNode]) -> serde_json::Value {
+    let of_role = |role: Role| {
+        nodes
+            .iter()
+            .filter(|n| n.role == role)
+            .map(|n| json!({ "nodeName": n.name, "privateIP": n.address.to_string() }))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "clusterName": "lab",
+        "masterLoadBalancerAddress": config.load_balancer().to_string(),
+        "sshLoginUser": config.login_user,
+        "hostKeyPolicy": "strict",
+        "kubernetesVersion": config.kubernetes_version,
+        "nodeNetworkCIDR": config.network(),
+        "masters": of_role(Role::Master),
+        "workers": of_role(Role::Worker),
+    })
+}
+
 /// The nodes `config` asks for, with their names, addresses and directories (no holder yet).
 fn plan(config: &LabConfig) -> Vec<LabNode> {
     let [a, b] = config.subnet_base;
@@ -689,15 +702,16 @@ mod tests {
     fn configurations_that_cannot_work_are_refused() {
         let ok = LabConfig::new(1, 0, "/tmp/lab");
         assert!(check_config(&ok).is_ok());
-        let cases: Vec<(&str, Box<dyn Fn(&mut LabConfig)>)> = vec![
-            ("at most 240", Box::new(|c| c.workers = 241)),
-            ("no nodes", Box::new(|c| c.masters = 0)),
-            ("prefix", Box::new(|c| c.prefix = "Hk".into())),
-            ("prefix", Box::new(|c| c.prefix = "toolongprefix".into())),
-            ("bridge name", Box::new(|c| c.bridge = "a-bridge-name-too-long".into())),
-            ("bridge name", Box::new(|c| c.bridge = "hkvm3".into())),
-            ("login user", Box::new(|c| c.login_user = SUDO_USER.into())),
-            ("one public key line", Box::new(|c| c.authorized_key = Some("a\nb".into()))),
+        type Change = fn(&mut LabConfig);
+        let cases: [(&str, Change); 8] = [
+            ("at most 240", |c| c.workers = 241),
+            ("no nodes", |c| c.masters = 0),
+            ("prefix", |c| c.prefix = "Hk".into()),
+            ("prefix", |c| c.prefix = "toolongprefix".into()),
+            ("bridge name", |c| c.bridge = "a-bridge-name-too-long".into()),
+            ("bridge name", |c| c.bridge = "hkvm3".into()),
+            ("login user", |c| c.login_user = SUDO_USER.into()),
+            ("one public key line", |c| c.authorized_key = Some("a\nb".into())),
         ];
         for (expected, change) in cases {
             let mut config = ok.clone();

@@ -31,7 +31,7 @@ use std::path::PathBuf;
 pub use calls::{parse_calls, Call};
 pub use hakube_cluster::Role;
 pub use image::{STANDINS, STANDIN_LIBRARY};
-pub use lab::{clean, Lab};
+pub use lab::{clean, definition, Lab};
 use serde::{Deserialize, Serialize};
 
 /// The non-root login user a lab creates when [`LabConfig::sudo_user`] is set: passwordless

@@ -102,6 +102,14 @@ impl Fixture {
     }
 }
 
+/// The content of `path` as the node's mount namespace sees it outside the node's root: where
+/// its upper layer is, on disk or on the tmpfs the lab falls back to.
+fn upper_layer_file(node: &LabNode, path: &Path) -> String {
+    let out = Command::new("nsenter").arg("--target").arg(node.holder_pid.to_string()).args(["--mount", "cat"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "cat {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| !r.starts_with('Z')))
 }
@@ -147,7 +155,7 @@ fn a_nodes_writes_stay_in_that_node() {
     assert!(!Path::new("/etc/kubernetes").join(&marker).exists());
     assert_eq!(fs::read_to_string(f.lab.node_file("master0", format!("/etc/{marker}")).unwrap()).unwrap(), "written-on-master0\n");
     let upper = f.node("master0").dir.join("layers/upper/etc").join(&marker);
-    assert!(upper.exists(), "the write landed in master0's upper layer {}", upper.display());
+    assert_eq!(upper_layer_file(f.node("master0"), &upper), "written-on-master0\n", "the write landed in master0's upper layer");
     assert!(!f.lab.node_file("master1", format!("/etc/{marker}")).unwrap().exists(), "master1 does not see master0's file");
     assert_eq!(f.ssh("master1", &format!("test -e /etc/{marker} && echo seen || echo absent")), "absent\n");
 
@@ -277,6 +285,50 @@ fn up_cleans_up_after_a_crashed_run() {
     let namespaces = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     assert!(!namespaces.contains("hk9-master1"), "the earlier run's master1 is gone: {namespaces}");
     let pids = lab_pids(&lab, &[]);
+    drop(lab);
+    assert_nothing_left(&pids, &state_dir);
+}
+
+/// Unmounts a mount point when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn layers_go_to_a_tmpfs_when_the_state_directory_is_on_overlayfs() {
+    // As in a container whose root file system is overlayfs: an upper layer there is refused.
+    require_root();
+    let _lock = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let (lower, upper, work, merged) = ("lower", "upper", "work", "merged");
+    for d in [lower, upper, work, merged] {
+        fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    let p = |d: &str| dir.path().join(d).display().to_string();
+    let status = Command::new("mount")
+        .args(["-t", "overlay", "hakube-lab-test", "-o"])
+        .arg(format!("lowerdir={},upperdir={},workdir={}", p(lower), p(upper), p(work)))
+        .arg(p(merged))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _unmount = Unmount(dir.path().join(merged));
+
+    let lab = Lab::up(config(&dir.path().join(merged), 1, 0)).unwrap();
+    let node = lab.node("master0").unwrap();
+    let refused = fs::read_to_string(node.dir.join("overlay-error.log")).unwrap();
+    assert!(!refused.is_empty(), "the first overlay attempt (upper layer on overlayfs) fails");
+    let out = lab.command("master0", "bash").unwrap().args(["-c", "echo x > /etc/hakube-lab-tmpfs-layer && hostname"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "master0\n", "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!Path::new("/etc/hakube-lab-tmpfs-layer").exists());
+    assert_eq!(upper_layer_file(node, &node.dir.join("layers/upper/etc/hakube-lab-tmpfs-layer")), "x\n");
+    assert!(!node.dir.join("layers/upper/etc/hakube-lab-tmpfs-layer").exists(), "the layer is on the node's tmpfs, not on disk");
+    let pids = lab_pids(&lab, &[]);
+    let state_dir = lab.config().state_dir.clone();
     drop(lab);
     assert_nothing_left(&pids, &state_dir);
 }
