@@ -64,17 +64,21 @@ fn span(calls: &[Call], verb: &str) -> Option<(Duration, Duration)> {
 }
 
 fn setup() -> World {
+    setup_with("hkt", "hkbr7", [10, 252], "stacked")
+}
+
+fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str) -> World {
     assert!(
         Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
         "the lab needs root (network namespaces, overlay mounts); CI runs as root"
     );
     let dir = tempfile::tempdir().unwrap();
     // Its own names and network, so it can run while `cargo xtask lab` has a lab up.
-    let config = LabConfig { prefix: "hkt".into(), bridge: "hkbr7".into(), subnet_base: [10, 252], ..LabConfig::new(3, 2, dir.path().join("lab")) };
+    let config = LabConfig { prefix: prefix.into(), bridge: bridge.into(), subnet_base, ..LabConfig::new(3, 2, dir.path().join("lab")) };
     // Stacked etcd: kubeadm's default topology (external etcd is covered by render's tests
     // and by the lab's own runs of samples/lab-cluster.json).
     let mut definition = hakube_lab::definition(&config).expect("lab definition");
-    definition["etcd"] = serde_json::json!({ "topology": "stacked" });
+    definition["etcd"] = serde_json::json!({ "topology": etcd });
     let path = dir.path().join("lab.json");
     std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
     // Render first: the lab installs the rendered host keys and authorizes the login key.
@@ -97,6 +101,23 @@ fn install_reset_and_failures_on_the_lab() {
     an_unreachable_worker_fails_alone_and_a_rerun_completes_it(&w);
     no_secret_in_logs_or_process_arguments(&w);
     host_keys_are_checked(&w);
+}
+
+/// External etcd: a master reset (its member removed through another master) and installed
+/// again is added back to the running etcd cluster and joins.
+#[test]
+fn a_master_with_external_etcd_is_reset_and_reinstalled() {
+    let w = setup_with("hku", "hkbr6", [10, 254], "external");
+    assert_code(&w.install(&[]), 0, "full install, external etcd");
+    let out = w.hakube(&["reset", w.definition.to_str().unwrap(), "master2", "--yes"]);
+    assert_code(&out, 0, "reset master2");
+    let master0 = w.calls("master0").iter().map(Call::command_line).collect::<Vec<_>>().join("\n");
+    assert!(master0.contains("/v3/cluster/member/remove"), "master2's member was not removed through master0:\n{master0}");
+    let out = w.install(&["master2"]);
+    assert_code(&out, 0, "install master2 again");
+    let master2 = w.calls("master2").iter().map(Call::command_line).collect::<Vec<_>>().join("\n");
+    assert!(master2.contains("/v3/cluster/member/add"), "master2 did not add itself back:\n{master2}");
+    assert_eq!(w.kubeadm_calls("master2").iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).count(), 2);
 }
 
 fn full_install_runs_in_ha_order(w: &World) {

@@ -364,8 +364,29 @@ lab_etcd_members() {
 lab_etcd_admitted() {
   [[ ! -f $LAB_CLUSTER/etcd-removed/$1 ]] || return 1
   if [[ -f $LAB_CLUSTER/etcd-added/$1 ]]; then
-    grep -q -- '--initial-cluster-state=existing' "$LAB_ETCD_UNIT_FILE" || return 1
+    [[ $(lab_etcd_initial_state) == existing ]] || return 1
   fi
+}
+
+# lab_etcd_initial_state: the --initial-cluster-state the hakube-etcd unit starts etcd with,
+# resolved as systemd would: a literal value, or ${ETCD_INITIAL_CLUSTER_STATE} from the unit's
+# Environment= default and its EnvironmentFile= (which wins).
+lab_etcd_initial_state() {
+  local line value='' env_file=''
+  while IFS= read -r line; do
+    case $line in
+      *--initial-cluster-state=*) value=${line##*--initial-cluster-state=} value=${value%% *} ;;
+    esac
+  done <"$LAB_ETCD_UNIT_FILE"
+  # shellcheck disable=SC2016 # the unit's literal text, not an expansion
+  if [[ $value == '${ETCD_INITIAL_CLUSTER_STATE}' ]]; then
+    value=$(sed -n 's/^Environment=ETCD_INITIAL_CLUSTER_STATE=//p' "$LAB_ETCD_UNIT_FILE")
+    env_file=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "$LAB_ETCD_UNIT_FILE")
+    if [[ -n $env_file && -f $env_file ]]; then
+      value=$(sed -n 's/^ETCD_INITIAL_CLUSTER_STATE=//p' "$env_file" | tail -n 1)
+    fi
+  fi
+  printf '%s\n' "$value"
 }
 
 # lab_etcd_id NAME: a member id derived from the member's name (decimal, as etcd's JSON shows).
