@@ -64,17 +64,23 @@ fn span(calls: &[Call], verb: &str) -> Option<(Duration, Duration)> {
 }
 
 fn setup() -> World {
-    setup_with("hkt", "hkbr7", [10, 252], "stacked")
+    setup_with("hkt", "hkbr7", [10, 252], "stacked", false)
 }
 
-fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str) -> World {
+/// A lab with its own names and network (tests run side by side), rendered for, and with
+/// `sudo_user`, logged into as the lab's non-root user with passwordless sudo.
+fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str, sudo_user: bool) -> World {
     assert!(
         Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
         "the lab needs root (network namespaces, overlay mounts); CI runs as root"
     );
     let dir = tempfile::tempdir().unwrap();
     // Its own names and network, so it can run while `cargo xtask lab` has a lab up.
-    let config = LabConfig { prefix: prefix.into(), bridge: bridge.into(), subnet_base, ..LabConfig::new(3, 2, dir.path().join("lab")) };
+    let mut config = LabConfig { prefix: prefix.into(), bridge: bridge.into(), subnet_base, ..LabConfig::new(3, 2, dir.path().join("lab")) };
+    if sudo_user {
+        config.sudo_user = true;
+        config.login_user = hakube_lab::SUDO_USER.into();
+    }
     // Stacked etcd: kubeadm's default topology (external etcd is covered by render's tests
     // and by the lab's own runs of samples/lab-cluster.json).
     let mut definition = hakube_lab::definition(&config).expect("lab definition");
@@ -107,7 +113,7 @@ fn install_reset_and_failures_on_the_lab() {
 /// again is added back to the running etcd cluster and joins.
 #[test]
 fn a_master_with_external_etcd_is_reset_and_reinstalled() {
-    let w = setup_with("hku", "hkbr6", [10, 254], "external");
+    let w = setup_with("hku", "hkbr6", [10, 254], "external", false);
     assert_code(&w.install(&[]), 0, "full install, external etcd");
     let out = w.hakube(&["reset", w.definition.to_str().unwrap(), "master2", "--yes"]);
     assert_code(&out, 0, "reset master2");
@@ -118,6 +124,17 @@ fn a_master_with_external_etcd_is_reset_and_reinstalled() {
     let master2 = w.calls("master2").iter().map(Call::command_line).collect::<Vec<_>>().join("\n");
     assert!(master2.contains("/v3/cluster/member/add"), "master2 did not add itself back:\n{master2}");
     assert_eq!(w.kubeadm_calls("master2").iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).count(), 2);
+}
+
+/// A login user other than root: every command goes through `sudo -n`.
+#[test]
+fn a_non_root_login_user_installs_through_sudo() {
+    let w = setup_with("hks", "hkbr5", [10, 249], "stacked", true);
+    let definition = std::fs::read_to_string(&w.definition).unwrap();
+    assert!(definition.contains(&format!("\"sshLoginUser\": \"{}\"", hakube_lab::SUDO_USER)), "{definition}");
+    assert_code(&w.install(&[]), 0, "install as a sudo user");
+    assert!(span(&w.kubeadm_calls("master0"), "init").is_some());
+    assert!(span(&w.kubeadm_calls("worker1"), "join").is_some());
 }
 
 fn full_install_runs_in_ha_order(w: &World) {
