@@ -13,13 +13,19 @@ const MASTERS: usize = 3;
 const WORKERS: usize = 47;
 
 pub fn run(root: &Path) -> Result<()> {
-    let status = Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hakube"]).current_dir(root).status()?;
+    let status =
+        Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hakube"]).current_dir(root).status()?;
     if !status.success() {
         bail!("cargo build --release failed");
     }
     let hakube = root.join("target/release/hakube");
     let work = tempfile::Builder::new().prefix("hakube-bench-install").tempdir()?;
-    let config = LabConfig { prefix: "hkb".into(), bridge: "hkbr8".into(), subnet_base: [10, 253], ..LabConfig::new(MASTERS, WORKERS, work.path().join("lab")) };
+    let config = LabConfig {
+        prefix: "hkb".into(),
+        bridge: "hkbr8".into(),
+        subnet_base: [10, 253],
+        ..LabConfig::new(MASTERS, WORKERS, work.path().join("lab"))
+    };
     let definition = work.path().join("cluster.json");
     std::fs::write(&definition, serde_json::to_string_pretty(&hakube_lab::definition(&config)?)?)?;
     let out = Command::new(&hakube).arg("render").arg(&definition).current_dir(work.path()).output()?;
@@ -29,7 +35,9 @@ pub fn run(root: &Path) -> Result<()> {
     let assets = work.path().join("assets");
     let login = std::fs::read_to_string(assets.join("ssh/id_ed25519.pub"))?;
     println!("bringing up a lab of {MASTERS} masters + {WORKERS} workers ...");
-    let lab = Lab::up(LabConfig { host_keys: Some(assets.clone()), authorized_key: Some(login.trim().into()), ..config }).context("lab up")?;
+    let lab =
+        Lab::up(LabConfig { host_keys: Some(assets.clone()), authorized_key: Some(login.trim().into()), ..config })
+            .context("lab up")?;
 
     // One round of plain parallel ssh: connect, run `true`, disconnect.
     let start = Instant::now();
@@ -78,7 +86,11 @@ pub fn run(root: &Path) -> Result<()> {
             break status;
         }
         if let Ok(text) = std::fs::read_to_string(&status_file) {
-            if let Some(kib) = text.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()) {
+            if let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            {
                 peak_kib = peak_kib.max(kib);
             }
         }
@@ -89,8 +101,15 @@ pub fn run(root: &Path) -> Result<()> {
     if !status.success() {
         bail!("hakube install failed ({status}); logs were in {}", work.path().join("logs").display());
     }
-    println!("{} nodes ({MASTERS} masters + {WORKERS} workers), lab stand-ins for kubeadm and packages:", MASTERS + WORKERS);
+    println!(
+        "{} nodes ({MASTERS} masters + {WORKERS} workers), lab stand-ins for kubeadm and packages:",
+        MASTERS + WORKERS
+    );
     println!("  one round of plain parallel ssh        {:>8.2} s", ssh_round.as_secs_f64());
-    println!("  hakube install (full plan, release)    {:>8.2} s   peak memory {:.1} MiB", install.as_secs_f64(), peak_kib as f64 / 1024.0);
+    println!(
+        "  hakube install (full plan, release)    {:>8.2} s   peak memory {:.1} MiB",
+        install.as_secs_f64(),
+        peak_kib as f64 / 1024.0
+    );
     Ok(())
 }

@@ -37,8 +37,9 @@ fn up(state_dir: &Path, args: &[String]) -> Result<()> {
                 let assets = PathBuf::from(value("--assets")?);
                 let key = assets.join("ssh/id_ed25519.pub");
                 if key.exists() {
-                    config.authorized_key =
-                        Some(std::fs::read_to_string(&key).with_context(|| format!("failed to read {}", key.display()))?);
+                    config.authorized_key = Some(
+                        std::fs::read_to_string(&key).with_context(|| format!("failed to read {}", key.display()))?,
+                    );
                 }
                 config.host_keys = Some(assets);
             }
@@ -59,7 +60,9 @@ fn up(state_dir: &Path, args: &[String]) -> Result<()> {
         .with_context(|| format!("failed to write {}", definition.display()))?;
     print_nodes(&lab);
     println!("lab up in {:.1} s; cluster definition: {}", started.elapsed().as_secs_f64(), definition.display());
-    println!("a node's files: /proc/<holder>/root/...; its stand-in calls: /proc/<holder>/root/var/log/hakube-lab/calls.log");
+    println!(
+        "a node's files: /proc/<holder>/root/...; its stand-in calls: /proc/<holder>/root/var/log/hakube-lab/calls.log"
+    );
     lab.detach();
     Ok(())
 }
@@ -97,6 +100,13 @@ fn print_nodes(lab: &Lab) {
             Ok(Some(pid)) => format!("pid {pid} (gone)"),
             _ => "stopped".into(),
         };
-        println!("{:<10} {:<7} {:<14} {:<14} {:<16} {sshd}", node.name, node.role.as_str(), node.address, node.netns, holder);
+        println!(
+            "{:<10} {:<7} {:<14} {:<14} {:<16} {sshd}",
+            node.name,
+            node.role.as_str(),
+            node.address,
+            node.netns,
+            holder
+        );
     }
 }

@@ -82,7 +82,10 @@ fn ci(root: &Path) -> Result<()> {
         let line = line?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| rest.split(';').find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok());
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse::<u64>().ok())
+            };
             passed += count("passed").unwrap_or(0);
             failed += count("failed").unwrap_or(0);
         }
@@ -159,7 +162,11 @@ fn bench_render(root: &Path) -> Result<()> {
                 bail!("hakube render failed: {}", String::from_utf8_lossy(&out.stderr));
             }
             let verdict = if elapsed.as_secs_f64() < 1.0 { "ok" } else { "over 1 s" };
-            println!("  {label:<20} {run_label:<30} {:>7.3} s  {verdict}  ({} files)", elapsed.as_secs_f64(), walk_count(&assets));
+            println!(
+                "  {label:<20} {run_label:<30} {:>7.3} s  {verdict}  ({} files)",
+                elapsed.as_secs_f64(),
+                walk_count(&assets)
+            );
         }
         std::fs::remove_dir_all(&work)?;
     }

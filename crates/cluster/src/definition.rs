@@ -132,7 +132,6 @@ pub struct ClusterDefinition {
     // hakube-installer fields that no longer apply: accepted so that an old definition
     // works unchanged, each with a warning (see `legacy_fields`). Kept inline rather than
     // `#[serde(flatten)]`, which would hide unknown fields from validation.
-
     /// Deprecated (hakube-installer): Docker is no longer used; see containerRuntime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("deprecated" = true))]
@@ -446,26 +445,53 @@ impl ClusterDefinition {
         };
         note(self.docker_version.is_some(), "dockerVersion",
             "ignored (hakube-installer field): hakube installs containerd, not Docker; pin it with containerRuntime.version");
-        note(self.etcd_version.is_some(), "etcdVersion",
-            "ignored (hakube-installer field): kubeadm runs the etcd version that matches kubernetesVersion");
-        note(self.etcd_pki_dir.is_some(), "etcdPKIDir",
-            "ignored (hakube-installer field): the assets layout is fixed; etcd certificates live in pki/etcd/");
-        note(self.etcd_ca_common_name.is_some(), "etcdCACommonName",
-            "ignored (hakube-installer field): the etcd CA's common name is kubeadm's `etcd-ca`");
-        note(self.etcd_client_common_name.is_some(), "etcdClientCommonName",
-            "ignored (hakube-installer field): the etcd client certificate is kubeadm's `kube-apiserver-etcd-client`");
-        note(self.etcd_ca_cert_expiry.is_some(), "etcdCACertExpiry",
-            "ignored (hakube-installer field): set pki.caCertificateValidityPeriod instead");
-        note(self.ssh_keys_dir.is_some(), "sshKeysDir",
-            "ignored (hakube-installer field): the assets layout is fixed; SSH keys live in ssh/");
+        note(
+            self.etcd_version.is_some(),
+            "etcdVersion",
+            "ignored (hakube-installer field): kubeadm runs the etcd version that matches kubernetesVersion",
+        );
+        note(
+            self.etcd_pki_dir.is_some(),
+            "etcdPKIDir",
+            "ignored (hakube-installer field): the assets layout is fixed; etcd certificates live in pki/etcd/",
+        );
+        note(
+            self.etcd_ca_common_name.is_some(),
+            "etcdCACommonName",
+            "ignored (hakube-installer field): the etcd CA's common name is kubeadm's `etcd-ca`",
+        );
+        note(
+            self.etcd_client_common_name.is_some(),
+            "etcdClientCommonName",
+            "ignored (hakube-installer field): the etcd client certificate is kubeadm's `kube-apiserver-etcd-client`",
+        );
+        note(
+            self.etcd_ca_cert_expiry.is_some(),
+            "etcdCACertExpiry",
+            "ignored (hakube-installer field): set pki.caCertificateValidityPeriod instead",
+        );
+        note(
+            self.ssh_keys_dir.is_some(),
+            "sshKeysDir",
+            "ignored (hakube-installer field): the assets layout is fixed; SSH keys live in ssh/",
+        );
         note(self.scripts_dir.is_some(), "scriptsDir",
             "ignored (hakube-installer field): the assets layout is fixed; boot scripts live in nodes/<nodeName>/boot.sh");
-        note(self.master_fqdn.is_some(), "masterFQDN",
-            "renamed (hakube-installer field): use the list masterFQDNs; its value is used as masterFQDNs[0]");
-        note(self.master_load_balancer_ip.is_some(), "masterLoadBalancerIP",
-            "renamed (hakube-installer field): use masterLoadBalancerAddress; its value is used as that");
-        note(self.master_load_balancer_fqdn.is_some(), "masterLoadBalancerFQDN",
-            "renamed (hakube-installer field): use masterLoadBalancerAddress; its value is used as that");
+        note(
+            self.master_fqdn.is_some(),
+            "masterFQDN",
+            "renamed (hakube-installer field): use the list masterFQDNs; its value is used as masterFQDNs[0]",
+        );
+        note(
+            self.master_load_balancer_ip.is_some(),
+            "masterLoadBalancerIP",
+            "renamed (hakube-installer field): use masterLoadBalancerAddress; its value is used as that",
+        );
+        note(
+            self.master_load_balancer_fqdn.is_some(),
+            "masterLoadBalancerFQDN",
+            "renamed (hakube-installer field): use masterLoadBalancerAddress; its value is used as that",
+        );
         out
     }
 }
@@ -473,10 +499,7 @@ impl ClusterDefinition {
 impl ClusterDefinition {
     /// Every node, masters first, in definition order, with its role.
     pub fn nodes(&self) -> impl Iterator<Item = (Role, &Node)> {
-        self.masters
-            .iter()
-            .map(|n| (Role::Master, n))
-            .chain(self.workers.iter().map(|n| (Role::Worker, n)))
+        self.masters.iter().map(|n| (Role::Master, n)).chain(self.workers.iter().map(|n| (Role::Worker, n)))
     }
 
     /// The node called `name`, with its role, if there is one.
@@ -493,9 +516,7 @@ impl ClusterDefinition {
     /// kubeadm's `controlPlaneEndpoint` host: masterLoadBalancerAddress, or the single
     /// master's privateIP when it is unset.
     pub fn control_plane_host(&self) -> Option<&str> {
-        self.master_load_balancer_address
-            .as_deref()
-            .or_else(|| self.masters.first().map(|m| m.private_ip.as_str()))
+        self.master_load_balancer_address.as_deref().or_else(|| self.masters.first().map(|m| m.private_ip.as_str()))
     }
 }
 
@@ -540,7 +561,8 @@ impl PkiSettings {
     pub fn validities(&self) -> (std::time::Duration, std::time::Duration) {
         const HOUR: u64 = 3600;
         (
-            parse_go_duration(&self.ca_certificate_validity_period).unwrap_or(std::time::Duration::from_secs(87600 * HOUR)),
+            parse_go_duration(&self.ca_certificate_validity_period)
+                .unwrap_or(std::time::Duration::from_secs(87600 * HOUR)),
             parse_go_duration(&self.certificate_validity_period).unwrap_or(std::time::Duration::from_secs(8760 * HOUR)),
         )
     }

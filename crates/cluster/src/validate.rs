@@ -64,8 +64,7 @@ pub struct SupportedVersions {
 }
 
 /// The versions this build of hakube supports (see ../shared/KUBEADM.md, "Versions").
-pub const SUPPORTED: SupportedVersions =
-    SupportedVersions { oldest_minor: 31, newest_minor: 37, maintained_from: 35 };
+pub const SUPPORTED: SupportedVersions = SupportedVersions { oldest_minor: 31, newest_minor: 37, maintained_from: 35 };
 
 /// A kind of hook template under `templates/hooks/<dir>/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -173,7 +172,14 @@ pub(crate) fn parse(source: &str, map: &SourceMap<'_>, report: &mut Report) -> O
                     (path, position, None)
                 }
             };
-            report.push(Diagnostic { severity: Severity::Error, origin: map.origin.to_string(), position, path: path.to_string(), message, help });
+            report.push(Diagnostic {
+                severity: Severity::Error,
+                origin: map.origin.to_string(),
+                position,
+                path: path.to_string(),
+                message,
+                help,
+            });
             None
         }
     };
@@ -340,7 +346,10 @@ pub(crate) fn normalise(def: &mut ClusterDefinition, map: &SourceMap<'_>, report
             def.master_fqdns.insert(0, fqdn);
         }
     }
-    let aliases = [("masterLoadBalancerIP", def.master_load_balancer_ip.clone()), ("masterLoadBalancerFQDN", def.master_load_balancer_fqdn.clone())];
+    let aliases = [
+        ("masterLoadBalancerIP", def.master_load_balancer_ip.clone()),
+        ("masterLoadBalancerFQDN", def.master_load_balancer_fqdn.clone()),
+    ];
     for (field, value) in aliases {
         let Some(value) = value else { continue };
         match &def.master_load_balancer_address {
@@ -354,7 +363,12 @@ pub(crate) fn normalise(def: &mut ClusterDefinition, map: &SourceMap<'_>, report
         }
     }
     let hooks = &mut def.hooks;
-    for slot in [&mut hooks.preinstall, &mut hooks.cloud_provider, &mut hooks.cloud_provider_config, &mut hooks.network_provider] {
+    for slot in [
+        &mut hooks.preinstall,
+        &mut hooks.cloud_provider,
+        &mut hooks.cloud_provider_config,
+        &mut hooks.network_provider,
+    ] {
         if let Some(name) = slot.as_mut() {
             *name = HookCatalog::normalise(name).to_string();
         }
@@ -399,14 +413,22 @@ fn is_hostname(name: &str) -> bool {
 
 fn check_names(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     if !is_dns1123_subdomain(&def.cluster_name) {
-        c.error(&root("clusterName"), format!("{:?} is not an RFC 1123 name", def.cluster_name), Some("use lowercase letters, digits, '-' and '.'".into()));
+        c.error(
+            &root("clusterName"),
+            format!("{:?} is not an RFC 1123 name", def.cluster_name),
+            Some("use lowercase letters, digits, '-' and '.'".into()),
+        );
     }
     if !is_dns1123_subdomain(&def.dns_domain) {
         c.error(&root("dnsDomain"), format!("{:?} is not a valid DNS domain", def.dns_domain), None);
     }
     for (i, fqdn) in def.master_fqdns.iter().enumerate() {
         if !is_hostname(fqdn) {
-            c.error(&root("masterFQDNs").index(i), format!("{fqdn:?} is not a DNS name"), Some("list DNS names only; IP addresses belong in masterLoadBalancerAddress or the nodes' IPs".into()));
+            c.error(
+                &root("masterFQDNs").index(i),
+                format!("{fqdn:?} is not a DNS name"),
+                Some("list DNS names only; IP addresses belong in masterLoadBalancerAddress or the nodes' IPs".into()),
+            );
         }
     }
 }
@@ -423,7 +445,11 @@ fn nodes_with_paths(def: &ClusterDefinition) -> impl Iterator<Item = (JsonPath, 
 
 fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     if def.masters.is_empty() {
-        c.error(&root("masters"), "at least one master is required".into(), Some("list the control-plane nodes under masters; three give a highly available etcd".into()));
+        c.error(
+            &root("masters"),
+            "at least one master is required".into(),
+            Some("list the control-plane nodes under masters; three give a highly available etcd".into()),
+        );
     }
     let mut names: HashMap<&str, JsonPath> = HashMap::new();
     let mut private_ips: HashMap<IpAddr, JsonPath> = HashMap::new();
@@ -433,7 +459,11 @@ fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         if !is_dns1123_subdomain(&node.node_name) {
             c.error(&name_path, format!("{:?} is not a valid node name", node.node_name), Some(NODE_NAME_HELP.into()));
         } else if let Some(first) = names.get(node.node_name.as_str()) {
-            c.error(&name_path, format!("duplicate nodeName {:?}: also used by {first}", node.node_name), Some("node names must be unique across masters and workers".into()));
+            c.error(
+                &name_path,
+                format!("duplicate nodeName {:?}: also used by {first}", node.node_name),
+                Some("node names must be unique across masters and workers".into()),
+            );
         } else {
             names.insert(&node.node_name, path.clone());
         }
@@ -442,7 +472,11 @@ fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
             Err(_) => c.error(&ip_path, format!("{:?} is not an IP address", node.private_ip), None),
             Ok(ip) => {
                 if let Some(first) = private_ips.get(&ip) {
-                    c.error(&ip_path, format!("duplicate privateIP {ip}: also used by {first}"), Some("every node needs its own address".into()));
+                    c.error(
+                        &ip_path,
+                        format!("duplicate privateIP {ip}: also used by {first}"),
+                        Some("every node needs its own address".into()),
+                    );
                 } else {
                     private_ips.insert(ip, path.clone());
                 }
@@ -451,7 +485,11 @@ fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         if let Some(public) = &node.public_ip {
             let pub_path = path.key("publicIP");
             match public.parse::<IpAddr>() {
-                Err(_) => c.error(&pub_path, format!("{public:?} is not an IP address"), Some("publicIP is the address hakube connects to over SSH; leave it out to use privateIP".into())),
+                Err(_) => c.error(
+                    &pub_path,
+                    format!("{public:?} is not an IP address"),
+                    Some("publicIP is the address hakube connects to over SSH; leave it out to use privateIP".into()),
+                ),
                 Ok(ip) => {
                     if let Some(first) = public_ips.get(&ip) {
                         c.error(&pub_path, format!("duplicate publicIP {ip}: also used by {first}"), None);
@@ -464,16 +502,28 @@ fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         for (key, value) in &node.labels {
             let label_path = path.key("labels").key(key);
             if !is_qualified_name(key) {
-                c.error(&label_path, format!("label key {key:?} is not a Kubernetes qualified name"), Some("use [prefix/]name, name at most 63 characters of [A-Za-z0-9-_.]".into()));
+                c.error(
+                    &label_path,
+                    format!("label key {key:?} is not a Kubernetes qualified name"),
+                    Some("use [prefix/]name, name at most 63 characters of [A-Za-z0-9-_.]".into()),
+                );
             }
             if !is_label_value(value) {
-                c.error(&label_path, format!("label value {value:?} is not valid"), Some("at most 63 characters of [A-Za-z0-9-_.], starting and ending with an alphanumeric".into()));
+                c.error(
+                    &label_path,
+                    format!("label value {value:?} is not valid"),
+                    Some("at most 63 characters of [A-Za-z0-9-_.], starting and ending with an alphanumeric".into()),
+                );
             }
         }
         for (t, taint) in node.taints.iter().flatten().enumerate() {
             let taint_path = path.key("taints").index(t);
             if !is_qualified_name(&taint.key) {
-                c.error(&taint_path.key("key"), format!("taint key {:?} is not a Kubernetes qualified name", taint.key), None);
+                c.error(
+                    &taint_path.key("key"),
+                    format!("taint key {:?} is not a Kubernetes qualified name", taint.key),
+                    None,
+                );
             }
             if let Some(value) = &taint.value {
                 if !is_label_value(value) {
@@ -514,7 +564,11 @@ fn is_label_value(value: &str) -> bool {
 fn parse_cidr(text: &str, path: &JsonPath, c: &mut Checker<'_, '_>) -> Option<IpNet> {
     match text.parse::<IpNet>() {
         Err(_) => {
-            c.error(path, format!("{text:?} is not a CIDR"), Some("write it as ADDRESS/PREFIX, e.g. 10.244.0.0/16".into()));
+            c.error(
+                path,
+                format!("{text:?} is not a CIDR"),
+                Some("write it as ADDRESS/PREFIX, e.g. 10.244.0.0/16".into()),
+            );
             None
         }
         Ok(net) if net.trunc() != net => {
@@ -532,12 +586,20 @@ fn overlaps(a: &IpNet, b: &IpNet) -> bool {
 fn check_networks(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     let pod = parse_cidr(&def.pod_network_cidr, &root("podNetworkCIDR"), c).map(|n| ("podNetworkCIDR", n));
     let service = parse_cidr(&def.service_cidr, &root("serviceCIDR"), c).map(|n| ("serviceCIDR", n));
-    let node = def.node_network_cidr.as_deref().and_then(|t| parse_cidr(t, &root("nodeNetworkCIDR"), c)).map(|n| ("nodeNetworkCIDR", n));
+    let node = def
+        .node_network_cidr
+        .as_deref()
+        .and_then(|t| parse_cidr(t, &root("nodeNetworkCIDR"), c))
+        .map(|n| ("nodeNetworkCIDR", n));
     let nets: Vec<(&str, IpNet)> = [pod, service, node].into_iter().flatten().collect();
     for (i, (a_name, a)) in nets.iter().enumerate() {
         for (b_name, b) in &nets[i + 1..] {
             if overlaps(a, b) {
-                c.error(&root(b_name), format!("{b_name} {b} overlaps {a_name} {a}"), Some("pod, service and node networks must be disjoint; pick another range".into()));
+                c.error(
+                    &root(b_name),
+                    format!("{b_name} {b} overlaps {a_name} {a}"),
+                    Some("pod, service and node networks must be disjoint; pick another range".into()),
+                );
             }
         }
     }
@@ -548,7 +610,11 @@ fn check_networks(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
             if *name == "nodeNetworkCIDR" && !inside {
                 c.error(&path.key("privateIP"), format!("privateIP {ip} is outside nodeNetworkCIDR {net}"), None);
             } else if *name != "nodeNetworkCIDR" && inside {
-                c.error(&path.key("privateIP"), format!("privateIP {ip} lies inside {name} {net}"), Some(format!("choose a {name} that does not contain the nodes' addresses")));
+                c.error(
+                    &path.key("privateIP"),
+                    format!("privateIP {ip} lies inside {name} {net}"),
+                    Some(format!("choose a {name} that does not contain the nodes' addresses")),
+                );
             }
         }
     }
@@ -570,7 +636,14 @@ fn check_control_plane(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         _ => {}
     }
     if masters == 1 || masters == 2 {
-        c.warn(&root("masters"), format!("{masters} master{} cannot survive the loss of one: etcd needs a majority of members", if masters == 1 { "" } else { "s" }), Some("use three masters for a highly available control plane".into()));
+        c.warn(
+            &root("masters"),
+            format!(
+                "{masters} master{} cannot survive the loss of one: etcd needs a majority of members",
+                if masters == 1 { "" } else { "s" }
+            ),
+            Some("use three masters for a highly available control plane".into()),
+        );
     } else if masters > 2 && masters % 2 == 0 {
         c.warn(&root("masters"), format!("{masters} masters tolerate no more failures than {}: an even number adds etcd members without adding fault tolerance", masters - 1), Some("use an odd number of masters".into()));
     }
@@ -581,13 +654,27 @@ fn check_version(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     let s = SUPPORTED;
     let range = format!("1.{}.x to 1.{}.x", s.oldest_minor, s.newest_minor);
     match Version::parse(&def.kubernetes_version) {
-        None => c.error(&path, format!("{:?} is not a Kubernetes version", def.kubernetes_version), Some(format!("write MAJOR.MINOR.PATCH, e.g. {}; supported: {range}", crate::definition::DEFAULT_KUBERNETES_VERSION))),
+        None => c.error(
+            &path,
+            format!("{:?} is not a Kubernetes version", def.kubernetes_version),
+            Some(format!(
+                "write MAJOR.MINOR.PATCH, e.g. {}; supported: {range}",
+                crate::definition::DEFAULT_KUBERNETES_VERSION
+            )),
+        ),
         Some(v) if v.major != 1 || v.minor < s.oldest_minor || v.minor > s.newest_minor => c.error(
             &path,
             format!("Kubernetes {v} is not supported"),
-            Some(format!("hakube supports {range} (kubeadm.k8s.io/v1beta4); upstream maintains 1.{}.x to 1.{}.x", s.maintained_from, s.newest_minor)),
+            Some(format!(
+                "hakube supports {range} (kubeadm.k8s.io/v1beta4); upstream maintains 1.{}.x to 1.{}.x",
+                s.maintained_from, s.newest_minor
+            )),
         ),
-        Some(v) if v.minor < s.maintained_from => c.warn(&path, format!("Kubernetes {v} is past its upstream end of life"), Some(format!("upgrade to 1.{}.x or newer", s.maintained_from))),
+        Some(v) if v.minor < s.maintained_from => c.warn(
+            &path,
+            format!("Kubernetes {v} is past its upstream end of life"),
+            Some(format!("upgrade to 1.{}.x or newer", s.maintained_from)),
+        ),
         Some(_) => {}
     }
 }
@@ -596,11 +683,19 @@ fn parse_duration(text: &str, path: &JsonPath, c: &mut Checker<'_, '_>) -> Optio
     match go_parse_duration::parse_duration(text) {
         Ok(nanos) if nanos > 0 => crate::definition::parse_go_duration(text),
         Ok(_) => {
-            c.error(path, format!("{text:?} must be longer than zero"), Some("hakube never renders credentials that do not expire".into()));
+            c.error(
+                path,
+                format!("{text:?} must be longer than zero"),
+                Some("hakube never renders credentials that do not expire".into()),
+            );
             None
         }
         Err(_) => {
-            c.error(path, format!("{text:?} is not a Go duration"), Some("write hours, minutes or seconds, e.g. 24h, 8760h or 90m".into()));
+            c.error(
+                path,
+                format!("{text:?} is not a Go duration"),
+                Some("write hours, minutes or seconds, e.g. 24h, 8760h or 90m".into()),
+            );
             None
         }
     }
@@ -612,20 +707,33 @@ fn check_durations(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     let leaf = parse_duration(&def.pki.certificate_validity_period, &pki.key("certificateValidityPeriod"), c);
     if let (Some(ca), Some(leaf)) = (ca, leaf) {
         if leaf > ca {
-            c.error(&pki.key("certificateValidityPeriod"), "leaf certificates cannot outlive their CA".into(), Some("make certificateValidityPeriod at most caCertificateValidityPeriod".into()));
+            c.error(
+                &pki.key("certificateValidityPeriod"),
+                "leaf certificates cannot outlive their CA".into(),
+                Some("make certificateValidityPeriod at most caCertificateValidityPeriod".into()),
+            );
         }
     }
     let ttl_path = root("bootstrapToken").key("ttl");
     if let Some(ttl) = parse_duration(&def.bootstrap_token.ttl, &ttl_path, c) {
         if ttl > Duration::from_secs(7 * 24 * 3600) {
-            c.error(&ttl_path, format!("{} is longer than the 168h hakube allows", def.bootstrap_token.ttl), Some("a short-lived token is enough: install re-creates it when a node joins later".into()));
+            c.error(
+                &ttl_path,
+                format!("{} is longer than the 168h hakube allows", def.bootstrap_token.ttl),
+                Some("a short-lived token is enough: install re-creates it when a node joins later".into()),
+            );
         }
     }
 }
 
 fn check_hooks(def: &ClusterDefinition, hooks: &HookCatalog, c: &mut Checker<'_, '_>) {
     let h = &def.hooks;
-    for (kind, value) in [(HookKind::Preinstall, &h.preinstall), (HookKind::CloudProvider, &h.cloud_provider), (HookKind::CloudConfig, &h.cloud_provider_config), (HookKind::Network, &h.network_provider)] {
+    for (kind, value) in [
+        (HookKind::Preinstall, &h.preinstall),
+        (HookKind::CloudProvider, &h.cloud_provider),
+        (HookKind::CloudConfig, &h.cloud_provider_config),
+        (HookKind::Network, &h.network_provider),
+    ] {
         let Some(name) = value else { continue };
         if hooks.contains(kind, name) {
             continue;
@@ -633,19 +741,40 @@ fn check_hooks(def: &ClusterDefinition, hooks: &HookCatalog, c: &mut Checker<'_,
         let known = hooks.names(kind);
         let close = known.iter().find(|k| strsim::jaro_winkler(k, name) >= 0.85);
         let mut help = match known.is_empty() {
-            true => format!("no {} hooks exist; add templates/hooks/{}/{name}{} through --templates", kind.field(), kind.dir(), kind.suffix()),
-            false => format!("available: {}; or add templates/hooks/{}/{name}{} through --templates", known.join(", "), kind.dir(), kind.suffix()),
+            true => format!(
+                "no {} hooks exist; add templates/hooks/{}/{name}{} through --templates",
+                kind.field(),
+                kind.dir(),
+                kind.suffix()
+            ),
+            false => format!(
+                "available: {}; or add templates/hooks/{}/{name}{} through --templates",
+                known.join(", "),
+                kind.dir(),
+                kind.suffix()
+            ),
         };
         if let Some(k) = close {
             help = format!("did you mean `{k}`? {help}");
         }
-        c.error(&root("hooks").key(kind.field()), format!("there is no {} hook named {name:?}", kind.field()), Some(help));
+        c.error(
+            &root("hooks").key(kind.field()),
+            format!("there is no {} hook named {name:?}", kind.field()),
+            Some(help),
+        );
     }
 }
 
 fn check_user(user: &str, path: &JsonPath, c: &mut Checker<'_, '_>) {
-    if user.is_empty() || user.starts_with('-') || !user.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.')) {
-        c.error(path, format!("{user:?} is not a valid login name"), Some("use letters, digits, '_', '-' and '.'".into()));
+    if user.is_empty()
+        || user.starts_with('-')
+        || !user.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
+    {
+        c.error(
+            path,
+            format!("{user:?} is not a valid login name"),
+            Some("use letters, digits, '_', '-' and '.'".into()),
+        );
     }
 }
 
@@ -659,17 +788,27 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     }
     if let Some(bastion) = &def.ssh_bastion {
         if bastion.is_empty() || bastion.chars().any(|ch| ch.is_whitespace()) || bastion.starts_with('-') {
-            c.error(&root("sshBastion"), format!("{bastion:?} is not a ProxyJump destination"), Some("write [user@]host[:port], several separated by commas".into()));
+            c.error(
+                &root("sshBastion"),
+                format!("{bastion:?} is not a ProxyJump destination"),
+                Some("write [user@]host[:port], several separated by commas".into()),
+            );
         }
     }
     for (field, value) in [("sshLoginKey", &def.ssh_login_key)] {
         if value.as_deref().is_some_and(str::is_empty) {
-            c.error(&root(field), "an empty path names no key".into(), Some("leave sshLoginKey out to let hakube render generate a login key".into()));
+            c.error(
+                &root(field),
+                "an empty path names no key".into(),
+                Some("leave sshLoginKey out to let hakube render generate a login key".into()),
+            );
         }
     }
     let runtime = root("containerRuntime");
     let cr = &def.container_runtime;
-    for (field, value) in [("version", &cr.version), ("sandboxImage", &cr.sandbox_image), ("imageRepository", &cr.image_repository)] {
+    for (field, value) in
+        [("version", &cr.version), ("sandboxImage", &cr.sandbox_image), ("imageRepository", &cr.image_repository)]
+    {
         if let Some(v) = value {
             if v.is_empty() || v.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 c.error(&runtime.key(field), format!("{v:?} is empty or contains white space"), None);
@@ -681,10 +820,20 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         match url::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() => {
                 if u.scheme() == "http" {
-                    c.warn(&path, "the package repository is fetched over plain HTTP".into(), Some("packages are still checked against the repository's signing key, but prefer https".into()));
+                    c.warn(
+                        &path,
+                        "the package repository is fetched over plain HTTP".into(),
+                        Some(
+                            "packages are still checked against the repository's signing key, but prefer https".into(),
+                        ),
+                    );
                 }
             }
-            _ => c.error(&path, format!("{url:?} is not an http(s) URL"), Some("give the base URL, e.g. https://mirror.example.com/core:/stable:/v1.36".into())),
+            _ => c.error(
+                &path,
+                format!("{url:?} is not an http(s) URL"),
+                Some("give the base URL, e.g. https://mirror.example.com/core:/stable:/v1.36".into()),
+            ),
         }
     }
 }

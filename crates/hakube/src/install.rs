@@ -211,7 +211,10 @@ fn print_summary(summary: &Summary) {
     if summary.interrupted {
         println!("interrupted: {} of {} node(s) did not finish", failed, summary.nodes.len());
     } else if failed > 0 {
-        println!("{failed} of {} node(s) did not finish; fix the cause and run the same command again", summary.nodes.len());
+        println!(
+            "{failed} of {} node(s) did not finish; fix the cause and run the same command again",
+            summary.nodes.len()
+        );
     } else {
         println!("{} node(s) done", summary.nodes.len());
     }

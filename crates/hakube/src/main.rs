@@ -194,7 +194,8 @@ fn request(common: &RunArgs, mode: Mode, assume_yes: bool) -> install::Request<'
 /// Reads and validates a definition; prints warnings, and errors when it is invalid
 /// (then returns `None`). An unreadable file is an `Err`.
 pub(crate) fn load_definition(path: &Path, catalog: &HookCatalog) -> Result<Option<Loaded>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read cluster definition {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read cluster definition {}", path.display()))?;
     let origin = path.display().to_string();
     match hakube_cluster::load(&text, &origin, catalog) {
         Ok(loaded) => {

@@ -7,7 +7,13 @@ use std::time::SystemTime;
 use anyhow::{Context, Result};
 use hakube_render::{assets, render, Templates};
 
-pub fn run(definition: &Path, assets_dir: &Path, templates: Option<&Path>, rotate_secrets: bool, check: bool) -> Result<ExitCode> {
+pub fn run(
+    definition: &Path,
+    assets_dir: &Path,
+    templates: Option<&Path>,
+    rotate_secrets: bool,
+    check: bool,
+) -> Result<ExitCode> {
     let templates = Templates::new(templates).context("failed to load templates")?;
     let catalog = templates.hook_catalog();
     let Some(loaded) = crate::load_definition(definition, &catalog)? else {
@@ -27,11 +33,16 @@ pub fn run(definition: &Path, assets_dir: &Path, templates: Option<&Path>, rotat
         for p in &problems {
             eprintln!("{dir}/{p}");
         }
-        eprintln!("{dir}: {} problem(s); run `hakube render {}` to bring the assets up to date", problems.len(), definition.display());
+        eprintln!(
+            "{dir}: {} problem(s); run `hakube render {}` to bring the assets up to date",
+            problems.len(),
+            definition.display()
+        );
         return Ok(ExitCode::from(1));
     }
     let summary = assets::write(assets_dir, &set, &existing)?;
-    for (label, paths) in [("created", &summary.created), ("changed", &summary.changed), ("removed", &summary.removed)] {
+    for (label, paths) in [("created", &summary.created), ("changed", &summary.changed), ("removed", &summary.removed)]
+    {
         for p in paths {
             println!("{label:>8} {dir}/{p}");
         }
@@ -43,6 +54,9 @@ pub fn run(definition: &Path, assets_dir: &Path, templates: Option<&Path>, rotat
         summary.kept.len(),
         summary.removed.len()
     );
-    println!("next: review {dir}/nodes/*/boot.sh, then run `hakube install {} --assets-dir {dir}`", definition.display());
+    println!(
+        "next: review {dir}/nodes/*/boot.sh, then run `hakube install {} --assets-dir {dir}`",
+        definition.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -66,12 +66,14 @@ fn terraform() -> Option<Command> {
 
 /// `hakube validate FILE`: (exit code, stdout, stderr).
 fn validate(file: &Path) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hakube")).arg("validate").arg(file).output().expect("failed to run hakube");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_hakube")).arg("validate").arg(file).output().expect("failed to run hakube");
     (out.status.code().expect("hakube was killed by a signal"), text(&out.stdout), text(&out.stderr))
 }
 
 fn assert_same(what: &str, expected_file: &Path, actual: &str) {
-    let expected = std::fs::read_to_string(expected_file).unwrap_or_else(|e| panic!("failed to read {}: {e}", expected_file.display()));
+    let expected = std::fs::read_to_string(expected_file)
+        .unwrap_or_else(|e| panic!("failed to read {}: {e}", expected_file.display()));
     assert!(
         expected == actual,
         "{what} differs from {} (update the example if the change is intended)\n--- committed\n{expected}\n--- written now\n{actual}",
@@ -148,7 +150,13 @@ fn aws_example_is_what_the_definition_template_writes() {
 #[test]
 fn aws_definition_without_render_keys_trusts_on_first_contact_and_validates() {
     let single_master = r#"masters=[{name="ip-10-1-0-10.ec2.internal",private_ip="10.1.0.10",public_ip="203.0.113.10",zone="us-east-1a"}]"#;
-    let vars = ["host_key_policy=accept-new", "ssh_login_key=~/.ssh/id_ed25519", "master_fqdns=[]", "workers=[]", single_master];
+    let vars = [
+        "host_key_policy=accept-new",
+        "ssh_login_key=~/.ssh/id_ed25519",
+        "master_fqdns=[]",
+        "workers=[]",
+        single_master,
+    ];
     let Some(json) = aws_definition(&vars) else { return };
     let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("not JSON ({e}):\n{json}"));
     assert_eq!(value["hostKeyPolicy"], "accept-new", "{json}");
@@ -232,15 +240,23 @@ fn vagrant_example_is_what_the_vagrantfile_writes() {
     let dir = vagrant_copy();
     let out = vagrant(dir.path(), &["status"]);
     assert!(out.status.success(), "the Vagrantfile failed:\n{}{}", text(&out.stdout), text(&out.stderr));
-    let written = std::fs::read_to_string(dir.path().join("cluster.json")).expect("the Vagrantfile wrote no cluster.json");
+    let written =
+        std::fs::read_to_string(dir.path().join("cluster.json")).expect("the Vagrantfile wrote no cluster.json");
     assert_same("the Vagrantfile's cluster definition", &providers().join("vagrant/cluster.example.json"), &written);
 
-    let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stub output ({e}): {}", text(&out.stdout)));
-    assert_eq!(log["defines"], serde_json::json!(["lb", "master0", "master1", "master2", "worker0", "worker1", "worker2"]));
+    let log: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stub output ({e}): {}", text(&out.stdout)));
+    assert_eq!(
+        log["defines"],
+        serde_json::json!(["lb", "master0", "master1", "master2", "worker0", "worker1", "worker2"])
+    );
     let scripts: Vec<&str> = log["provisions"].as_array().unwrap().iter().filter_map(|p| p["path"].as_str()).collect();
     assert!(scripts.contains(&"provision/haproxy.sh") && scripts.contains(&"provision/install-keys.sh"), "{scripts:?}");
     for script in scripts {
-        assert!(providers().join("vagrant").join(script).is_file(), "a provisioner runs {script}, which does not exist");
+        assert!(
+            providers().join("vagrant").join(script).is_file(),
+            "a provisioner runs {script}, which does not exist"
+        );
     }
 }
 
@@ -257,12 +273,22 @@ fn vagrant_up_stops_until_render_wrote_the_keys_and_then_finds_them_all() {
     assert!(vagrant(dir.path(), &["up", "--no-provision"]).status.success());
 
     // The real render, run where the README says, writes every file the provisioners upload.
-    let render = Command::new(env!("CARGO_BIN_EXE_hakube")).current_dir(dir.path()).args(["render", "cluster.json"]).output().expect("failed to run hakube");
+    let render = Command::new(env!("CARGO_BIN_EXE_hakube"))
+        .current_dir(dir.path())
+        .args(["render", "cluster.json"])
+        .output()
+        .expect("failed to run hakube");
     assert!(render.status.success(), "hakube render failed:\n{}{}", text(&render.stdout), text(&render.stderr));
     let out = vagrant(dir.path(), &["up"]);
     assert!(out.status.success(), "vagrant up refused after render:\n{}", text(&out.stderr));
     let log: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let uploads: Vec<&str> = log["provisions"].as_array().unwrap().iter().filter(|p| p["type"] == "file").map(|p| p["source"].as_str().unwrap()).collect();
+    let uploads: Vec<&str> = log["provisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "file")
+        .map(|p| p["source"].as_str().unwrap())
+        .collect();
     // Per node: the login key and the host key pair.
     assert_eq!(uploads.len(), 6 * 3, "{uploads:?}");
     for source in uploads {
@@ -295,6 +321,9 @@ fn provider_examples_validate_and_point_at_the_schema() {
         let schema = value["$schema"].as_str().unwrap_or_else(|| panic!("{example} has no $schema"));
         let resolved = file.parent().unwrap().join(schema);
         assert!(resolved.is_file(), "{example}: $schema {schema} does not lead to {}", resolved.display());
-        assert_eq!(resolved.canonicalize().unwrap(), repo_root().join("schema/cluster.schema.json").canonicalize().unwrap());
+        assert_eq!(
+            resolved.canonicalize().unwrap(),
+            repo_root().join("schema/cluster.schema.json").canonicalize().unwrap()
+        );
     }
 }

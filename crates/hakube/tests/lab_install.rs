@@ -8,8 +8,8 @@
 //! (install, install again, one worker, a reset, an outage, host keys).
 
 use std::path::PathBuf;
-use std::time::Duration;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use hakube_lab::{Call, Lab, LabConfig};
 
@@ -60,7 +60,11 @@ fn assert_code(out: &Output, code: i32, what: &str) {
 
 /// `(start, end)` of the last kubeadm call whose first argument is `verb`.
 fn span(calls: &[Call], verb: &str) -> Option<(Duration, Duration)> {
-    calls.iter().rev().find(|c| c.args.first().map(String::as_str) == Some(verb)).map(|c| (c.start, c.end.expect("kubeadm call did not finish")))
+    calls
+        .iter()
+        .rev()
+        .find(|c| c.args.first().map(String::as_str) == Some(verb))
+        .map(|c| (c.start, c.end.expect("kubeadm call did not finish")))
 }
 
 fn setup() -> World {
@@ -76,7 +80,12 @@ fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str, sudo
     );
     let dir = tempfile::tempdir().unwrap();
     // Its own names and network, so it can run while `cargo xtask lab` has a lab up.
-    let mut config = LabConfig { prefix: prefix.into(), bridge: bridge.into(), subnet_base, ..LabConfig::new(3, 2, dir.path().join("lab")) };
+    let mut config = LabConfig {
+        prefix: prefix.into(),
+        bridge: bridge.into(),
+        subnet_base,
+        ..LabConfig::new(3, 2, dir.path().join("lab"))
+    };
     if sudo_user {
         config.sudo_user = true;
         config.login_user = hakube_lab::SUDO_USER.into();
@@ -88,11 +97,19 @@ fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str, sudo
     let path = dir.path().join("lab.json");
     std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
     // Render first: the lab installs the rendered host keys and authorizes the login key.
-    let out = Command::new(env!("CARGO_BIN_EXE_hakube")).args(["render", path.to_str().unwrap()]).current_dir(dir.path()).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hakube"))
+        .args(["render", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     assert_code(&out, 0, "render");
     let login = std::fs::read_to_string(dir.path().join("assets/ssh/id_ed25519.pub")).unwrap();
-    let lab = Lab::up(LabConfig { host_keys: Some(dir.path().join("assets")), authorized_key: Some(login.trim().to_string()), ..config })
-        .expect("lab up");
+    let lab = Lab::up(LabConfig {
+        host_keys: Some(dir.path().join("assets")),
+        authorized_key: Some(login.trim().to_string()),
+        ..config
+    })
+    .expect("lab up");
     assert_eq!(lab.definition()["workers"], definition["workers"], "the lab's addressing differs from its definition");
     World { lab, dir, definition: path }
 }
@@ -118,7 +135,10 @@ fn a_master_with_external_etcd_is_reset_and_reinstalled() {
     let out = w.hakube(&["reset", w.definition.to_str().unwrap(), "master2", "--yes"]);
     assert_code(&out, 0, "reset master2");
     let master0 = w.calls("master0").iter().map(Call::command_line).collect::<Vec<_>>().join("\n");
-    assert!(master0.contains("/v3/cluster/member/remove"), "master2's member was not removed through master0:\n{master0}");
+    assert!(
+        master0.contains("/v3/cluster/member/remove"),
+        "master2's member was not removed through master0:\n{master0}"
+    );
     let out = w.install(&["master2"]);
     assert_code(&out, 0, "install master2 again");
     let master2 = w.calls("master2").iter().map(Call::command_line).collect::<Vec<_>>().join("\n");
@@ -151,7 +171,10 @@ fn full_install_runs_in_ha_order(w: &World) {
     let m2 = span(&w.kubeadm_calls("master2"), "join").expect("master2 joined");
     let w0 = span(&w.kubeadm_calls("worker0"), "join").expect("worker0 joined");
     let w1 = span(&w.kubeadm_calls("worker1"), "join").expect("worker1 joined");
-    assert!(init.1 <= m1.0 && init.1 <= m2.0 && init.1 <= w0.0 && init.1 <= w1.0, "a join started before init finished");
+    assert!(
+        init.1 <= m1.0 && init.1 <= m2.0 && init.1 <= w0.0 && init.1 <= w1.0,
+        "a join started before init finished"
+    );
     assert!(m1.1 <= m2.0 || m2.1 <= m1.0, "master joins overlapped: {m1:?} {m2:?}");
     let masters_done = m1.1.max(m2.1);
     assert!(w0.0 >= masters_done && w1.0 >= masters_done, "a worker joined before the masters finished");
@@ -164,7 +187,8 @@ fn full_install_runs_in_ha_order(w: &World) {
 
 fn a_second_install_changes_nothing(w: &World) {
     // kubeadm calls that change a node (`kubeadm version` is only asked).
-    let changes = |n: &str| w.kubeadm_calls(n).iter().filter(|c| c.args.first().is_some_and(|v| v != "version")).count();
+    let changes =
+        |n: &str| w.kubeadm_calls(n).iter().filter(|c| c.args.first().is_some_and(|v| v != "version")).count();
     let before: Vec<usize> = ["master0", "master1", "worker0"].iter().map(|n| changes(n)).collect();
     let out = w.install(&[]);
     assert_code(&out, 0, "second install");
@@ -247,7 +271,8 @@ fn host_keys_are_checked(w: &World) {
     assert_code(&out, 3, "install to a changed host key");
     assert!(text(&out).contains("host key of worker1"), "{}", text(&out));
     // accept-new: a host not yet known is recorded, then pinned.
-    let mut definition: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&w.definition).unwrap()).unwrap();
+    let mut definition: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&w.definition).unwrap()).unwrap();
     definition["hostKeyPolicy"] = "accept-new".into();
     std::fs::write(&w.definition, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
     let accepted = w.assets().join("ssh/known_hosts.accepted");

@@ -5,7 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn hakube(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hakube")).args(args).current_dir(cwd).stdin(Stdio::null()).output().expect("failed to run hakube")
+    Command::new(env!("CARGO_BIN_EXE_hakube"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("failed to run hakube")
 }
 
 fn sample(name: &str) -> String {
@@ -35,7 +40,11 @@ fn render_reports_then_keeps_everything_and_check_passes() {
     std::fs::write(&script, "#!/bin/sh\nreboot\n").unwrap();
     let check = hakube(&["render", &lab, "--check"], dir.path());
     assert_eq!(check.status.code(), Some(1));
-    assert!(text(&check).contains("assets/nodes/worker0/boot.sh: does not match the sha256 in manifest.json"), "{}", text(&check));
+    assert!(
+        text(&check).contains("assets/nodes/worker0/boot.sh: does not match the sha256 in manifest.json"),
+        "{}",
+        text(&check)
+    );
     assert_eq!(std::fs::read_to_string(&script).unwrap(), "#!/bin/sh\nreboot\n");
 }
 

@@ -61,68 +61,101 @@ fn broken_json_names_line_and_column() {
 #[test]
 fn a_wrong_type_names_the_path() {
     let text = VALID.replace("\"10.0.0.20\"", "10");
-    assert_invalid(&text, &["cluster.json:9:38: error: workers[0].privateIP: invalid type: integer `10`, expected a string"]);
+    assert_invalid(
+        &text,
+        &["cluster.json:9:38: error: workers[0].privateIP: invalid type: integer `10`, expected a string"],
+    );
 }
 
 #[test]
 fn an_unknown_field_is_an_error_with_a_suggestion() {
-    let text = VALID.replace("\"nodeName\": \"m1\"", "\"nodeNmae\": \"m1\", \"nodeName\": \"m1\"").replace("\"masters\"", "\"kubernetesVersoin\": \"1.36.1\", \"masters\"");
-    assert_invalid(&text, &[
-        "cluster.json:5:7: error: masters[1].nodeNmae: unknown field `nodeNmae`",
-        "help: did you mean `nodeName`?",
-        "cluster.json:3:3: error: kubernetesVersoin: unknown field `kubernetesVersoin`",
-        "help: did you mean `kubernetesVersion`?",
-    ]);
+    let text = VALID
+        .replace("\"nodeName\": \"m1\"", "\"nodeNmae\": \"m1\", \"nodeName\": \"m1\"")
+        .replace("\"masters\"", "\"kubernetesVersoin\": \"1.36.1\", \"masters\"");
+    assert_invalid(
+        &text,
+        &[
+            "cluster.json:5:7: error: masters[1].nodeNmae: unknown field `nodeNmae`",
+            "help: did you mean `nodeName`?",
+            "cluster.json:3:3: error: kubernetesVersoin: unknown field `kubernetesVersoin`",
+            "help: did you mean `kubernetesVersion`?",
+        ],
+    );
 }
 
 #[test]
 fn node_names_with_shell_metacharacters_or_spaces_are_refused() {
     let text = VALID.replace("\"m1\"", "\"m1;reboot\"").replace("\"w0\"", "\"w 0\"");
-    assert_invalid(&text, &[
-        "cluster.json:5:19: error: masters[1].nodeName: \"m1;reboot\" is not a valid node name",
-        "cluster.json:9:19: error: workers[0].nodeName: \"w 0\" is not a valid node name",
-        "RFC 1123",
-    ]);
+    assert_invalid(
+        &text,
+        &[
+            "cluster.json:5:19: error: masters[1].nodeName: \"m1;reboot\" is not a valid node name",
+            "cluster.json:9:19: error: workers[0].nodeName: \"w 0\" is not a valid node name",
+            "RFC 1123",
+        ],
+    );
 }
 
 #[test]
 fn a_duplicate_ip_is_refused_and_both_places_named() {
     let text = VALID.replace("10.0.0.20", "10.0.0.11");
-    assert_invalid(&text, &["cluster.json:9:38: error: workers[0].privateIP: duplicate privateIP 10.0.0.11: also used by masters[1]"]);
+    assert_invalid(
+        &text,
+        &["cluster.json:9:38: error: workers[0].privateIP: duplicate privateIP 10.0.0.11: also used by masters[1]"],
+    );
 }
 
 #[test]
 fn overlapping_pod_and_service_networks_are_refused() {
-    let text = VALID.replace("\"masters\"", "\"podNetworkCIDR\": \"10.96.0.0/16\", \"serviceCIDR\": \"10.96.0.0/12\", \"masters\"");
-    assert_invalid(&text, &["cluster.json:3:52: error: serviceCIDR: serviceCIDR 10.96.0.0/12 overlaps podNetworkCIDR 10.96.0.0/16"]);
+    let text = VALID
+        .replace("\"masters\"", "\"podNetworkCIDR\": \"10.96.0.0/16\", \"serviceCIDR\": \"10.96.0.0/12\", \"masters\"");
+    assert_invalid(
+        &text,
+        &["cluster.json:3:52: error: serviceCIDR: serviceCIDR 10.96.0.0/12 overlaps podNetworkCIDR 10.96.0.0/16"],
+    );
 }
 
 #[test]
 fn three_masters_without_a_load_balancer_are_refused() {
     let text = VALID.replace("\"masterLoadBalancerAddress\": \"10.0.0.100\",", "");
-    assert_invalid(&text, &["cluster.json:1:1: error: masterLoadBalancerAddress: masterLoadBalancerAddress is required with 3 masters", "forwards TCP 6443"]);
+    assert_invalid(
+        &text,
+        &[
+            "cluster.json:1:1: error: masterLoadBalancerAddress: masterLoadBalancerAddress is required with 3 masters",
+            "forwards TCP 6443",
+        ],
+    );
 }
 
 #[test]
 fn an_unsupported_version_says_which_are_supported() {
     let text = VALID.replace("\"masters\"", "\"kubernetesVersion\": \"1.9.12\", \"masters\"");
-    assert_invalid(&text, &["cluster.json:3:24: error: kubernetesVersion: Kubernetes 1.9.12 is not supported", "hakube supports 1.31.x to 1.37.x"]);
+    assert_invalid(
+        &text,
+        &[
+            "cluster.json:3:24: error: kubernetesVersion: Kubernetes 1.9.12 is not supported",
+            "hakube supports 1.31.x to 1.37.x",
+        ],
+    );
 }
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let text = VALID
-        .replace("\"m1\"", "\"M1\"")
-        .replace("10.0.0.20", "10.0.0.10")
-        .replace("\"masterLoadBalancerAddress\": \"10.0.0.100\",", "\"kubernetesVersion\": \"2.0.0\", \"hooks\": {\"networkProvider\": \"calicoo\"},");
-    let stderr = assert_invalid(&text, &[
-        "masters[1].nodeName",
-        "workers[0].privateIP: duplicate privateIP",
-        "masterLoadBalancerAddress is required",
-        "Kubernetes 2.0.0 is not supported",
-        "there is no networkProvider hook named \"calicoo\"",
-        "did you mean `calico`?",
-    ]);
+    let text = VALID.replace("\"m1\"", "\"M1\"").replace("10.0.0.20", "10.0.0.10").replace(
+        "\"masterLoadBalancerAddress\": \"10.0.0.100\",",
+        "\"kubernetesVersion\": \"2.0.0\", \"hooks\": {\"networkProvider\": \"calicoo\"},",
+    );
+    let stderr = assert_invalid(
+        &text,
+        &[
+            "masters[1].nodeName",
+            "workers[0].privateIP: duplicate privateIP",
+            "masterLoadBalancerAddress is required",
+            "Kubernetes 2.0.0 is not supported",
+            "there is no networkProvider hook named \"calicoo\"",
+            "did you mean `calico`?",
+        ],
+    );
     assert!(stderr.contains("5 errors"), "{stderr}");
 }
 
@@ -144,7 +177,16 @@ fn a_hakube_installer_definition_validates_unchanged_with_warnings() {
     let out = hakube(&["validate", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    for field in ["dockerVersion", "etcdVersion", "etcdPKIDir", "etcdCACommonName", "etcdClientCommonName", "etcdCACertExpiry", "sshKeysDir", "scriptsDir"] {
+    for field in [
+        "dockerVersion",
+        "etcdVersion",
+        "etcdPKIDir",
+        "etcdCACommonName",
+        "etcdClientCommonName",
+        "etcdCACertExpiry",
+        "sshKeysDir",
+        "scriptsDir",
+    ] {
         assert!(stderr.contains(&format!("warning: {field}: ")), "no warning for {field}:\n{stderr}");
     }
     // Its legacy hook names are accepted: `aws.sh.j2` and `weave`.
@@ -154,7 +196,8 @@ fn a_hakube_installer_definition_validates_unchanged_with_warnings() {
 
 #[test]
 fn the_2018_aliases_map_onto_current_fields() {
-    let text = VALID.replace("\"masterLoadBalancerAddress\"", "\"masterFQDN\": \"api.example.com\", \"masterLoadBalancerFQDN\"");
+    let text = VALID
+        .replace("\"masterLoadBalancerAddress\"", "\"masterFQDN\": \"api.example.com\", \"masterLoadBalancerFQDN\"");
     let (code, stderr) = validate_text(&text);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("warning: masterFQDN: renamed"), "{stderr}");

@@ -39,8 +39,10 @@ pub enum InstallError {
 /// [`InstallError::Assets`] naming the file and telling the user to run `hakube render`.
 pub fn read_manifest(assets_dir: &std::path::Path) -> Result<hakube_render::manifest::Manifest, InstallError> {
     let path = assets_dir.join(hakube_render::layout::MANIFEST);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| InstallError::Assets(format!("failed to read {}: {e}; run `hakube render` first", path.display())))?;
-    hakube_render::manifest::Manifest::parse(&text)
-        .map_err(|e| InstallError::Assets(format!("failed to parse {}: {e}; run `hakube render` again", path.display())))
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        InstallError::Assets(format!("failed to read {}: {e}; run `hakube render` first", path.display()))
+    })?;
+    hakube_render::manifest::Manifest::parse(&text).map_err(|e| {
+        InstallError::Assets(format!("failed to parse {}: {e}; run `hakube render` again", path.display()))
+    })
 }

@@ -151,11 +151,21 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     let mut phases = Vec::new();
     let mut push = |kind, title: &str, order, runs: Vec<Vec<Run>>| {
         if runs.iter().any(|r| !r.is_empty()) {
-            phases.push(Phase { kind, title: title.into(), order, runs: runs.into_iter().filter(|r| !r.is_empty()).collect() });
+            phases.push(Phase {
+                kind,
+                title: title.into(),
+                order,
+                runs: runs.into_iter().filter(|r| !r.is_empty()).collect(),
+            });
         }
     };
 
-    push(PhaseKind::Ship, "ship files and check them against the manifest", Order::Parallel, targeted.iter().map(|n| vec![run(n, SHIP)]).collect());
+    push(
+        PhaseKind::Ship,
+        "ship files and check them against the manifest",
+        Order::Parallel,
+        targeted.iter().map(|n| vec![run(n, SHIP)]).collect(),
+    );
 
     if matches!(mode, Mode::Reset | Mode::ResetThenInstall) {
         if mode == Mode::ResetThenInstall {
@@ -172,7 +182,12 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
                 .map(|n| Run { node: n.clone(), host: helper.into(), step: "forget".into(), args: vec![n.clone()] })
                 .collect();
             let leaving = leaving.into_iter().map(|r| vec![r]).collect();
-            push(PhaseKind::Forget, &format!("remove leaving masters from etcd through {helper}"), Order::Sequential, leaving);
+            push(
+                PhaseKind::Forget,
+                &format!("remove leaving masters from etcd through {helper}"),
+                Order::Sequential,
+                leaving,
+            );
         }
         let resets = targeted
             .iter()
@@ -226,9 +241,19 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     }
     push(PhaseKind::Init, "kubeadm init on the first master", Order::Sequential, init);
     // One group per master: the runner starts the next only when the previous finished.
-    push(PhaseKind::JoinMasters, "join masters one at a time", Order::Sequential, join_masters.into_iter().map(|r| vec![r]).collect());
+    push(
+        PhaseKind::JoinMasters,
+        "join masters one at a time",
+        Order::Sequential,
+        join_masters.into_iter().map(|r| vec![r]).collect(),
+    );
     push(PhaseKind::JoinWorkers, "join workers", Order::Parallel, join_workers);
-    push(PhaseKind::Network, "cluster add-ons on the first master (cloud provider, network)", Order::Sequential, network);
+    push(
+        PhaseKind::Network,
+        "cluster add-ons on the first master (cloud provider, network)",
+        Order::Sequential,
+        network,
+    );
     push(PhaseKind::Post, "post-install steps", Order::Parallel, post);
     Ok(Plan { phases, targets: targeted })
 }
@@ -266,7 +291,13 @@ mod tests {
     fn manifest() -> (Manifest, Vec<String>) {
         let mut nodes = BTreeMap::new();
         let mut order = Vec::new();
-        for (name, role, first) in [("m0", Role::Master, true), ("m1", Role::Master, false), ("m2", Role::Master, false), ("w0", Role::Worker, false), ("w1", Role::Worker, false)] {
+        for (name, role, first) in [
+            ("m0", Role::Master, true),
+            ("m1", Role::Master, false),
+            ("m2", Role::Master, false),
+            ("w0", Role::Worker, false),
+            ("w1", Role::Worker, false),
+        ] {
             let mut steps: Vec<String> = ["prepare", "runtime", "packages", "pki"].map(String::from).to_vec();
             steps.push(if first { "init".into() } else { "join".into() });
             if first {
@@ -292,7 +323,10 @@ mod tests {
         let joins = &plan.phases[3];
         assert_eq!(joins.order, Order::Sequential);
         assert_eq!(joins.runs, vec![vec![run("m1", "join")], vec![run("m2", "join")]]);
-        assert_eq!(plan.phases[1].runs[0].iter().map(|r| r.step.as_str()).collect::<Vec<_>>(), ["prepare", "runtime", "packages", "pki"]);
+        assert_eq!(
+            plan.phases[1].runs[0].iter().map(|r| r.step.as_str()).collect::<Vec<_>>(),
+            ["prepare", "runtime", "packages", "pki"]
+        );
     }
 
     #[test]
@@ -302,7 +336,12 @@ mod tests {
         use PhaseKind::*;
         assert_eq!(kinds(&plan), vec![Ship, Prepare, Token, JoinWorkers, Post]);
         assert_eq!(plan.phases[2].runs, vec![vec![run("m0", "token")]]);
-        assert!(plan.phases.iter().flat_map(|p| p.runs.iter().flatten()).filter(|r| r.step != "token").all(|r| r.node == "w1"));
+        assert!(plan
+            .phases
+            .iter()
+            .flat_map(|p| p.runs.iter().flatten())
+            .filter(|r| r.step != "token")
+            .all(|r| r.node == "w1"));
     }
 
     #[test]
@@ -311,14 +350,20 @@ mod tests {
         let plan = build(&m, &order, &["m2".into()], Mode::Reset).unwrap();
         use PhaseKind::*;
         assert_eq!(kinds(&plan), vec![Ship, Forget, Reset]);
-        assert_eq!(plan.phases[1].runs[0][0], Run { node: "m2".into(), host: "m0".into(), step: "forget".into(), args: vec!["m2".into()] });
+        assert_eq!(
+            plan.phases[1].runs[0][0],
+            Run { node: "m2".into(), host: "m0".into(), step: "forget".into(), args: vec!["m2".into()] }
+        );
         assert_eq!(plan.phases[2].runs[0], vec![run("m2", "reset"), run("m2", PURGE)]);
     }
 
     #[test]
     fn the_first_master_cannot_be_reset_and_reinstalled_alone() {
         let (m, order) = manifest();
-        assert_eq!(build(&m, &order, &["m0".into()], Mode::ResetThenInstall), Err(PlanError::FirstMasterRejoin("m0".into())));
+        assert_eq!(
+            build(&m, &order, &["m0".into()], Mode::ResetThenInstall),
+            Err(PlanError::FirstMasterRejoin("m0".into()))
+        );
         // Resetting everything and installing again is fine.
         assert!(build(&m, &order, &[], Mode::ResetThenInstall).is_ok());
     }
@@ -327,6 +372,9 @@ mod tests {
     fn unknown_nodes_are_named() {
         let (m, order) = manifest();
         let err = build(&m, &order, &["w9".into()], Mode::Install).unwrap_err();
-        assert_eq!(err.to_string(), "there is no node named \"w9\" in the cluster definition (nodes: m0, m1, m2, w0, w1)");
+        assert_eq!(
+            err.to_string(),
+            "there is no node named \"w9\" in the cluster definition (nodes: m0, m1, m2, w0, w1)"
+        );
     }
 }

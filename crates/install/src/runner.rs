@@ -169,7 +169,11 @@ impl Shared {
             .when(TransportError::is_retryable)
             .notify(|err, _| {
                 let n = attempt.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                let _ = self.events.send(Event::Connecting { node: node.into(), attempt: n, last_error: Some(err.to_string()) });
+                let _ = self.events.send(Event::Connecting {
+                    node: node.into(),
+                    attempt: n,
+                    last_error: Some(err.to_string()),
+                });
             })
             .await?;
         let conn = Arc::new(conn);
@@ -193,7 +197,8 @@ pub fn check_local_assets(assets_dir: &Path, manifest: &Manifest, nodes: &[Strin
             continue;
         }
         let full = assets_dir.join(path);
-        let bytes = std::fs::read(&full).map_err(|e| InstallError::Assets(format!("failed to read {}: {e}", full.display())))?;
+        let bytes = std::fs::read(&full)
+            .map_err(|e| InstallError::Assets(format!("failed to read {}: {e}", full.display())))?;
         if sha256_hex(&bytes) != entry.sha256 {
             return Err(InstallError::Assets(format!(
                 "{} does not match the sha256 in manifest.json; run `hakube render` again (or restore the assets from git)",
@@ -231,7 +236,13 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> std::io:
         let dest = entry.destination.as_deref().unwrap_or_default();
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
-        header.set_mode(if path.ends_with(".sh") { 0o700 } else if entry.secret { 0o600 } else { 0o644 });
+        header.set_mode(if path.ends_with(".sh") {
+            0o700
+        } else if entry.secret {
+            0o600
+        } else {
+            0o644
+        });
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
@@ -257,10 +268,17 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
             let files: Vec<(&str, &ManifestEntry)> = shared.manifest.files_for(&run.node).collect();
             let archive = match ship_archive(&shared.settings.assets_dir, &files) {
                 Ok(a) => a,
-                Err(e) => return RunResult::Failed { exit_code: None, message: format!("failed to read the assets: {e}") },
+                Err(e) => {
+                    return RunResult::Failed { exit_code: None, message: format!("failed to read the assets: {e}") }
+                }
             };
             let code = conn
-                .run("tar", &["-x".into(), "-f".into(), "-".into(), "-C".into(), "/".into(), "--no-same-owner".into()], Some(archive), |s, l| lines.push(log_line(s, l)))
+                .run(
+                    "tar",
+                    &["-x".into(), "-f".into(), "-".into(), "-C".into(), "/".into(), "--no-same-owner".into()],
+                    Some(archive),
+                    |s, l| lines.push(log_line(s, l)),
+                )
                 .await;
             match code {
                 Ok(Some(0)) => {
@@ -268,7 +286,16 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                     let mut args = vec!["--".to_string()];
                     args.extend(dests.iter().cloned());
                     let mut sums = Vec::new();
-                    match conn.run("sha256sum", &args, None, |s, l| if s == Stream::Stdout { sums.push(l.to_string()) } else { lines.push(log_line(s, l)) }).await {
+                    match conn
+                        .run("sha256sum", &args, None, |s, l| {
+                            if s == Stream::Stdout {
+                                sums.push(l.to_string())
+                            } else {
+                                lines.push(log_line(s, l))
+                            }
+                        })
+                        .await
+                    {
                         Ok(Some(0)) => verify_sums(&files, &sums),
                         Ok(code) => Err((code, "sha256sum failed on the node".to_string())),
                         Err(e) => Err((None, e.to_string())),
@@ -278,7 +305,15 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                 Err(e) => Err((None, e.to_string())),
             }
         }
-        PURGE => match conn.run("rm", &["-rf".into(), "--".into(), layout::REMOTE_DIR.into(), "/var/lib/hakube".into()], None, |s, l| lines.push(log_line(s, l))).await {
+        PURGE => match conn
+            .run(
+                "rm",
+                &["-rf".into(), "--".into(), layout::REMOTE_DIR.into(), "/var/lib/hakube".into()],
+                None,
+                |s, l| lines.push(log_line(s, l)),
+            )
+            .await
+        {
             Ok(Some(0)) => Ok(()),
             Ok(code) => Err((code, "removing hakube's files failed".to_string())),
             Err(e) => Err((None, e.to_string())),
@@ -323,16 +358,15 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
         shared.append_log(&run.host, &lines.concat()).await;
     }
     match result {
-        Ok(()) if skipped => {
-            RunResult::Skipped
-        }
+        Ok(()) if skipped => RunResult::Skipped,
         Ok(()) => RunResult::Ok,
         Err((exit_code, message)) => RunResult::Failed { exit_code, message },
     }
 }
 
 fn verify_sums(files: &[(&str, &ManifestEntry)], sums: &[String]) -> Result<(), (Option<i32>, String)> {
-    let on_node: HashMap<&str, &str> = sums.iter().filter_map(|l| l.split_once("  ")).map(|(sum, path)| (path, sum)).collect();
+    let on_node: HashMap<&str, &str> =
+        sums.iter().filter_map(|l| l.split_once("  ")).map(|(sum, path)| (path, sum)).collect();
     for (path, entry) in files {
         let dest = entry.destination.as_deref().unwrap_or_default();
         if on_node.get(dest) != Some(&entry.sha256.as_str()) {
@@ -367,8 +401,9 @@ pub async fn execute(
         }
     }
     check_local_assets(&settings.assets_dir, manifest, &plan.targets)?;
-    std::fs::create_dir_all(&settings.log_dir)
-        .map_err(|e| InstallError::Assets(format!("failed to create log directory {}: {e}", settings.log_dir.display())))?;
+    std::fs::create_dir_all(&settings.log_dir).map_err(|e| {
+        InstallError::Assets(format!("failed to create log directory {}: {e}", settings.log_dir.display()))
+    })?;
     let control_dir = tempfile::Builder::new()
         .prefix("hk")
         .tempdir_in("/tmp")
@@ -397,7 +432,10 @@ pub async fn execute(
             interrupted = true;
             break;
         }
-        let depends_on_control_plane = matches!(phase.kind, PhaseKind::JoinMasters | PhaseKind::JoinWorkers | PhaseKind::Network | PhaseKind::Post);
+        let depends_on_control_plane = matches!(
+            phase.kind,
+            PhaseKind::JoinMasters | PhaseKind::JoinWorkers | PhaseKind::Network | PhaseKind::Post
+        );
         let runnable: Vec<&Vec<Run>> = phase
             .runs
             .iter()
@@ -490,7 +528,12 @@ pub async fn execute(
                 None if interrupted => NodeOutcome::Interrupted { running: running.get(node).cloned() },
                 None => NodeOutcome::Done,
             };
-            NodeSummary { node: node.clone(), outcome, log: shared.log_path(node), elapsed: elapsed.get(node).copied().unwrap_or_default() }
+            NodeSummary {
+                node: node.clone(),
+                outcome,
+                log: shared.log_path(node),
+                elapsed: elapsed.get(node).copied().unwrap_or_default(),
+            }
         })
         .collect();
     if let Ok(shared) = Arc::try_unwrap(shared) {
@@ -526,13 +569,32 @@ async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
         }
         match result {
             RunResult::Ok | RunResult::Skipped => {
-                let (word, outcome) = if matches!(result, RunResult::Skipped) { ("already done, skipped", StepOutcome::Skipped) } else { ("finished", StepOutcome::Done) };
-                shared.append_log(&run.host, &format!("==> step {} {word} after {:.1}s\n", run.step, elapsed.as_secs_f64())).await;
-                let _ = shared.events.send(Event::StepFinished { node: node.clone(), step: run.step.clone(), outcome, elapsed });
+                let (word, outcome) = if matches!(result, RunResult::Skipped) {
+                    ("already done, skipped", StepOutcome::Skipped)
+                } else {
+                    ("finished", StepOutcome::Done)
+                };
+                shared
+                    .append_log(
+                        &run.host,
+                        &format!("==> step {} {word} after {:.1}s\n", run.step, elapsed.as_secs_f64()),
+                    )
+                    .await;
+                let _ = shared.events.send(Event::StepFinished {
+                    node: node.clone(),
+                    step: run.step.clone(),
+                    outcome,
+                    elapsed,
+                });
             }
             RunResult::Failed { exit_code, message } => {
                 shared.append_log(&run.host, &format!("==> step {} FAILED: {message}\n", run.step)).await;
-                let _ = shared.events.send(Event::StepFinished { node: node.clone(), step: run.step.clone(), outcome: StepOutcome::Failed(exit_code), elapsed });
+                let _ = shared.events.send(Event::StepFinished {
+                    node: node.clone(),
+                    step: run.step.clone(),
+                    outcome: StepOutcome::Failed(exit_code),
+                    elapsed,
+                });
                 return (node, Err((run.step.clone(), exit_code, message)));
             }
         }

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use hakube_cluster::definition::HostKeyPolicy;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
@@ -188,7 +187,11 @@ impl Connection {
         mut on_line: impl FnMut(Stream, &str),
     ) -> Result<Option<i32>, TransportError> {
         let what = format!("{program} {}", args.join(" "));
-        let fail = |detail: String| TransportError::Command { node: self.target.node.clone(), what: what.trim().to_string(), detail };
+        let fail = |detail: String| TransportError::Command {
+            node: self.target.node.clone(),
+            what: what.trim().to_string(),
+            detail,
+        };
         let mut cmd = self.root_command(program);
         cmd.args(args)
             .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -209,7 +212,11 @@ impl Connection {
         let pumps = [spawn_lines(stdout, Stream::Stdout, tx.clone()), spawn_lines(stderr, Stream::Stderr, tx)];
         let mut sudo_password = false;
         while let Some((stream, line)) = rx.recv().await {
-            if stream == Stream::Stderr && self.target.user != "root" && line.starts_with("sudo:") && line.contains("password") {
+            if stream == Stream::Stderr
+                && self.target.user != "root"
+                && line.starts_with("sudo:")
+                && line.contains("password")
+            {
                 sudo_password = true;
             }
             on_line(stream, &line);
@@ -222,7 +229,10 @@ impl Connection {
         }
         let status = child.wait().await.map_err(|e| fail(error_text(&e)))?;
         if sudo_password {
-            return Err(TransportError::SudoPassword { node: self.target.node.clone(), user: self.target.user.clone() });
+            return Err(TransportError::SudoPassword {
+                node: self.target.node.clone(),
+                user: self.target.user.clone(),
+            });
         }
         Ok(status.code())
     }
@@ -258,13 +268,23 @@ fn spawn_lines(
 fn classify(target: &Target, err: &openssh::Error) -> TransportError {
     let text = error_text(err);
     let known_hosts = target.known_hosts.display().to_string();
-    if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || text.contains("Host key for") && text.contains("has changed") {
+    if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || text.contains("Host key for") && text.contains("has changed")
+    {
         TransportError::HostKeyChanged { node: target.node.clone(), host: target.host.clone(), known_hosts }
-    } else if text.contains("Host key verification failed") || text.contains("No ED25519 host key is known") || text.contains("host key is known") {
+    } else if text.contains("Host key verification failed")
+        || text.contains("No ED25519 host key is known")
+        || text.contains("host key is known")
+    {
         TransportError::HostKeyUnknown { node: target.node.clone(), host: target.host.clone(), known_hosts }
     } else if text.contains("Permission denied") || text.contains("Too many authentication failures") {
         TransportError::Auth { node: target.node.clone(), user: target.user.clone(), detail: text }
     } else {
-        TransportError::Connect { node: target.node.clone(), host: target.host.clone(), port: target.port, detail: text }
+        TransportError::Connect {
+            node: target.node.clone(),
+            host: target.host.clone(),
+            port: target.port,
+            detail: text,
+        }
     }
 }

@@ -55,7 +55,8 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let child = Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(&config).stderr(Stdio::null()).spawn().unwrap();
+        let child =
+            Command::new(sshd).arg("-D").arg("-e").arg("-f").arg(&config).stderr(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "sshd did not start listening on port {port}");
@@ -98,7 +99,8 @@ fn target(f: &Fixture, port: u16, known_hosts: &Path, policy: HostKeyPolicy) -> 
 
 fn known_hosts_for(f: &Fixture, port: u16, host_public: &str) -> PathBuf {
     let path = f.dir.join(format!("known_hosts_{port}"));
-    std::fs::write(&path, format!("{}\n", sshkeys::known_hosts_line(&[&format!("[127.0.0.1]:{port}")], host_public))).unwrap();
+    std::fs::write(&path, format!("{}\n", sshkeys::known_hosts_line(&[&format!("[127.0.0.1]:{port}")], host_public)))
+        .unwrap();
     path
 }
 
@@ -115,7 +117,8 @@ async fn strict_accepts_the_pinned_key_and_runs_commands_with_escaped_arguments(
     let host = sshkeys::generate_ed25519("host").unwrap();
     let sshd = Sshd::start(&f.dir, &host.private_openssh, &f.client_pub, free_port());
     let known = known_hosts_for(&f, sshd.port, &host.public_line);
-    let conn = Connection::connect(&target(&f, sshd.port, &known, HostKeyPolicy::Strict), f.control.path()).await.unwrap();
+    let conn =
+        Connection::connect(&target(&f, sshd.port, &known, HostKeyPolicy::Strict), f.control.path()).await.unwrap();
     // An argument with shell metacharacters arrives as one literal argument.
     let (code, lines) = run(&conn, "printf", &["%s|", "a b; touch /tmp/hakube-pwned", "$(id)"]).await;
     assert_eq!(code, Some(0));
@@ -140,7 +143,10 @@ async fn strict_refuses_an_unknown_host_key() {
     let sshd = Sshd::start(&f.dir, &host.private_openssh, &f.client_pub, free_port());
     let empty = f.dir.join("empty_known_hosts");
     std::fs::write(&empty, "").unwrap();
-    let err = Connection::connect(&target(&f, sshd.port, &empty, HostKeyPolicy::Strict), f.control.path()).await.err().expect("connected to an unknown host");
+    let err = Connection::connect(&target(&f, sshd.port, &empty, HostKeyPolicy::Strict), f.control.path())
+        .await
+        .err()
+        .expect("connected to an unknown host");
     assert!(matches!(err, TransportError::HostKeyUnknown { .. }), "{err}");
     assert!(!err.is_retryable());
     assert!(err.to_string().contains("hostKeyPolicy is strict"), "{err}");
@@ -156,7 +162,8 @@ async fn accept_new_records_the_key_then_pins_it_and_a_changed_key_is_refused() 
     std::fs::write(&known, "").unwrap();
     {
         let _sshd = Sshd::start(&f.dir, &host.private_openssh, &f.client_pub, port);
-        let conn = Connection::connect(&target(&f, port, &known, HostKeyPolicy::AcceptNew), f.control.path()).await.unwrap();
+        let conn =
+            Connection::connect(&target(&f, port, &known, HostKeyPolicy::AcceptNew), f.control.path()).await.unwrap();
         assert_eq!(run(&conn, "true", &[]).await.0, Some(0));
         conn.close().await;
     }
@@ -167,7 +174,10 @@ async fn accept_new_records_the_key_then_pins_it_and_a_changed_key_is_refused() 
     let other = sshkeys::generate_ed25519("impostor").unwrap();
     let _sshd = Sshd::start(&f.dir, &other.private_openssh, &f.client_pub, port);
     for policy in [HostKeyPolicy::AcceptNew, HostKeyPolicy::Strict] {
-        let err = Connection::connect(&target(&f, port, &known, policy), f.control.path()).await.err().expect("accepted a changed host key");
+        let err = Connection::connect(&target(&f, port, &known, policy), f.control.path())
+            .await
+            .err()
+            .expect("accepted a changed host key");
         assert!(matches!(err, TransportError::HostKeyChanged { .. }), "{policy:?}: {err}");
         assert!(!err.is_retryable());
     }
@@ -179,7 +189,10 @@ async fn a_refused_connection_is_retryable_and_names_the_node() {
     let f = fixture();
     let known = f.dir.join("kh");
     std::fs::write(&known, "").unwrap();
-    let err = Connection::connect(&target(&f, free_port(), &known, HostKeyPolicy::Strict), f.control.path()).await.err().expect("connected to nothing");
+    let err = Connection::connect(&target(&f, free_port(), &known, HostKeyPolicy::Strict), f.control.path())
+        .await
+        .err()
+        .expect("connected to nothing");
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().starts_with("failed to connect to n0 (127.0.0.1:"), "{err}");
 }

@@ -49,7 +49,8 @@ pub fn parse_calls(node: &str, text: &str) -> Result<Vec<Call>, LabError> {
         }
         let bad = || LabError::CallLog { node: node.to_string(), line: index + 1, text: line.to_string() };
         let mut fields = line.splitn(5, ' ');
-        let (Some(time), Some(pid), Some(event), Some(name)) = (fields.next(), fields.next(), fields.next(), fields.next())
+        let (Some(time), Some(pid), Some(event), Some(name)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             return Err(bad());
         };
@@ -154,7 +155,13 @@ fn c_escape(bytes: &mut std::iter::Peekable<std::str::Bytes<'_>>) -> Option<u8> 
 }
 
 /// Reads up to `max` digits in `radix` (after `count` already read into `value`): a byte.
-fn number(bytes: &mut std::iter::Peekable<std::str::Bytes<'_>>, radix: u32, max: usize, mut value: u32, mut count: usize) -> Option<u8> {
+fn number(
+    bytes: &mut std::iter::Peekable<std::str::Bytes<'_>>,
+    radix: u32,
+    max: usize,
+    mut value: u32,
+    mut count: usize,
+) -> Option<u8> {
     while count < max {
         match bytes.peek().and_then(|&b| char::from(b).to_digit(radix)) {
             Some(d) => {

@@ -60,7 +60,11 @@ pub(crate) fn write_image(config: &LabConfig, node: &LabNode, all: &[LabNode]) -
     }
     file("usr/local/lib/hakube-lab/standin-lib.sh", 0o644, STANDIN_LIBRARY)?;
     file("usr/local/lib/hakube-lab/archive/cilium", 0o755, CILIUM)?;
-    file("etc/hakube-lab/kubernetes-version", 0o644, &format!("{}\n", config.kubernetes_version.trim_start_matches('v')))?;
+    file(
+        "etc/hakube-lab/kubernetes-version",
+        0o644,
+        &format!("{}\n", config.kubernetes_version.trim_start_matches('v')),
+    )?;
     file(
         "etc/hakube-lab/node",
         0o644,
@@ -76,15 +80,16 @@ pub(crate) fn write_image(config: &LabConfig, node: &LabNode, all: &[LabNode]) -
     }
     file("etc/hosts", 0o644, &hosts)?;
     // The test machine's root dotfiles would prepend its own PATH entries.
-    let profile = format!(
-        "# hakube lab node {}: root's shell setup (lab node image)\nexport PATH={NODE_PATH}\n",
-        node.name
-    );
+    let profile =
+        format!("# hakube lab node {}: root's shell setup (lab node image)\nexport PATH={NODE_PATH}\n", node.name);
     file("root/.bashrc", 0o644, &profile)?;
     file("root/.profile", 0o644, &profile)?;
     let root_home = image.join("root");
-    fs::set_permissions(&root_home, fs::Permissions::from_mode(0o700))
-        .map_err(|source| LabError::Io { action: "set the mode of", path: root_home, source })?;
+    fs::set_permissions(&root_home, fs::Permissions::from_mode(0o700)).map_err(|source| LabError::Io {
+        action: "set the mode of",
+        path: root_home,
+        source,
+    })?;
 
     file("etc/ssh/sshd_config", 0o644, &sshd_config(node))?;
     let key = image.join("etc/ssh/ssh_host_ed25519_key");
@@ -93,7 +98,11 @@ pub(crate) fn write_image(config: &LabConfig, node: &LabNode, all: &[LabNode]) -
             let dir = assets.join("ssh/host-keys").join(&node.name);
             for (name, mode) in [("ssh_host_ed25519_key", 0o600), ("ssh_host_ed25519_key.pub", 0o644)] {
                 let from = dir.join(name);
-                let bytes = fs::read(&from).map_err(|source| LabError::Io { action: "read the host key", path: from, source })?;
+                let bytes = fs::read(&from).map_err(|source| LabError::Io {
+                    action: "read the host key",
+                    path: from,
+                    source,
+                })?;
                 write(&image.join("etc/ssh").join(name), mode, &bytes)?;
             }
         }
@@ -162,11 +171,11 @@ pub(crate) fn pub_path(path: &Path) -> PathBuf {
 
 /// Creates `path` (and its parents) with mode 0755.
 pub(crate) fn mkdir(path: &Path) -> Result<(), LabError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(path)
-        .map_err(|source| LabError::Io { action: "create the directory", path: path.to_path_buf(), source })
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(path).map_err(|source| LabError::Io {
+        action: "create the directory",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `path` with exactly `mode`, creating its parent directories (0755).
@@ -175,6 +184,9 @@ pub(crate) fn write(path: &Path, mode: u32, content: &[u8]) -> Result<(), LabErr
         mkdir(parent)?;
     }
     fs::write(path, content).map_err(|source| LabError::Io { action: "write", path: path.to_path_buf(), source })?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|source| LabError::Io { action: "set the mode of", path: path.to_path_buf(), source })
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| LabError::Io {
+        action: "set the mode of",
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -57,14 +57,20 @@ impl Lab {
         check_config(&config)?;
         check_environment(&config)?;
         image::mkdir(&config.state_dir)?;
-        config.state_dir = fs::canonicalize(&config.state_dir)
-            .map_err(|source| LabError::Io { action: "resolve", path: config.state_dir.clone(), source })?;
+        config.state_dir = fs::canonicalize(&config.state_dir).map_err(|source| LabError::Io {
+            action: "resolve",
+            path: config.state_dir.clone(),
+            source,
+        })?;
         clean(&config)?;
         clear_state_dir(&config.state_dir)?;
         image::mkdir(&config.state_dir.join("cluster"))?;
 
         let mut lab = Lab { nodes: plan(&config), procs: Mutex::new(Vec::new()), config, detached: false };
-        lab.procs.get_mut().unwrap_or_else(|e| e.into_inner()).extend(lab.nodes.iter().map(|_| NodeProcs { holder: None, sshd: None }));
+        lab.procs
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(lab.nodes.iter().map(|_| NodeProcs { holder: None, sshd: None }));
         lab.create_network()?;
         for node in &lab.nodes {
             image::write_image(&lab.config, node, &lab.nodes)?;
@@ -187,9 +193,11 @@ impl Lab {
     /// Errors: [`LabError::UnknownNode`], [`LabError::Io`].
     pub fn host_public_key(&self, node: &str) -> Result<String, LabError> {
         let path = pub_path(&self.node_file(node, "/etc/ssh/ssh_host_ed25519_key")?);
-        fs::read_to_string(&path)
-            .map(|s| s.trim().to_string())
-            .map_err(|source| LabError::Io { action: "read the host key", path, source })
+        fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|source| LabError::Io {
+            action: "read the host key",
+            path,
+            source,
+        })
     }
 
     /// A known_hosts file for the lab: one line per node, `<address>,<name> <type> <key>`.
@@ -293,10 +301,8 @@ impl Lab {
             nodes: self.nodes.clone(),
             sshd_pids: self.procs_mut().iter().map(|p| p.sshd.as_ref().map(|p| p.pid)).collect(),
         };
-        let text = serde_json::to_string_pretty(&saved).map_err(|source| LabError::State {
-            path: self.config.state_dir.join("lab.json"),
-            source,
-        })?;
+        let text = serde_json::to_string_pretty(&saved)
+            .map_err(|source| LabError::State { path: self.config.state_dir.join("lab.json"), source })?;
         write(&self.config.state_dir.join("lab.json"), 0o644, text.as_bytes())
     }
 
@@ -509,18 +515,27 @@ fn plan(config: &LabConfig) -> Vec<LabNode> {
             holder_pid: 0,
         }
     };
-    (0..config.masters).map(|i| node(Role::Master, i)).chain((0..config.workers).map(|i| node(Role::Worker, i))).collect()
+    (0..config.masters)
+        .map(|i| node(Role::Master, i))
+        .chain((0..config.workers).map(|i| node(Role::Worker, i)))
+        .collect()
 }
 
 fn check_config(config: &LabConfig) -> Result<(), LabError> {
     let bad = |why: String| Err(LabError::Config(why));
     if config.masters > MAX_NODES_PER_ROLE || config.workers > MAX_NODES_PER_ROLE {
-        return bad(format!("{} masters and {} workers: a lab holds at most {MAX_NODES_PER_ROLE} of each", config.masters, config.workers));
+        return bad(format!(
+            "{} masters and {} workers: a lab holds at most {MAX_NODES_PER_ROLE} of each",
+            config.masters, config.workers
+        ));
     }
     if config.masters + config.workers == 0 {
         return bad("no nodes: ask for at least one master or worker".into());
     }
-    if config.prefix.is_empty() || config.prefix.len() > 8 || !config.prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+    if config.prefix.is_empty()
+        || config.prefix.len() > 8
+        || !config.prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
         return bad(format!("prefix {:?} must be 1 to 8 characters of [a-z0-9]", config.prefix));
     }
     if config.bridge.is_empty()
@@ -528,10 +543,16 @@ fn check_config(config: &LabConfig) -> Result<(), LabError> {
         || !config.bridge.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         || is_lab_veth(&config.prefix, &config.bridge)
     {
-        return bad(format!("bridge name {:?} must be 1 to 15 characters of [A-Za-z0-9_-], not a lab veth name", config.bridge));
+        return bad(format!(
+            "bridge name {:?} must be 1 to 15 characters of [A-Za-z0-9_-], not a lab veth name",
+            config.bridge
+        ));
     }
     if config.login_user != "root" && !(config.login_user == SUDO_USER && config.sudo_user) {
-        return bad(format!("login user {:?}: the lab has root, and {SUDO_USER} when sudo_user is set", config.login_user));
+        return bad(format!(
+            "login user {:?}: the lab has root, and {SUDO_USER} when sudo_user is set",
+            config.login_user
+        ));
     }
     if let Some(key) = &config.authorized_key {
         if key.trim().is_empty() || key.trim().contains('\n') {
@@ -568,7 +589,11 @@ fn check_environment(config: &LabConfig) -> Result<(), LabError> {
 /// Removes what an earlier lab left in `state_dir`: `lab.json`, `cluster/` and the node
 /// directories (`master<i>`, `worker<i>`); nothing else.
 fn clear_state_dir(state_dir: &Path) -> Result<(), LabError> {
-    let entries = fs::read_dir(state_dir).map_err(|source| LabError::Io { action: "list", path: state_dir.to_path_buf(), source })?;
+    let entries = fs::read_dir(state_dir).map_err(|source| LabError::Io {
+        action: "list",
+        path: state_dir.to_path_buf(),
+        source,
+    })?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
@@ -586,11 +611,11 @@ fn clear_state_dir(state_dir: &Path) -> Result<(), LabError> {
 
 /// Opens `path` for appending, as a process's standard error.
 fn log_file(path: &Path) -> Result<fs::File, LabError> {
-    fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| LabError::Io { action: "open", path: path.to_path_buf(), source })
+    fs::OpenOptions::new().create(true).append(true).open(path).map_err(|source| LabError::Io {
+        action: "open",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The last lines of a log, for an error message.

@@ -72,7 +72,10 @@ pub(crate) fn netns_list() -> Result<Vec<String>, LabError> {
 
 /// The PIDs of the processes in namespace `netns` (`ip netns pids`).
 pub(crate) fn netns_pids(netns: &str) -> Result<Vec<u32>, LabError> {
-    Ok(run(Command::new("ip").args(["netns", "pids", netns]))?.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+    Ok(run(Command::new("ip").args(["netns", "pids", netns]))?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
 }
 
 /// The links of the root network namespace (`ip -o link show`), by name.

@@ -47,7 +47,11 @@ fn fixture(masters: usize, workers: usize, adjust: impl FnOnce(&mut LabConfig)) 
     let lock = ONE_LAB_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("id_ed25519");
-    let out = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "lab-test", "-f"]).arg(&key).output().unwrap();
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "lab-test", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
     let mut config = config(dir.path(), masters, workers);
     config.authorized_key = Some(fs::read_to_string(key.with_extension("pub")).unwrap());
@@ -83,7 +87,12 @@ impl Fixture {
     /// test if it fails.
     fn ssh(&self, node: &str, command: &str) -> String {
         let out = self.ssh_with("root", node, "known_hosts", command);
-        assert!(out.status.success(), "ssh {node} {command:?}: {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ssh {node} {command:?}: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -105,13 +114,20 @@ impl Fixture {
 /// The content of `path` as the node's mount namespace sees it outside the node's root: where
 /// its upper layer is, on disk or on the tmpfs the lab falls back to.
 fn upper_layer_file(node: &LabNode, path: &Path) -> String {
-    let out = Command::new("nsenter").arg("--target").arg(node.holder_pid.to_string()).args(["--mount", "cat"]).arg(path).output().unwrap();
+    let out = Command::new("nsenter")
+        .arg("--target")
+        .arg(node.holder_pid.to_string())
+        .args(["--mount", "cat"])
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "cat {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn alive(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| !r.starts_with('Z')))
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, r)| !r.starts_with('Z')))
 }
 
 fn connect(node: &LabNode) -> std::io::Result<TcpStream> {
@@ -122,7 +138,10 @@ fn connect(node: &LabNode) -> std::io::Result<TcpStream> {
 fn ssh_reaches_every_node_and_stand_ins_record_their_calls() {
     let f = fixture(1, 1, |_| {});
     for node in f.lab.nodes() {
-        let out = f.ssh(&node.name, "kubeadm version -o short && hostname && ip -4 -o addr show eth0 && sha256sum /etc/hostname");
+        let out = f.ssh(
+            &node.name,
+            "kubeadm version -o short && hostname && ip -4 -o addr show eth0 && sha256sum /etc/hostname",
+        );
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "v1.36.4", "the kubeadm stand-in answers: {out}");
         assert_eq!(lines[1], node.name, "the node has its own hostname");
@@ -149,20 +168,37 @@ fn ssh_reaches_every_node_and_stand_ins_record_their_calls() {
 fn a_nodes_writes_stay_in_that_node() {
     let f = fixture(2, 0, |_| {});
     let marker = format!("hakube-lab-isolation-{}", std::process::id());
-    f.ssh("master0", &format!("echo written-on-master0 > /etc/{marker} && mkdir -p /etc/kubernetes && : > /etc/kubernetes/{marker}"));
+    f.ssh(
+        "master0",
+        &format!("echo written-on-master0 > /etc/{marker} && mkdir -p /etc/kubernetes && : > /etc/kubernetes/{marker}"),
+    );
 
     assert!(!Path::new("/etc").join(&marker).exists(), "the test machine's /etc is untouched");
     assert!(!Path::new("/etc/kubernetes").join(&marker).exists());
-    assert_eq!(fs::read_to_string(f.lab.node_file("master0", format!("/etc/{marker}")).unwrap()).unwrap(), "written-on-master0\n");
+    assert_eq!(
+        fs::read_to_string(f.lab.node_file("master0", format!("/etc/{marker}")).unwrap()).unwrap(),
+        "written-on-master0\n"
+    );
     let upper = f.node("master0").dir.join("layers/upper/etc").join(&marker);
-    assert_eq!(upper_layer_file(f.node("master0"), &upper), "written-on-master0\n", "the write landed in master0's upper layer");
-    assert!(!f.lab.node_file("master1", format!("/etc/{marker}")).unwrap().exists(), "master1 does not see master0's file");
+    assert_eq!(
+        upper_layer_file(f.node("master0"), &upper),
+        "written-on-master0\n",
+        "the write landed in master0's upper layer"
+    );
+    assert!(
+        !f.lab.node_file("master1", format!("/etc/{marker}")).unwrap().exists(),
+        "master1 does not see master0's file"
+    );
     assert_eq!(f.ssh("master1", &format!("test -e /etc/{marker} && echo seen || echo absent")), "absent\n");
 
     // Kernel settings and routes: the node cannot change the host's, nor leave the lab.
     let out = f.ssh_with("root", "master0", "known_hosts", "echo 1 > /proc/sys/net/ipv4/ip_forward");
     assert!(!out.status.success(), "/proc/sys is read-only on a node");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Read-only file system"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let routes = f.ssh("master0", "ip route");
     assert!(!routes.contains("default"), "no default route: {routes}");
     assert_eq!(f.ssh("master0", "ip -o route get 10.251.0.12 >/dev/null && echo reachable"), "reachable\n");
@@ -182,7 +218,11 @@ fn sshd_is_stopped_and_started_by_pid() {
     assert_eq!(connect(node).map(|_| ()).unwrap_err().kind(), ErrorKind::ConnectionRefused);
     let out = f.ssh_with("root", "master0", "known_hosts", "true");
     assert_eq!(out.status.code(), Some(255));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Connection refused"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Connection refused"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let new_pid = f.lab.start_sshd("master0").unwrap();
     assert_ne!(new_pid, pid);
@@ -202,7 +242,10 @@ fn a_replaced_host_key_fails_strict_checking() {
     let out = f.ssh_with("root", "master0", "known_hosts", "true");
     assert_eq!(out.status.code(), Some(255));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || stderr.contains("Host key verification failed"), "{stderr}");
+    assert!(
+        stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") || stderr.contains("Host key verification failed"),
+        "{stderr}"
+    );
 
     fs::write(f.dir.path().join("known_hosts.new"), f.lab.known_hosts().unwrap()).unwrap();
     let out = f.ssh_with("root", "master0", "known_hosts.new", "echo ok");
@@ -322,11 +365,19 @@ fn layers_go_to_a_tmpfs_when_the_state_directory_is_on_overlayfs() {
     let node = lab.node("master0").unwrap();
     let refused = fs::read_to_string(node.dir.join("overlay-error.log")).unwrap();
     assert!(!refused.is_empty(), "the first overlay attempt (upper layer on overlayfs) fails");
-    let out = lab.command("master0", "bash").unwrap().args(["-c", "echo x > /etc/hakube-lab-tmpfs-layer && hostname"]).output().unwrap();
+    let out = lab
+        .command("master0", "bash")
+        .unwrap()
+        .args(["-c", "echo x > /etc/hakube-lab-tmpfs-layer && hostname"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "master0\n", "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!Path::new("/etc/hakube-lab-tmpfs-layer").exists());
     assert_eq!(upper_layer_file(node, &node.dir.join("layers/upper/etc/hakube-lab-tmpfs-layer")), "x\n");
-    assert!(!node.dir.join("layers/upper/etc/hakube-lab-tmpfs-layer").exists(), "the layer is on the node's tmpfs, not on disk");
+    assert!(
+        !node.dir.join("layers/upper/etc/hakube-lab-tmpfs-layer").exists(),
+        "the layer is on the node's tmpfs, not on disk"
+    );
     let pids = lab_pids(&lab, &[]);
     let state_dir = lab.config().state_dir.clone();
     drop(lab);
@@ -340,7 +391,8 @@ fn a_sudo_user_logs_in_and_runs_stand_ins_as_root() {
         c.login_user = SUDO_USER.into();
     });
     assert_eq!(f.lab.definition()["sshLoginUser"], SUDO_USER);
-    let out = f.ssh_with(SUDO_USER, "master0", "known_hosts", "id -un; echo $PATH; sudo -n id -u; sudo -n kubelet --version");
+    let out =
+        f.ssh_with(SUDO_USER, "master0", "known_hosts", "id -un; echo $PATH; sudo -n id -u; sudo -n kubelet --version");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = stdout.lines().collect();
@@ -450,7 +502,10 @@ fn stand_ins_follow_the_order_a_real_node_needs() {
     // (The lock file is shared with every node through the bind-mounted cluster directory.)
     let lock = fs::File::create(f.lab.config().state_dir.join("cluster/etcd-learner.lock")).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
-    let (code, _, err) = run("master1", &format!("EXTRA='controlPlane: {{}}\\n' && {config} && kubeadm join --config /tmp/kubeadm.yaml"));
+    let (code, _, err) = run(
+        "master1",
+        &format!("EXTRA='controlPlane: {{}}\\n' && {config} && kubeadm join --config /tmp/kubeadm.yaml"),
+    );
     drop(lock);
     assert_eq!(code, 1);
     assert!(err.contains("too many learner members"), "{err}");
@@ -468,7 +523,8 @@ fn stand_ins_follow_the_order_a_real_node_needs() {
     let (code, _, err) = run("worker0", "kubeadm join --config /tmp/kubeadm.yaml");
     assert_eq!(code, 1);
     assert!(err.contains("FileAvailable--etc-kubernetes-kubelet.conf"), "{err}");
-    let (code, out, err) = run("worker0", "kubeadm reset -f >/dev/null && ls /etc/kubernetes && systemctl is-active kubelet");
+    let (code, out, err) =
+        run("worker0", "kubeadm reset -f >/dev/null && ls /etc/kubernetes && systemctl is-active kubelet");
     assert_eq!((code, out.as_str()), (3, "manifests\npki\ninactive\n"), "{err}");
 }
 

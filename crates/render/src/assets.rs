@@ -64,7 +64,12 @@ pub fn read_existing(dir: &Path) -> Result<Existing, AssetsError> {
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
-                let rel = path.strip_prefix(dir).expect("walked from dir").to_str().ok_or_else(|| AssetsError::NonUtf8(path.clone()))?.to_string();
+                let rel = path
+                    .strip_prefix(dir)
+                    .expect("walked from dir")
+                    .to_str()
+                    .ok_or_else(|| AssetsError::NonUtf8(path.clone()))?
+                    .to_string();
                 let bytes = fs::read(&path).map_err(io("read", &path))?;
                 out.insert(rel, bytes);
             }
@@ -141,7 +146,11 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
                         let parent = path.parent().expect("files live below dir");
                         if !parent.is_dir() {
                             let mode = if secret_dirs.contains(parent) { 0o700 } else { 0o755 };
-                            fs::DirBuilder::new().recursive(true).mode(mode).create(parent).map_err(io("create directory", parent))?;
+                            fs::DirBuilder::new()
+                                .recursive(true)
+                                .mode(mode)
+                                .create(parent)
+                                .map_err(io("create directory", parent))?;
                         }
                         mine.push((path, stage(path, asset.mode, |f| f.write_all(&asset.bytes))?));
                     }
@@ -167,7 +176,9 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
             fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io("set permissions of", d))?;
         }
     }
-    if let Some(old) = existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok()) {
+    if let Some(old) =
+        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok())
+    {
         for rel in old.files.keys().filter(|p| !set.files.contains_key(*p)) {
             let path = dir.join(rel);
             match fs::remove_file(&path) {
@@ -212,7 +223,11 @@ pub fn write_atomic(path: &Path, mode: u32, bytes: &[u8]) -> Result<(), AssetsEr
 
 /// [`write_atomic`] with the content produced by `fill`; when `fill` fails, `path` is
 /// untouched and the temporary file is gone.
-pub(crate) fn write_atomic_with(path: &Path, mode: u32, fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>) -> Result<(), AssetsError> {
+pub(crate) fn write_atomic_with(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<(), AssetsError> {
     let temp = stage(path, mode, |f| {
         fill(f)?;
         f.sync_all()
@@ -223,9 +238,14 @@ pub(crate) fn write_atomic_with(path: &Path, mode: u32, fill: impl FnOnce(&mut f
 
 /// Writes a temporary file next to `path` (created 0600, so a secret is never readable
 /// by others, then set to `mode`) and closes it; it is deleted if dropped unpersisted.
-fn stage(path: &Path, mode: u32, fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>) -> Result<tempfile::TempPath, AssetsError> {
+fn stage(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<tempfile::TempPath, AssetsError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new().prefix(".hakube-").tempfile_in(dir).map_err(io("create a temporary file in", dir))?;
+    let mut temp =
+        tempfile::Builder::new().prefix(".hakube-").tempfile_in(dir).map_err(io("create a temporary file in", dir))?;
     fill(temp.as_file_mut()).map_err(io("write", path))?;
     temp.as_file().set_permissions(fs::Permissions::from_mode(mode)).map_err(io("set permissions of", path))?;
     Ok(temp.into_temp_path())
@@ -250,7 +270,9 @@ impl std::fmt::Display for Discrepancy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Discrepancy::Missing(p) => write!(f, "{p}: missing"),
-            Discrepancy::Differs(p) => write!(f, "{p}: differs from what render would write (stale, or edited by hand)"),
+            Discrepancy::Differs(p) => {
+                write!(f, "{p}: differs from what render would write (stale, or edited by hand)")
+            }
             Discrepancy::Mode(p, want, got) => write!(f, "{p}: mode {got:04o}, expected {want:04o}"),
             Discrepancy::Tampered(p) => write!(f, "{p}: does not match the sha256 in manifest.json"),
             Discrepancy::Manifest => write!(f, "{}: missing or out of date", layout::MANIFEST),
@@ -265,7 +287,8 @@ impl std::fmt::Display for Discrepancy {
 /// Only when file metadata cannot be read; differences are returned, not errors.
 pub fn check(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<Vec<Discrepancy>, AssetsError> {
     let mut out = Vec::new();
-    let on_disk_manifest = existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok());
+    let on_disk_manifest =
+        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok());
     if let Some(m) = &on_disk_manifest {
         for (rel, entry) in &m.files {
             if let Some(bytes) = existing.get(rel) {

@@ -21,9 +21,7 @@ pub const ADMIN_GROUP: &str = "kubeadm:cluster-admins";
 #[derive(Debug, thiserror::Error)]
 pub enum KubeconfigError {
     /// No API server address was given.
-    #[error(
-        "failed to render the admin kubeconfig of cluster {cluster:?}: no API server address given"
-    )]
+    #[error("failed to render the admin kubeconfig of cluster {cluster:?}: no API server address given")]
     NoServers {
         /// The cluster name.
         cluster: String,
@@ -84,39 +82,24 @@ pub fn admin_kubeconfig(
     client: &Issued,
 ) -> Result<String, KubeconfigError> {
     if servers.is_empty() {
-        return Err(KubeconfigError::NoServers {
-            cluster: cluster_name.to_owned(),
-        });
+        return Err(KubeconfigError::NoServers { cluster: cluster_name.to_owned() });
     }
     let ca_data = STANDARD.encode(ca_cert_pem);
     let mut seen = BTreeSet::new();
     let mut clusters = Vec::new();
     let mut contexts = Vec::new();
     for (index, (label, url)) in servers.iter().enumerate() {
-        let name = if index == 0 {
-            cluster_name.to_owned()
-        } else {
-            format!("{cluster_name}-{label}")
-        };
+        let name = if index == 0 { cluster_name.to_owned() } else { format!("{cluster_name}-{label}") };
         if !seen.insert(name.clone()) {
-            return Err(KubeconfigError::DuplicateName {
-                cluster: cluster_name.to_owned(),
-                name,
-            });
+            return Err(KubeconfigError::DuplicateName { cluster: cluster_name.to_owned(), name });
         }
         clusters.push(NamedCluster {
             name: name.clone(),
-            cluster: Cluster {
-                certificate_authority_data: ca_data.clone(),
-                server: url.clone(),
-            },
+            cluster: Cluster { certificate_authority_data: ca_data.clone(), server: url.clone() },
         });
         contexts.push(NamedContext {
             name: format!("{ADMIN_USER}@{name}"),
-            context: Context {
-                cluster: name,
-                user: ADMIN_USER.to_owned(),
-            },
+            context: Context { cluster: name, user: ADMIN_USER.to_owned() },
         });
     }
     let config = Config {
@@ -134,10 +117,8 @@ pub fn admin_kubeconfig(
             },
         }],
     };
-    serde_yaml_ng::to_string(&config).map_err(|source| KubeconfigError::Serialize {
-        cluster: cluster_name.to_owned(),
-        source,
-    })
+    serde_yaml_ng::to_string(&config)
+        .map_err(|source| KubeconfigError::Serialize { cluster: cluster_name.to_owned(), source })
 }
 
 /// `clientcmd/api/v1.Config`, the fields admin.conf uses, in kubeadm's order.
@@ -200,10 +181,7 @@ mod tests {
     use super::*;
 
     fn client() -> Issued {
-        Issued {
-            cert_pem: "CERT".into(),
-            key_pem: "KEY".into(),
-        }
+        Issued { cert_pem: "CERT".into(), key_pem: "KEY".into() }
     }
 
     #[test]

@@ -33,12 +33,10 @@ use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey, PKeyRef, Private};
 use openssl::rsa::Rsa;
 use openssl::x509::extension::{
-    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
-    SubjectKeyIdentifier,
+    AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName, SubjectKeyIdentifier,
 };
 use openssl::x509::{
-    X509Builder, X509ExtendedKeyUsage, X509KeyUsage, X509Name, X509NameBuilder, X509Ref,
-    X509VerifyResult, X509,
+    X509Builder, X509ExtendedKeyUsage, X509KeyUsage, X509Name, X509NameBuilder, X509Ref, X509VerifyResult, X509,
 };
 
 /// CN of the cluster CA (`pki/ca.crt`), as kubeadm names it.
@@ -69,10 +67,7 @@ pub struct Issued {
 
 impl fmt::Debug for Issued {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Issued")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
+        f.debug_struct("Issued").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
@@ -178,22 +173,14 @@ pub fn new_ca(
         builder.set_not_after(Asn1Time::from_unix(not_after)?.as_ref())?;
         builder.append_extension(BasicConstraints::new().critical().ca().build()?)?;
         builder.append_extension(
-            KeyUsage::new()
-                .critical()
-                .digital_signature()
-                .key_encipherment()
-                .key_cert_sign()
-                .build()?,
+            KeyUsage::new().critical().digital_signature().key_encipherment().key_cert_sign().build()?,
         )?;
         let ski = SubjectKeyIdentifier::new().build(&builder.x509v3_context(None, None))?;
         builder.append_extension(ski)?;
         builder.sign(&key, digest_for(&key))?;
         encode(builder.build(), &key)
     };
-    build().map_err(|source| PkiError::OpenSsl {
-        action: action(),
-        source,
-    })
+    build().map_err(|source| PkiError::OpenSsl { action: action(), source })
 }
 
 /// Issues a leaf certificate for `spec`, signed by `ca`, with a new key of `algorithm`,
@@ -211,12 +198,7 @@ pub fn new_ca(
 /// [`PkiError::Parse`] when `ca` does not parse; [`PkiError::Invalid`] for an empty CN,
 /// a CA key that does not match the CA certificate, or a CA that has expired at `now`;
 /// [`PkiError::OpenSsl`] when key generation or signing fails.
-pub fn issue_leaf(
-    ca: &Issued,
-    spec: &LeafSpec,
-    algorithm: KeyAlgorithm,
-    now: SystemTime,
-) -> Result<Issued, PkiError> {
+pub fn issue_leaf(ca: &Issued, spec: &LeafSpec, algorithm: KeyAlgorithm, now: SystemTime) -> Result<Issued, PkiError> {
     let cn = &spec.common_name;
     let action = || format!("issue certificate {cn:?}");
     if cn.is_empty() {
@@ -226,20 +208,11 @@ pub fn issue_leaf(
     let ca_key = parse_key(&ca.key_pem, || format!("the CA key for {cn:?}"))?;
     let ca_name = common_name_of(&ca_cert);
     let ca_matches = ca_cert.public_key().map(|public| public.public_eq(&ca_key));
-    if !ca_matches.map_err(|source| PkiError::Parse {
-        what: format!("the public key of CA {ca_name:?}"),
-        source,
-    })? {
-        return Err(invalid(
-            action(),
-            format!("the key of CA {ca_name:?} does not match its certificate"),
-        ));
+    if !ca_matches.map_err(|source| PkiError::Parse { what: format!("the public key of CA {ca_name:?}"), source })? {
+        return Err(invalid(action(), format!("the key of CA {ca_name:?} does not match its certificate")));
     }
-    let (ca_not_before, ca_not_after) =
-        validity_of(&ca_cert).map_err(|source| PkiError::Parse {
-            what: format!("the validity of CA {ca_name:?}"),
-            source,
-        })?;
+    let (ca_not_before, ca_not_after) = validity_of(&ca_cert)
+        .map_err(|source| PkiError::Parse { what: format!("the validity of CA {ca_name:?}"), source })?;
     let now_secs = unix_seconds(Some(now), &action)?;
     if ca_not_after <= now_secs {
         return Err(invalid(action(), format!("CA {ca_name:?} has expired")));
@@ -293,17 +266,12 @@ pub fn issue_leaf(
             let san = san.build(&builder.x509v3_context(Some(&ca_cert), None))?;
             builder.append_extension(san)?;
         }
-        let aki = AuthorityKeyIdentifier::new()
-            .keyid(false)
-            .build(&builder.x509v3_context(Some(&ca_cert), None))?;
+        let aki = AuthorityKeyIdentifier::new().keyid(false).build(&builder.x509v3_context(Some(&ca_cert), None))?;
         builder.append_extension(aki)?;
         builder.sign(&ca_key, digest_for(&ca_key))?;
         encode(builder.build(), &key)
     };
-    build().map_err(|source| PkiError::OpenSsl {
-        action: format!("{} with CA {ca_name:?}", action()),
-        source,
-    })
+    build().map_err(|source| PkiError::OpenSsl { action: format!("{} with CA {ca_name:?}", action()), source })
 }
 
 /// Whether an existing leaf certificate still says what `spec` asks, so that it can be
@@ -318,19 +286,11 @@ pub fn issue_leaf(
 /// # Errors
 ///
 /// [`PkiError::Parse`] when `cert_pem` or the CA certificate does not parse.
-pub fn leaf_matches(
-    cert_pem: &str,
-    ca: &Issued,
-    spec: &LeafSpec,
-    now: SystemTime,
-) -> Result<bool, PkiError> {
+pub fn leaf_matches(cert_pem: &str, ca: &Issued, spec: &LeafSpec, now: SystemTime) -> Result<bool, PkiError> {
     let cn = &spec.common_name;
     let cert = parse_cert(cert_pem, || format!("the existing certificate for {cn:?}"))?;
     let ca_cert = parse_cert(&ca.cert_pem, || format!("the CA certificate for {cn:?}"))?;
-    let parse_error = |source| PkiError::Parse {
-        what: format!("the existing certificate for {cn:?}"),
-        source,
-    };
+    let parse_error = |source| PkiError::Parse { what: format!("the existing certificate for {cn:?}"), source };
 
     if ca_cert.issued(&cert) != X509VerifyResult::OK {
         return Ok(false);
@@ -374,14 +334,12 @@ pub fn leaf_matches(
     }
 
     let wanted = (!spec.usages.is_empty()).then(|| {
-        spec.usages
-            .iter()
-            .fold(X509ExtendedKeyUsage::empty(), |bits, usage| {
-                bits | match usage {
-                    ExtendedUsage::ServerAuth => X509ExtendedKeyUsage::SSL_SERVER,
-                    ExtendedUsage::ClientAuth => X509ExtendedKeyUsage::SSL_CLIENT,
-                }
-            })
+        spec.usages.iter().fold(X509ExtendedKeyUsage::empty(), |bits, usage| {
+            bits | match usage {
+                ExtendedUsage::ServerAuth => X509ExtendedKeyUsage::SSL_SERVER,
+                ExtendedUsage::ClientAuth => X509ExtendedKeyUsage::SSL_CLIENT,
+            }
+        })
     });
     Ok(cert.extended_key_usage() == wanted)
 }
@@ -398,13 +356,10 @@ pub fn is_ca_pair(cert_pem: &str, key_pem: &str) -> Result<bool, PkiError> {
     let cert = parse_cert(cert_pem, || "the CA certificate".to_owned())?;
     let name = common_name_of(&cert);
     let key = parse_key(key_pem, || format!("the key of CA {name:?}"))?;
-    let public = cert.public_key().map_err(|source| PkiError::Parse {
-        what: format!("the public key of CA {name:?}"),
-        source,
-    })?;
-    let signs_certs = cert
-        .key_usage()
-        .is_none_or(|usage| usage.contains(X509KeyUsage::KEY_CERT_SIGN));
+    let public = cert
+        .public_key()
+        .map_err(|source| PkiError::Parse { what: format!("the public key of CA {name:?}"), source })?;
+    let signs_certs = cert.key_usage().is_none_or(|usage| usage.contains(X509KeyUsage::KEY_CERT_SIGN));
     Ok(public.public_eq(&key) && has_ca_flag(&cert) && signs_certs)
 }
 
@@ -419,16 +374,10 @@ pub fn is_ca_pair(cert_pem: &str, key_pem: &str) -> Result<bool, PkiError> {
 pub fn service_account_key_pair(algorithm: KeyAlgorithm) -> Result<(String, String), PkiError> {
     let make = || -> Result<(String, String), ErrorStack> {
         let key = generate_key(algorithm)?;
-        Ok((
-            pem_string(key.private_key_to_pem_pkcs8()?),
-            pem_string(key.public_key_to_pem()?),
-        ))
+        Ok((pem_string(key.private_key_to_pem_pkcs8()?), pem_string(key.public_key_to_pem()?)))
     };
     make().map_err(|source| PkiError::OpenSsl {
-        action: format!(
-            "generate the {} service-account key",
-            algorithm.as_kubeadm_str()
-        ),
+        action: format!("generate the {} service-account key", algorithm.as_kubeadm_str()),
         source,
     })
 }
@@ -443,12 +392,7 @@ pub fn service_account_key_pair(algorithm: KeyAlgorithm) -> Result<(String, Stri
 pub fn public_key_pem_of(key_pem: &str) -> Result<String, PkiError> {
     let what = || "the service-account private key".to_owned();
     let key = parse_key(key_pem, what)?;
-    key.public_key_to_pem()
-        .map(pem_string)
-        .map_err(|source| PkiError::Parse {
-            what: what(),
-            source,
-        })
+    key.public_key_to_pem().map(pem_string).map_err(|source| PkiError::Parse { what: what(), source })
 }
 
 /// kubeadm's discovery-token CA certificate hash (its `pubkeypin`): `sha256:` followed by
@@ -464,14 +408,8 @@ pub fn discovery_token_ca_cert_hash(ca_cert_pem: &str) -> Result<String, PkiErro
     let spki = cert
         .public_key()
         .and_then(|key| key.public_key_to_der())
-        .map_err(|source| PkiError::Parse {
-            what: what(),
-            source,
-        })?;
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(openssl::sha::sha256(&spki))
-    ))
+        .map_err(|source| PkiError::Parse { what: what(), source })?;
+    Ok(format!("sha256:{}", hex::encode(openssl::sha::sha256(&spki))))
 }
 
 /// The spec of an etcd member's server or peer certificate, as kubeadm makes
@@ -480,10 +418,7 @@ pub fn discovery_token_ca_cert_hash(ca_cert_pem: &str) -> Result<String, PkiErro
 /// and `::1`. `validity` as in [`LeafSpec::validity`].
 pub fn etcd_member_spec(node_name: &str, address: IpAddr, validity: Duration) -> LeafSpec {
     let mut ips = vec![address];
-    for local in [
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-    ] {
+    for local in [IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)] {
         if !ips.contains(&local) {
             ips.push(local);
         }
@@ -543,10 +478,7 @@ fn random_serial() -> Result<BigNum, ErrorStack> {
 }
 
 fn encode(cert: X509, key: &PKeyRef<Private>) -> Result<Issued, ErrorStack> {
-    Ok(Issued {
-        cert_pem: pem_string(cert.to_pem()?),
-        key_pem: pem_string(key.private_key_to_pem_pkcs8()?),
-    })
+    Ok(Issued { cert_pem: pem_string(cert.to_pem()?), key_pem: pem_string(key.private_key_to_pem_pkcs8()?) })
 }
 
 /// PEM is ASCII; OpenSSL never writes anything else into it.
@@ -555,28 +487,18 @@ fn pem_string(pem: Vec<u8>) -> String {
 }
 
 fn parse_cert(pem: &str, what: impl FnOnce() -> String) -> Result<X509, PkiError> {
-    X509::from_pem(pem.as_bytes()).map_err(|source| PkiError::Parse {
-        what: what(),
-        source,
-    })
+    X509::from_pem(pem.as_bytes()).map_err(|source| PkiError::Parse { what: what(), source })
 }
 
 /// Reads an unencrypted PEM private key. The callback answers an empty passphrase so
 /// that an encrypted key fails instead of OpenSSL prompting on the terminal.
 fn parse_key(pem: &str, what: impl FnOnce() -> String) -> Result<PKey<Private>, PkiError> {
-    PKey::private_key_from_pem_callback(pem.as_bytes(), |_passphrase| Ok(0)).map_err(|source| {
-        PkiError::Parse {
-            what: what(),
-            source,
-        }
-    })
+    PKey::private_key_from_pem_callback(pem.as_bytes(), |_passphrase| Ok(0))
+        .map_err(|source| PkiError::Parse { what: what(), source })
 }
 
 fn invalid(action: String, reason: impl Into<String>) -> PkiError {
-    PkiError::Invalid {
-        action,
-        reason: reason.into(),
-    }
+    PkiError::Invalid { action, reason: reason.into() }
 }
 
 /// Seconds since the Unix epoch; `None` (an overflow upstream) or a time outside what
@@ -601,16 +523,12 @@ fn validity_of(cert: &X509Ref) -> Result<(i64, i64), ErrorStack> {
 }
 
 fn common_name_of(cert: &X509Ref) -> String {
-    name_entries(cert.subject_name(), Nid::COMMONNAME)
-        .and_then(|names| names.into_iter().next())
-        .unwrap_or_default()
+    name_entries(cert.subject_name(), Nid::COMMONNAME).and_then(|names| names.into_iter().next()).unwrap_or_default()
 }
 
 /// The UTF-8 values of one attribute in a name; `None` when one is not valid text.
 fn name_entries(name: &openssl::x509::X509NameRef, nid: Nid) -> Option<Vec<String>> {
-    name.entries_by_nid(nid)
-        .map(|entry| entry.data().to_string().ok())
-        .collect()
+    name.entries_by_nid(nid).map(|entry| entry.data().to_string().ok()).collect()
 }
 
 fn set<T: Ord + Clone>(items: &[T]) -> BTreeSet<T> {
@@ -651,46 +569,22 @@ mod tests {
     #[test]
     fn times_outside_x509_are_errors_not_panics() {
         let before_epoch = UNIX_EPOCH.checked_sub(Duration::from_secs(3600));
-        let err = new_ca(
-            "kubernetes",
-            KeyAlgorithm::EcdsaP256,
-            Duration::from_secs(60),
-            before_epoch.unwrap(),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("failed to create CA certificate \"kubernetes\""),
-            "{err}"
-        );
+        let err =
+            new_ca("kubernetes", KeyAlgorithm::EcdsaP256, Duration::from_secs(60), before_epoch.unwrap()).unwrap_err();
+        assert!(err.to_string().starts_with("failed to create CA certificate \"kubernetes\""), "{err}");
         let far = Duration::from_secs(400 * 365 * 86_400 * 100);
-        assert!(new_ca(
-            "kubernetes",
-            KeyAlgorithm::EcdsaP256,
-            far,
-            SystemTime::now()
-        )
-        .is_err());
+        assert!(new_ca("kubernetes", KeyAlgorithm::EcdsaP256, far, SystemTime::now()).is_err());
     }
 
     #[test]
     fn empty_common_name_is_refused() {
-        let err = new_ca(
-            "",
-            KeyAlgorithm::EcdsaP256,
-            Duration::from_secs(60),
-            SystemTime::now(),
-        )
-        .unwrap_err();
+        let err = new_ca("", KeyAlgorithm::EcdsaP256, Duration::from_secs(60), SystemTime::now()).unwrap_err();
         assert!(matches!(err, PkiError::Invalid { .. }), "{err}");
     }
 
     #[test]
     fn ip_bytes_of_both_families() {
-        assert_eq!(
-            ip_from_bytes(&[127, 0, 0, 1]),
-            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        );
+        assert_eq!(ip_from_bytes(&[127, 0, 0, 1]), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         let mut v6 = [0u8; 16];
         v6[15] = 1;
         assert_eq!(ip_from_bytes(&v6), Some(IpAddr::V6(Ipv6Addr::LOCALHOST)));

@@ -14,10 +14,10 @@ use std::time::SystemTime;
 use hakube_cluster::definition::{EtcdTopology, KeyAlgorithm};
 use hakube_cluster::ClusterDefinition;
 
+use crate::kubeadm::url_host;
 use crate::kubeconfig;
 use crate::layout;
 use crate::manifest::{sha256_hex, Manifest, ManifestEntry, NodeEntry, FORMAT_VERSION};
-use crate::kubeadm::url_host;
 use crate::pki::{self, Issued, LeafSpec};
 use crate::sshkeys;
 use crate::templates::Templates;
@@ -168,7 +168,13 @@ impl Builder<'_> {
             Ships::Nowhere => (Vec::new(), None),
             Ships::To(nodes, dest) => (nodes, Some(dest)),
         };
-        let mode = if secret { SECRET } else if path.ends_with(".sh") { EXECUTABLE } else { PUBLIC };
+        let mode = if secret {
+            SECRET
+        } else if path.ends_with(".sh") {
+            EXECUTABLE
+        } else {
+            PUBLIC
+        };
         self.files.insert(path, Asset { bytes: bytes.into(), secret, mode, nodes, destination });
     }
 
@@ -188,16 +194,30 @@ impl Builder<'_> {
             (Some(cert), Some(key)) => {
                 let ok = pki::is_ca_pair(cert, key).map_err(|e| crypto(&crt_path)(e.into()))?;
                 if !ok {
-                    return Err(RenderError::BrokenSecret { path: crt_path, problem: format!("it is not a CA certificate matching {key_path}") });
+                    return Err(RenderError::BrokenSecret {
+                        path: crt_path,
+                        problem: format!("it is not a CA certificate matching {key_path}"),
+                    });
                 }
                 Issued { cert_pem: cert.to_string(), key_pem: key.to_string() }
             }
             (None, None) => {
                 let (ca_validity, _) = self.def.pki.validities();
-                pki::new_ca(common_name, self.def.pki.key_algorithm, ca_validity, self.options.now).map_err(|e| crypto(&crt_path)(e.into()))?
+                pki::new_ca(common_name, self.def.pki.key_algorithm, ca_validity, self.options.now)
+                    .map_err(|e| crypto(&crt_path)(e.into()))?
             }
-            (Some(_), None) => return Err(RenderError::BrokenSecret { path: key_path, problem: format!("it is missing while {crt_path} exists") }),
-            (None, Some(_)) => return Err(RenderError::BrokenSecret { path: crt_path, problem: format!("it is missing while {key_path} exists") }),
+            (Some(_), None) => {
+                return Err(RenderError::BrokenSecret {
+                    path: key_path,
+                    problem: format!("it is missing while {crt_path} exists"),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(RenderError::BrokenSecret {
+                    path: crt_path,
+                    problem: format!("it is missing while {key_path} exists"),
+                })
+            }
         })
     }
 
@@ -214,7 +234,9 @@ impl Builder<'_> {
         let path = layout::pki("sa.key");
         match self.reusable(&path) {
             Some(key) => Ok(key.to_string()),
-            None => Ok(pki::service_account_key_pair(self.def.pki.key_algorithm).map_err(|e| crypto(&path)(e.into()))?.0),
+            None => {
+                Ok(pki::service_account_key_pair(self.def.pki.key_algorithm).map_err(|e| crypto(&path)(e.into()))?.0)
+            }
         }
     }
 
@@ -266,7 +288,12 @@ fn client_of_kubeconfig(text: &str) -> Option<Issued> {
 /// [`RenderError::BrokenSecret`] when an existing secret is unusable (half of a key pair,
 /// a certificate that does not match its key, an unparsable token); other variants when
 /// key generation or a template fails, naming the file or node.
-pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Templates, options: &Options) -> Result<AssetSet, RenderError> {
+pub fn render(
+    def: &ClusterDefinition,
+    existing: &Existing,
+    templates: &Templates,
+    options: &Options,
+) -> Result<AssetSet, RenderError> {
     let mut b = Builder { def, existing, options, files: BTreeMap::new() };
     let algorithm: KeyAlgorithm = def.pki.key_algorithm;
     let (_, leaf_validity) = def.pki.validities();
@@ -276,7 +303,9 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
     // render.
     let (cluster_ca, front_proxy_ca, etcd_ca, sa_key) = std::thread::scope(|s| {
         let builder = &b;
-        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Issued, RenderError>>| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Issued, RenderError>>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
         let cluster = s.spawn(move || builder.load_or_new_ca("ca", "kubernetes"));
         let front = s.spawn(move || builder.load_or_new_ca("front-proxy-ca", "front-proxy-ca"));
         let etcd = s.spawn(move || builder.load_or_new_ca("etcd/ca", "etcd-ca"));
@@ -290,8 +319,10 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
 
     // sa.pub is derived from sa.key, so it is byte-stable.
     let sa_key_path = layout::pki("sa.key");
-    let sa_pub = pki::public_key_pem_of(&sa_key)
-        .map_err(|e| RenderError::BrokenSecret { path: sa_key_path.clone(), problem: format!("it is not a private key ({e})") })?;
+    let sa_pub = pki::public_key_pem_of(&sa_key).map_err(|e| RenderError::BrokenSecret {
+        path: sa_key_path.clone(),
+        problem: format!("it is not a private key ({e})"),
+    })?;
     let masters = b.masters();
     b.add(sa_key_path.clone(), sa_key, true, Ships::secret_tree(&sa_key_path, masters.clone()));
     let sa_pub_path = layout::pki("sa.pub");
@@ -309,7 +340,8 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
         true,
         Ships::To(b.all_nodes(), format!("{}/bootstrap-token", layout::REMOTE_SECRETS_DIR)),
     );
-    let hash = pki::discovery_token_ca_cert_hash(&cluster_ca.cert_pem).map_err(|e| crypto(layout::DISCOVERY_HASH)(e.into()))?;
+    let hash = pki::discovery_token_ca_cert_hash(&cluster_ca.cert_pem)
+        .map_err(|e| crypto(layout::DISCOVERY_HASH)(e.into()))?;
     b.add(layout::DISCOVERY_HASH.into(), format!("{hash}\n"), false, Ships::Nowhere);
 
     // External etcd: a server and a peer certificate per master, and the API server's client.
@@ -322,11 +354,18 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
         for master in &def.masters {
             let name = &master.node_name;
             let Ok(address) = master.private_ip.parse::<IpAddr>() else {
-                return Err(RenderError::Node { node: name.clone(), what: "etcd certificates", source: format!("privateIP {:?} is not an IP address", master.private_ip).into() });
+                return Err(RenderError::Node {
+                    node: name.clone(),
+                    what: "etcd certificates",
+                    source: format!("privateIP {:?} is not an IP address", master.private_ip).into(),
+                });
             };
             let spec = pki::etcd_member_spec(name, address, leaf_validity);
             for kind in ["server", "peer"] {
-                let (crt, key) = (layout::etcd_member(name, &format!("{kind}.crt")), layout::etcd_member(name, &format!("{kind}.key")));
+                let (crt, key) = (
+                    layout::etcd_member(name, &format!("{kind}.crt")),
+                    layout::etcd_member(name, &format!("{kind}.key")),
+                );
                 let issued = b.leaf(&crt, &key, &etcd_ca, &spec)?;
                 b.add(crt.clone(), issued.cert_pem, false, Ships::secret_tree(&crt, vec![name.clone()]));
                 b.add(key.clone(), issued.key_pem, true, Ships::secret_tree(&key, vec![name.clone()]));
@@ -342,7 +381,8 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
         .filter(|client| pki::leaf_matches(&client.cert_pem, &cluster_ca, &admin_spec, options.now).unwrap_or(false));
     let admin = match reused_admin {
         Some(client) => client,
-        None => pki::issue_leaf(&cluster_ca, &admin_spec, algorithm, options.now).map_err(|e| crypto(layout::ADMIN_KUBECONFIG)(e.into()))?,
+        None => pki::issue_leaf(&cluster_ca, &admin_spec, algorithm, options.now)
+            .map_err(|e| crypto(layout::ADMIN_KUBECONFIG)(e.into()))?,
     };
     let host = def.control_plane_host().unwrap_or_default();
     let mut servers = vec![(String::new(), format!("https://{}:6443", url_host(host)))];
@@ -355,10 +395,16 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
     if def.ssh_login_key.is_none() {
         let private = match b.text(layout::LOGIN_KEY) {
             Some(key) => key.to_string(),
-            None => sshkeys::generate_ed25519(&format!("hakube@{}", def.cluster_name)).map_err(|e| crypto(layout::LOGIN_KEY)(e.into()))?.private_openssh,
+            None => {
+                sshkeys::generate_ed25519(&format!("hakube@{}", def.cluster_name))
+                    .map_err(|e| crypto(layout::LOGIN_KEY)(e.into()))?
+                    .private_openssh
+            }
         };
-        let public = sshkeys::public_line_of(&private)
-            .map_err(|e| RenderError::BrokenSecret { path: layout::LOGIN_KEY.into(), problem: format!("it is not an OpenSSH private key ({e})") })?;
+        let public = sshkeys::public_line_of(&private).map_err(|e| RenderError::BrokenSecret {
+            path: layout::LOGIN_KEY.into(),
+            problem: format!("it is not an OpenSSH private key ({e})"),
+        })?;
         b.add(layout::LOGIN_KEY.into(), private, true, Ships::Nowhere);
         b.add(layout::LOGIN_KEY_PUB.into(), format!("{public}\n"), false, Ships::Nowhere);
     }
@@ -367,10 +413,16 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
         let path = layout::host_key(&node.node_name);
         let private = match b.text(&path) {
             Some(key) => key.to_string(),
-            None => sshkeys::generate_ed25519(&format!("root@{}", node.node_name)).map_err(|e| crypto(&path)(e.into()))?.private_openssh,
+            None => {
+                sshkeys::generate_ed25519(&format!("root@{}", node.node_name))
+                    .map_err(|e| crypto(&path)(e.into()))?
+                    .private_openssh
+            }
         };
-        let public = sshkeys::public_line_of(&private)
-            .map_err(|e| RenderError::BrokenSecret { path: path.clone(), problem: format!("it is not an OpenSSH private key ({e})") })?;
+        let public = sshkeys::public_line_of(&private).map_err(|e| RenderError::BrokenSecret {
+            path: path.clone(),
+            problem: format!("it is not an OpenSSH private key ({e})"),
+        })?;
         let port = node.ssh_port.unwrap_or(def.ssh_port);
         let mut patterns: Vec<String> = Vec::new();
         for host in [node.ssh_address(), node.private_ip.as_str(), node.node_name.as_str()] {
@@ -391,16 +443,35 @@ pub fn render(def: &ClusterDefinition, existing: &Existing, templates: &Template
     let mut nodes = BTreeMap::new();
     for (role, node) in def.nodes() {
         let first_master = def.first_master().is_some_and(|m| m.node_name == node.node_name);
-        let steps = crate::templates::boot_steps(def, &node.node_name).unwrap_or_default().into_iter().map(String::from).collect();
+        let steps = crate::templates::boot_steps(def, &node.node_name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(String::from)
+            .collect();
         nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps });
         let name = &node.node_name;
-        let config = crate::kubeadm::kubeadm_config(def, name, &hash, token.id())
-            .map_err(|e| RenderError::Node { node: name.clone(), what: "kubeadm.yaml", source: e.into() })?;
-        let script = templates
-            .boot_script(def, name)
-            .map_err(|e| RenderError::Node { node: name.clone(), what: "boot.sh", source: e.into() })?;
-        b.add(layout::kubeadm_config(name), config, false, Ships::To(vec![name.clone()], format!("{}/kubeadm.yaml", layout::REMOTE_DIR)));
-        b.add(layout::boot_script(name), script, false, Ships::To(vec![name.clone()], format!("{}/boot.sh", layout::REMOTE_DIR)));
+        let config = crate::kubeadm::kubeadm_config(def, name, &hash, token.id()).map_err(|e| RenderError::Node {
+            node: name.clone(),
+            what: "kubeadm.yaml",
+            source: e.into(),
+        })?;
+        let script = templates.boot_script(def, name).map_err(|e| RenderError::Node {
+            node: name.clone(),
+            what: "boot.sh",
+            source: e.into(),
+        })?;
+        b.add(
+            layout::kubeadm_config(name),
+            config,
+            false,
+            Ships::To(vec![name.clone()], format!("{}/kubeadm.yaml", layout::REMOTE_DIR)),
+        );
+        b.add(
+            layout::boot_script(name),
+            script,
+            false,
+            Ships::To(vec![name.clone()], format!("{}/boot.sh", layout::REMOTE_DIR)),
+        );
     }
 
     Ok(AssetSet { cluster_name: def.cluster_name.clone(), nodes, files: b.files })

@@ -66,25 +66,14 @@ pub enum SshKeyError {
 /// fails.
 pub fn generate_ed25519(comment: &str) -> Result<SshKeyPair, SshKeyError> {
     let mut seed = [0u8; 32];
-    openssl::rand::rand_bytes(&mut seed).map_err(|source| SshKeyError::Generate {
-        comment: comment.to_owned(),
-        source,
-    })?;
+    openssl::rand::rand_bytes(&mut seed)
+        .map_err(|source| SshKeyError::Generate { comment: comment.to_owned(), source })?;
     let keypair = Ed25519Keypair::from_seed(&seed);
-    let encode_error = |source| SshKeyError::Encode {
-        comment: comment.to_owned(),
-        source,
-    };
+    let encode_error = |source| SshKeyError::Encode { comment: comment.to_owned(), source };
     let key = PrivateKey::new(KeypairData::Ed25519(keypair), comment).map_err(encode_error)?;
-    let private_openssh = key
-        .to_openssh(LineEnding::LF)
-        .map_err(encode_error)?
-        .to_string();
+    let private_openssh = key.to_openssh(LineEnding::LF).map_err(encode_error)?.to_string();
     let public_line = key.public_key().to_openssh().map_err(encode_error)?;
-    Ok(SshKeyPair {
-        private_openssh,
-        public_line,
-    })
+    Ok(SshKeyPair { private_openssh, public_line })
 }
 
 /// The public key line (`<type> AAAA... [comment]`) of an OpenSSH private key, as

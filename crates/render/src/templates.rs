@@ -153,8 +153,10 @@ impl Templates {
 
     /// Every hook of every kind, for validating a definition's `hooks`.
     pub fn hook_catalog(&self) -> HookCatalog {
-        let all: Vec<(HookKind, String)> =
-            HookKind::ALL.into_iter().flat_map(|kind| self.hook_names(kind).into_iter().map(move |n| (kind, n))).collect();
+        let all: Vec<(HookKind, String)> = HookKind::ALL
+            .into_iter()
+            .flat_map(|kind| self.hook_names(kind).into_iter().map(move |n| (kind, n)))
+            .collect();
         HookCatalog::new(all.iter().map(|(kind, name)| (*kind, name.as_str())))
     }
 
@@ -175,7 +177,10 @@ impl Templates {
             if text.lines().any(|line| line == CLOUD_CONFIG_DELIMITER) {
                 return Err(TemplateError::Invalid {
                     node: node.to_string(),
-                    problem: format!("{} has a line {CLOUD_CONFIG_DELIMITER}, which ends its heredoc in boot.sh", hook.template),
+                    problem: format!(
+                        "{} has a line {CLOUD_CONFIG_DELIMITER}, which ends its heredoc in boot.sh",
+                        hook.template
+                    ),
                 });
             }
             context.cloud_config = Some(text);
@@ -358,7 +363,10 @@ fn shell_quote(value: &Value) -> Result<String, minijinja::Error> {
         ValueKind::String => Cow::Borrowed(value.as_str().unwrap_or_default()),
         ValueKind::Number => Cow::Owned(value.to_string()),
         other => {
-            return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("shell_quote takes a string, not {other}")));
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("shell_quote takes a string, not {other}"),
+            ));
         }
     };
     if let Some(c) = text.chars().find(|c| c.is_control()) {
@@ -377,16 +385,16 @@ fn read_dir_templates(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>)
     fn read(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
         move |source| TemplateError::Read { path: path.to_path_buf(), source }
     }
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(read(dir))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read(dir))?;
+    let mut entries = std::fs::read_dir(dir).map_err(read(dir))?.collect::<Result<Vec<_>, _>>().map_err(read(dir))?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
         let path = entry.path();
         let file_name = entry.file_name();
         let Some(file_name) = file_name.to_str() else {
-            return Err(read(&path)(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file name is not UTF-8")));
+            return Err(read(&path)(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the file name is not UTF-8",
+            )));
         };
         if file_name.starts_with('.') {
             continue;
@@ -459,9 +467,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("hooks/network")).unwrap();
         std::fs::create_dir_all(dir.path().join("hooks/cloud-config")).unwrap();
-        std::fs::write(dir.path().join("hooks/network/mycni.sh.j2"), "network_done() { true; }\nnetwork_run() { kube get nodes; }\n").unwrap();
-        std::fs::write(dir.path().join("hooks/network/calico.sh.j2"), "# my calico\nnetwork_done() { true; }\nnetwork_run() { true; }\n").unwrap();
-        std::fs::write(dir.path().join("hooks/cloud-config/acme.j2"), "[global]\nzone = {{ node.nodeName }}\n").unwrap();
+        std::fs::write(
+            dir.path().join("hooks/network/mycni.sh.j2"),
+            "network_done() { true; }\nnetwork_run() { kube get nodes; }\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("hooks/network/calico.sh.j2"),
+            "# my calico\nnetwork_done() { true; }\nnetwork_run() { true; }\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("hooks/cloud-config/acme.j2"), "[global]\nzone = {{ node.nodeName }}\n")
+            .unwrap();
         std::fs::write(dir.path().join("hooks/network/README.md"), "not a template {{").unwrap();
         let t = Templates::new(Some(dir.path())).unwrap();
         assert_eq!(t.hook_names(HookKind::Network), ["calico", "cilium", "flannel", "mycni", "weave"]);
@@ -486,12 +503,28 @@ mod tests {
 
     #[test]
     fn steps_per_role_and_topology() {
-        let def = definition(r#", "etcd": { "topology": "external" }, "hooks": { "preinstall": "aws", "cloudProvider": "aws" }"#);
+        let def = definition(
+            r#", "etcd": { "topology": "external" }, "hooks": { "preinstall": "aws", "cloudProvider": "aws" }"#,
+        );
         assert_eq!(
             boot_steps(&def, "m0").unwrap(),
-            ["preinstall", "prepare", "runtime", "packages", "pki", "etcd", "init", "cloud-provider", "network", "post"]
+            [
+                "preinstall",
+                "prepare",
+                "runtime",
+                "packages",
+                "pki",
+                "etcd",
+                "init",
+                "cloud-provider",
+                "network",
+                "post"
+            ]
         );
-        assert_eq!(boot_steps(&def, "m1").unwrap(), ["preinstall", "prepare", "runtime", "packages", "pki", "etcd", "join", "post"]);
+        assert_eq!(
+            boot_steps(&def, "m1").unwrap(),
+            ["preinstall", "prepare", "runtime", "packages", "pki", "etcd", "join", "post"]
+        );
         assert_eq!(boot_steps(&def, "w0").unwrap(), ["preinstall", "prepare", "runtime", "packages", "join", "post"]);
         let plain = definition(r#", "hooks": { "networkProvider": null }"#);
         assert_eq!(boot_steps(&plain, "m0").unwrap(), ["prepare", "runtime", "packages", "pki", "init", "post"]);
@@ -501,7 +534,9 @@ mod tests {
     #[test]
     fn script_shape() {
         let t = Templates::new(None).unwrap();
-        let def = definition(r#", "containerRuntime": { "version": "1.7.24-1", "sandboxImage": "registry.k8s.io/pause:3.10" }"#);
+        let def = definition(
+            r#", "containerRuntime": { "version": "1.7.24-1", "sandboxImage": "registry.k8s.io/pause:3.10" }"#,
+        );
         let script = t.boot_script(&def, "m0").unwrap();
         assert!(script.starts_with("#!/usr/bin/env bash\n# hakube boot script of node m0\n"));
         assert!(script.contains("\n# Generated by hakube render; do not edit."));

@@ -61,17 +61,12 @@ impl BootstrapToken {
     ///
     /// [`TokenError::Parse`], which never repeats the input.
     pub fn parse(text: &str) -> Result<Self, TokenError> {
-        let valid = |part: &str, len: usize| {
-            part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b))
-        };
+        let valid = |part: &str, len: usize| part.len() == len && part.bytes().all(|b| ALPHABET.contains(&b));
         match text.split_once('.') {
-            Some((id, secret)) if valid(id, ID_LEN) && valid(secret, SECRET_LEN) => Ok(Self {
-                id: id.to_owned(),
-                secret: secret.to_owned(),
-            }),
-            _ => Err(TokenError::Parse {
-                length: text.chars().count(),
-            }),
+            Some((id, secret)) if valid(id, ID_LEN) && valid(secret, SECRET_LEN) => {
+                Ok(Self { id: id.to_owned(), secret: secret.to_owned() })
+            }
+            _ => Err(TokenError::Parse { length: text.chars().count() }),
         }
     }
 
@@ -93,10 +88,7 @@ impl BootstrapToken {
 
 impl fmt::Debug for BootstrapToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BootstrapToken")
-            .field("id", &self.id)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("BootstrapToken").field("id", &self.id).field("secret", &"<redacted>").finish()
     }
 }
 

@@ -13,9 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use hakube_cluster::definition::KeyAlgorithm;
-use hakube_render::pki::{
-    apiserver_etcd_client_spec, etcd_member_spec, issue_leaf, new_ca, Issued, ETCD_CA,
-};
+use hakube_render::pki::{apiserver_etcd_client_spec, etcd_member_spec, issue_leaf, new_ca, Issued, ETCD_CA};
 use support::{free_ports, output, run_ok, write_secret, ChildGuard, YEAR};
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -69,11 +67,7 @@ fn etcdctl(endpoints: &str, client: Option<&ClientFiles>, ca: &Path) -> Command 
         .arg("--cacert")
         .arg(ca);
     if let Some(client) = client {
-        command
-            .arg("--cert")
-            .arg(&client.cert)
-            .arg("--key")
-            .arg(&client.key);
+        command.arg("--cert").arg(&client.cert).arg("--key").arg(&client.key);
     }
     command
 }
@@ -101,35 +95,18 @@ fn three_member_etcd_cluster_with_tls_everywhere() {
             let ports = free_ports(ip, 2);
             let dir = tmp.path().join(format!("member-{i}"));
             fs::create_dir(&dir).unwrap();
-            Member {
-                name: format!("etcd-{i}"),
-                ip,
-                client_port: ports[0],
-                peer_port: ports[1],
-                dir,
-            }
+            Member { name: format!("etcd-{i}"), ip, client_port: ports[0], peer_port: ports[1], dir }
         })
         .collect();
-    let initial_cluster = members
-        .iter()
-        .map(|m| format!("{}={}", m.name, m.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial_cluster = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect::<Vec<_>>().join(",");
 
     let mut children = Vec::new();
     for member in &members {
         // Server and peer certificates: same spec (kubeadm's), separate keys.
         let spec = etcd_member_spec(&member.name, member.ip, YEAR);
-        let (server_crt, server_key) = write_pair(
-            &member.dir,
-            "server",
-            &issue_leaf(&ca, &spec, algorithm, now).unwrap(),
-        );
-        let (peer_crt, peer_key) = write_pair(
-            &member.dir,
-            "peer",
-            &issue_leaf(&ca, &spec, algorithm, now).unwrap(),
-        );
+        let (server_crt, server_key) =
+            write_pair(&member.dir, "server", &issue_leaf(&ca, &spec, algorithm, now).unwrap());
+        let (peer_crt, peer_key) = write_pair(&member.dir, "peer", &issue_leaf(&ca, &spec, algorithm, now).unwrap());
         let log = File::create(member.log()).unwrap();
         let child = Command::new(ETCD)
             .env_clear()
@@ -153,10 +130,7 @@ fn three_member_etcd_cluster_with_tls_everywhere() {
             .arg(format!("--listen-client-urls={}", member.client_url()))
             .arg(format!("--advertise-client-urls={}", member.client_url()))
             .arg(format!("--listen-peer-urls={}", member.peer_url()))
-            .arg(format!(
-                "--initial-advertise-peer-urls={}",
-                member.peer_url()
-            ))
+            .arg(format!("--initial-advertise-peer-urls={}", member.peer_url()))
             .arg(format!("--initial-cluster={initial_cluster}"))
             .arg("--initial-cluster-state=new")
             .arg("--initial-cluster-token=hakube-test")
@@ -165,10 +139,7 @@ fn three_member_etcd_cluster_with_tls_everywhere() {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {ETCD}: {e}"));
-        children.push(ChildGuard {
-            name: member.name.clone(),
-            child,
-        });
+        children.push(ChildGuard { name: member.name.clone(), child });
     }
 
     let client_dir = tmp.path().join("client");
@@ -179,28 +150,15 @@ fn three_member_etcd_cluster_with_tls_everywhere() {
         &issue_leaf(&ca, &apiserver_etcd_client_spec(YEAR), algorithm, now).unwrap(),
     );
     let client = ClientFiles { cert, key };
-    let all_endpoints = members
-        .iter()
-        .map(Member::client_url)
-        .collect::<Vec<_>>()
-        .join(",");
+    let all_endpoints = members.iter().map(Member::client_url).collect::<Vec<_>>().join(",");
 
     // Wait until every member reports healthy, or one dies, or the deadline passes.
     let started = Instant::now();
     loop {
         for (guard, member) in children.iter_mut().zip(&members) {
-            assert!(
-                !guard.has_exited(),
-                "{} exited:\n{}",
-                guard.name,
-                tail(&member.log())
-            );
+            assert!(!guard.has_exited(), "{} exited:\n{}", guard.name, tail(&member.log()));
         }
-        let health = output(
-            etcdctl(&all_endpoints, Some(&client), &ca_path)
-                .arg("endpoint")
-                .arg("health"),
-        );
+        let health = output(etcdctl(&all_endpoints, Some(&client), &ca_path).arg("endpoint").arg("health"));
         if health.status.success() {
             break;
         }
@@ -213,28 +171,20 @@ fn three_member_etcd_cluster_with_tls_everywhere() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let list = run_ok(
-        etcdctl(&members[0].client_url(), Some(&client), &ca_path)
-            .args(["member", "list", "-w", "json"]),
-    );
+    let list =
+        run_ok(etcdctl(&members[0].client_url(), Some(&client), &ca_path).args(["member", "list", "-w", "json"]));
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
-    let mut names: Vec<&str> = list["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["name"].as_str().unwrap())
-        .collect();
+    let mut names: Vec<&str> =
+        list["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["etcd-1", "etcd-2", "etcd-3"]);
 
     // Write through one member, read through another: replicated over the TLS peer links.
-    let put = run_ok(
-        etcdctl(&members[0].client_url(), Some(&client), &ca_path).args([
-            "put",
-            "/hakube/test",
-            "written-by-hakube",
-        ]),
-    );
+    let put = run_ok(etcdctl(&members[0].client_url(), Some(&client), &ca_path).args([
+        "put",
+        "/hakube/test",
+        "written-by-hakube",
+    ]));
     assert_eq!(put.trim(), "OK");
     // A refused client fails at --command-timeout (gRPC retries the handshake until then).
     let get = |client: Option<&ClientFiles>| {
@@ -246,15 +196,8 @@ fn three_member_etcd_cluster_with_tls_everywhere() {
         ]))
     };
     let read = get(Some(&client));
-    assert!(
-        read.status.success(),
-        "{}",
-        String::from_utf8_lossy(&read.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&read.stdout).trim(),
-        "written-by-hakube"
-    );
+    assert!(read.status.success(), "{}", String::from_utf8_lossy(&read.stderr));
+    assert_eq!(String::from_utf8_lossy(&read.stdout).trim(), "written-by-hakube");
 
     // A client certificate with the same CN from another CA (also named etcd-ca) is refused.
     let other_ca = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, YEAR, now).unwrap();
@@ -263,33 +206,20 @@ fn three_member_etcd_cluster_with_tls_everywhere() {
     let (cert, key) = write_pair(
         &other_dir,
         "apiserver-etcd-client",
-        &issue_leaf(
-            &other_ca,
-            &apiserver_etcd_client_spec(YEAR),
-            KeyAlgorithm::EcdsaP256,
-            now,
-        )
-        .unwrap(),
+        &issue_leaf(&other_ca, &apiserver_etcd_client_spec(YEAR), KeyAlgorithm::EcdsaP256, now).unwrap(),
     );
     let stranger = ClientFiles { cert, key };
     let refused = get(Some(&stranger));
-    assert!(
-        !refused.status.success(),
-        "a client certificate from another CA was accepted"
-    );
+    assert!(!refused.status.success(), "a client certificate from another CA was accepted");
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("written-by-hakube"));
     // No client certificate at all is refused too (client-cert-auth).
     let anonymous = get(None);
-    assert!(
-        !anonymous.status.success(),
-        "a client without a certificate was accepted"
-    );
+    assert!(!anonymous.status.success(), "a client without a certificate was accepted");
 
     // The member saw and rejected the foreign certificate (not, say, a network error).
     let log = fs::read_to_string(members[2].log()).unwrap();
     assert!(
-        log.contains("rejected connection")
-            && log.contains("certificate signed by unknown authority"),
+        log.contains("rejected connection") && log.contains("certificate signed by unknown authority"),
         "etcd-3's log does not show the rejection:\n{}",
         tail(&members[2].log())
     );

@@ -26,8 +26,7 @@ use openssl::x509::X509;
 use support::{output, run_ok, write_secret, YEAR};
 
 const KUBECTL: &str = "/usr/bin/kubectl";
-const VERSION_JSON: &str =
-    r#"{"major":"1","minor":"35","gitVersion":"v1.35.0-hakube-test","platform":"linux/amd64"}"#;
+const VERSION_JSON: &str = r#"{"major":"1","minor":"35","gitVersion":"v1.35.0-hakube-test","platform":"linux/amd64"}"#;
 
 /// What the server saw of one connection: the client certificate's CN, or why the TLS
 /// handshake failed.
@@ -45,17 +44,10 @@ struct TestServer {
 impl TestServer {
     fn start(server: &Issued, client_ca: &Issued) -> Self {
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
-        acceptor
-            .set_private_key(&PKey::private_key_from_pem(server.key_pem.as_bytes()).unwrap())
-            .unwrap();
-        acceptor
-            .set_certificate(&X509::from_pem(server.cert_pem.as_bytes()).unwrap())
-            .unwrap();
+        acceptor.set_private_key(&PKey::private_key_from_pem(server.key_pem.as_bytes()).unwrap()).unwrap();
+        acceptor.set_certificate(&X509::from_pem(server.cert_pem.as_bytes()).unwrap()).unwrap();
         acceptor.check_private_key().unwrap();
-        acceptor
-            .cert_store_mut()
-            .add_cert(X509::from_pem(client_ca.cert_pem.as_bytes()).unwrap())
-            .unwrap();
+        acceptor.cert_store_mut().add_cert(X509::from_pem(client_ca.cert_pem.as_bytes()).unwrap()).unwrap();
         acceptor.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         let acceptor = acceptor.build();
 
@@ -77,26 +69,21 @@ impl TestServer {
                             .ssl()
                             .peer_certificate()
                             .and_then(|cert| {
-                                let entry =
-                                    cert.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
+                                let entry = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
                                 entry.data().to_string().ok()
                             })
                             .unwrap_or_default();
                         // Read the request head, then answer and close.
                         let mut reader = BufReader::new(&mut tls);
                         let mut line = String::new();
-                        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false)
-                            && line != "\r\n"
-                        {
+                        while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && line != "\r\n" {
                             line.clear();
                         }
                         let response = format!(
                             "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{VERSION_JSON}",
                             VERSION_JSON.len()
                         );
-                        let _ = tls
-                            .write_all(response.as_bytes())
-                            .and_then(|()| tls.flush());
+                        let _ = tls.write_all(response.as_bytes()).and_then(|()| tls.flush());
                         let _ = tls.shutdown();
                         Ok(cn)
                     }
@@ -104,12 +91,7 @@ impl TestServer {
                 let _ = tx.send(event);
             }
         });
-        TestServer {
-            port,
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        TestServer { port, seen, stop, thread: Some(thread) }
     }
 
     fn url(&self) -> String {
@@ -143,11 +125,7 @@ impl Drop for TestServer {
 /// kubectl with a private HOME (its cache) and nothing from this environment.
 fn kubectl(home: &Path, kubeconfig: &Path) -> Command {
     let mut command = Command::new(KUBECTL);
-    command
-        .env_clear()
-        .env("HOME", home)
-        .arg("--kubeconfig")
-        .arg(kubeconfig);
+    command.env_clear().env("HOME", home).arg("--kubeconfig").arg(kubeconfig);
     command
 }
 
@@ -162,55 +140,28 @@ struct Attempt {
 
 impl Attempt {
     fn cns(&self) -> Vec<&str> {
-        self.seen
-            .iter()
-            .filter_map(|seen| seen.as_deref().ok())
-            .collect()
+        self.seen.iter().filter_map(|seen| seen.as_deref().ok()).collect()
     }
     fn refusals(&self) -> Vec<&str> {
-        self.seen
-            .iter()
-            .filter_map(|seen| seen.as_ref().err().map(String::as_str))
-            .collect()
+        self.seen.iter().filter_map(|seen| seen.as_ref().err().map(String::as_str)).collect()
     }
 }
 
 /// Serves `server` (trusting client certificates from `ca`), renders an admin
 /// kubeconfig for it with `kubeconfig_ca` and `client`, and runs kubectl with it.
-fn attempt(
-    dir: &Path,
-    name: &str,
-    server: &Issued,
-    ca: &Issued,
-    kubeconfig_ca: &Issued,
-    client: &Issued,
-) -> Attempt {
+fn attempt(dir: &Path, name: &str, server: &Issued, ca: &Issued, kubeconfig_ca: &Issued, client: &Issued) -> Attempt {
     let test_server = TestServer::start(server, ca);
     let url = test_server.url();
     let servers = [
         ("lb".to_owned(), url.clone()),
-        (
-            "master-1.example.com".to_owned(),
-            "https://master-1.example.com:6443".to_owned(),
-        ),
+        ("master-1.example.com".to_owned(), "https://master-1.example.com:6443".to_owned()),
     ];
-    let config =
-        admin_kubeconfig("hakube-test", &servers, &kubeconfig_ca.cert_pem, client).unwrap();
+    let config = admin_kubeconfig("hakube-test", &servers, &kubeconfig_ca.cert_pem, client).unwrap();
     let kubeconfig = write_secret(dir, name, &config);
     let home = dir.join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let kubectl = output(kubectl(&home, &kubeconfig).args([
-        "get",
-        "--raw",
-        "/version",
-        "--request-timeout=20s",
-    ]));
-    Attempt {
-        kubeconfig,
-        url,
-        kubectl,
-        seen: test_server.finish(),
-    }
+    let kubectl = output(kubectl(&home, &kubeconfig).args(["get", "--raw", "/version", "--request-timeout=20s"]));
+    Attempt { kubeconfig, url, kubectl, seen: test_server.finish() }
 }
 
 #[test]
@@ -237,125 +188,57 @@ fn kubectl_reads_the_admin_kubeconfig_and_authenticates_with_it() {
     // Mutual TLS: kubectl trusts the server through certificate-authority-data, the server
     // trusts kubectl's client certificate, whose CN is kubernetes-admin.
     let good = attempt(dir, "admin.conf", &server, &ca, &ca, &admin);
-    assert!(
-        good.kubectl.status.success(),
-        "kubectl failed: {}",
-        String::from_utf8_lossy(&good.kubectl.stderr)
-    );
+    assert!(good.kubectl.status.success(), "kubectl failed: {}", String::from_utf8_lossy(&good.kubectl.stderr));
     let body: serde_json::Value = serde_json::from_slice(&good.kubectl.stdout).unwrap();
     assert_eq!(body["gitVersion"], "v1.35.0-hakube-test");
     assert!(!good.cns().is_empty(), "{:?}", good.seen);
-    assert!(
-        good.cns().iter().all(|cn| *cn == "kubernetes-admin"),
-        "{:?}",
-        good.seen
-    );
-    assert!(
-        good.refusals()
-            .iter()
-            .all(|why| !why.contains("certificate verify failed")),
-        "{:?}",
-        good.seen
-    );
+    assert!(good.cns().iter().all(|cn| *cn == "kubernetes-admin"), "{:?}", good.seen);
+    assert!(good.refusals().iter().all(|why| !why.contains("certificate verify failed")), "{:?}", good.seen);
 
     // kubectl parses the same file: names, servers, current context.
     let view = run_ok(kubectl(&home, &good.kubeconfig).args(["config", "view", "-o", "json"]));
     let view: serde_json::Value = serde_json::from_str(&view).unwrap();
     assert_eq!(view["current-context"], "kubernetes-admin@hakube-test");
     let names = |list: &str| -> Vec<String> {
-        view[list]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|item| item["name"].as_str().unwrap().to_owned())
-            .collect()
+        view[list].as_array().unwrap().iter().map(|item| item["name"].as_str().unwrap().to_owned()).collect()
     };
-    assert_eq!(
-        names("clusters"),
-        ["hakube-test", "hakube-test-master-1.example.com"]
-    );
+    assert_eq!(names("clusters"), ["hakube-test", "hakube-test-master-1.example.com"]);
     assert_eq!(
         names("contexts"),
-        [
-            "kubernetes-admin@hakube-test",
-            "kubernetes-admin@hakube-test-master-1.example.com"
-        ]
+        ["kubernetes-admin@hakube-test", "kubernetes-admin@hakube-test-master-1.example.com"]
     );
     assert_eq!(names("users"), ["kubernetes-admin"]);
     assert_eq!(view["clusters"][0]["cluster"]["server"], good.url.as_str());
-    assert_eq!(
-        view["clusters"][1]["cluster"]["server"],
-        "https://master-1.example.com:6443"
-    );
+    assert_eq!(view["clusters"][1]["cluster"]["server"], "https://master-1.example.com:6443");
     for context in view["contexts"].as_array().unwrap() {
         assert_eq!(context["context"]["user"], "kubernetes-admin");
     }
     assert_eq!(view["contexts"][0]["context"]["cluster"], "hakube-test");
-    assert_eq!(
-        view["contexts"][1]["context"]["cluster"],
-        "hakube-test-master-1.example.com"
-    );
+    assert_eq!(view["contexts"][1]["context"]["cluster"], "hakube-test-master-1.example.com");
 
     // The embedded data decodes to the PEMs.
-    let raw =
-        run_ok(kubectl(&home, &good.kubeconfig).args(["config", "view", "--raw", "-o", "json"]));
+    let raw = run_ok(kubectl(&home, &good.kubeconfig).args(["config", "view", "--raw", "-o", "json"]));
     let raw: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let decode = |value: &serde_json::Value| {
-        String::from_utf8(STANDARD.decode(value.as_str().unwrap()).unwrap()).unwrap()
-    };
+    let decode =
+        |value: &serde_json::Value| String::from_utf8(STANDARD.decode(value.as_str().unwrap()).unwrap()).unwrap();
     for cluster in raw["clusters"].as_array().unwrap() {
-        assert_eq!(
-            decode(&cluster["cluster"]["certificate-authority-data"]),
-            ca.cert_pem
-        );
+        assert_eq!(decode(&cluster["cluster"]["certificate-authority-data"]), ca.cert_pem);
     }
-    assert_eq!(
-        decode(&raw["users"][0]["user"]["client-certificate-data"]),
-        admin.cert_pem
-    );
-    assert_eq!(
-        decode(&raw["users"][0]["user"]["client-key-data"]),
-        admin.key_pem
-    );
+    assert_eq!(decode(&raw["users"][0]["user"]["client-certificate-data"]), admin.cert_pem);
+    assert_eq!(decode(&raw["users"][0]["user"]["client-key-data"]), admin.key_pem);
 
     // A client certificate from another CA (same CN, same CA name) is refused by the server.
     let other_ca = new_ca(KUBERNETES_CA, KeyAlgorithm::EcdsaP256, YEAR, now).unwrap();
-    let stranger = issue_leaf(
-        &other_ca,
-        &admin_client_spec(YEAR),
-        KeyAlgorithm::EcdsaP256,
-        now,
-    )
-    .unwrap();
+    let stranger = issue_leaf(&other_ca, &admin_client_spec(YEAR), KeyAlgorithm::EcdsaP256, now).unwrap();
     let refused = attempt(dir, "stranger.conf", &server, &ca, &ca, &stranger);
-    assert!(
-        !refused.kubectl.status.success(),
-        "a client certificate from another CA was accepted"
-    );
-    assert!(
-        refused.cns().is_empty(),
-        "the server accepted a foreign client certificate: {:?}",
-        refused.seen
-    );
-    assert!(
-        refused
-            .refusals()
-            .iter()
-            .any(|why| why.contains("certificate verify failed")),
-        "{:?}",
-        refused.seen
-    );
+    assert!(!refused.kubectl.status.success(), "a client certificate from another CA was accepted");
+    assert!(refused.cns().is_empty(), "the server accepted a foreign client certificate: {:?}", refused.seen);
+    assert!(refused.refusals().iter().any(|why| why.contains("certificate verify failed")), "{:?}", refused.seen);
 
     // And kubectl refuses a server its kubeconfig's CA did not sign.
     let untrusted = attempt(dir, "wrong-ca.conf", &server, &ca, &other_ca, &admin);
-    assert!(
-        !untrusted.kubectl.status.success(),
-        "kubectl trusted a server outside its CA"
-    );
+    assert!(!untrusted.kubectl.status.success(), "kubectl trusted a server outside its CA");
     let stderr = String::from_utf8_lossy(&untrusted.kubectl.stderr);
-    assert!(
-        stderr.contains("certificate signed by unknown authority"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("certificate signed by unknown authority"), "{stderr}");
     assert!(untrusted.cns().is_empty(), "{:?}", untrusted.seen);
 }

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 use hakube_cluster::definition::KeyAlgorithm;
 use hakube_render::kubeconfig::admin_client_spec;
 use hakube_render::pki::{
-    apiserver_etcd_client_spec, discovery_token_ca_cert_hash, etcd_member_spec, is_ca_pair,
-    issue_leaf, leaf_matches, new_ca, public_key_pem_of, service_account_key_pair, ExtendedUsage,
-    Issued, LeafSpec, PkiError, ETCD_CA, FRONT_PROXY_CA, KUBERNETES_CA,
+    apiserver_etcd_client_spec, discovery_token_ca_cert_hash, etcd_member_spec, is_ca_pair, issue_leaf, leaf_matches,
+    new_ca, public_key_pem_of, service_account_key_pair, ExtendedUsage, Issued, LeafSpec, PkiError, ETCD_CA,
+    FRONT_PROXY_CA, KUBERNETES_CA,
 };
 use hakube_render::sshkeys::{generate_ed25519, known_hosts_line, public_line_of};
 use hakube_render::token::BootstrapToken;
@@ -40,11 +40,7 @@ fn verifies(leaf: &Issued, ca: &Issued) -> bool {
     store.add_cert(cert(&ca.cert_pem)).unwrap();
     let store = store.build();
     let mut context = X509StoreContext::new().unwrap();
-    context
-        .init(&store, &cert(&leaf.cert_pem), &Stack::new().unwrap(), |c| {
-            c.verify_cert()
-        })
-        .unwrap()
+    context.init(&store, &cert(&leaf.cert_pem), &Stack::new().unwrap(), |c| c.verify_cert()).unwrap()
 }
 
 /// `openssl verify -purpose <purpose>`: chain plus the EKU the purpose needs.
@@ -52,32 +48,20 @@ fn cli_verifies(dir: &std::path::Path, leaf: &Issued, ca: &Issued, purpose: &str
     let ca_path = write_secret(dir, "verify-ca.crt", &ca.cert_pem);
     let leaf_path = write_secret(dir, "verify-leaf.crt", &leaf.cert_pem);
     support::output(
-        Command::new("openssl")
-            .args(["verify", "-purpose", purpose, "-CAfile"])
-            .arg(ca_path)
-            .arg(leaf_path),
+        Command::new("openssl").args(["verify", "-purpose", purpose, "-CAfile"]).arg(ca_path).arg(leaf_path),
     )
     .status
     .success()
 }
 
 fn assert_key_is(issued: &Issued, algorithm: KeyAlgorithm) {
-    assert!(
-        issued.key_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"),
-        "PKCS#8 PEM expected"
-    );
+    assert!(issued.key_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"), "PKCS#8 PEM expected");
     let key = PKey::private_key_from_pem(issued.key_pem.as_bytes()).unwrap();
-    assert!(
-        cert(&issued.cert_pem).public_key().unwrap().public_eq(&key),
-        "key matches certificate"
-    );
+    assert!(cert(&issued.cert_pem).public_key().unwrap().public_eq(&key), "key matches certificate");
     match algorithm {
         KeyAlgorithm::Rsa2048 => assert_eq!((key.id(), key.bits()), (Id::RSA, 2048)),
         KeyAlgorithm::EcdsaP256 => {
-            assert_eq!(
-                key.ec_key().unwrap().group().curve_name(),
-                Some(Nid::X9_62_PRIME256V1)
-            )
+            assert_eq!(key.ec_key().unwrap().group().curve_name(), Some(Nid::X9_62_PRIME256V1))
         }
         other => unreachable!("not tested here: {other:?}"),
     }
@@ -111,57 +95,29 @@ fn check_kubeadm_pki(algorithm: KeyAlgorithm) {
         assert_eq!(view.subject, format!("CN={name}"), "CA subject is CN only");
         assert_eq!(view.issuer, view.subject, "self-signed");
         assert_eq!(view.ext("X509v3 Basic Constraints"), (true, "CA:TRUE"));
-        assert_eq!(
-            view.ext("X509v3 Key Usage"),
-            (
-                true,
-                "Digital Signature, Key Encipherment, Certificate Sign"
-            )
-        );
+        assert_eq!(view.ext("X509v3 Key Usage"), (true, "Digital Signature, Key Encipherment, Certificate Sign"));
         assert!(!view.ext("X509v3 Subject Key Identifier").1.is_empty());
-        assert!(
-            !view.extensions.contains_key("X509v3 Extended Key Usage"),
-            "{view:?}"
-        );
+        assert!(!view.extensions.contains_key("X509v3 Extended Key Usage"), "{view:?}");
 
         let x509 = cert(&ca.cert_pem);
-        assert_eq!(
-            unix(x509.not_before()),
-            unix_of(now) - BACKDATE_SECS,
-            "backdated 5 minutes"
-        );
-        assert_eq!(
-            unix(x509.not_after()),
-            unix_of(now) + TEN_YEARS.as_secs() as i64
-        );
+        assert_eq!(unix(x509.not_before()), unix_of(now) - BACKDATE_SECS, "backdated 5 minutes");
+        assert_eq!(unix(x509.not_after()), unix_of(now) + TEN_YEARS.as_secs() as i64);
         let serial = x509.serial_number().to_bn().unwrap();
-        assert!(
-            !serial.is_negative() && serial.num_bits() == 128,
-            "128-bit positive serial"
-        );
-        assert!(
-            serials.insert(serial.to_hex_str().unwrap().to_string()),
-            "serials differ"
-        );
+        assert!(!serial.is_negative() && serial.num_bits() == 128, "128-bit positive serial");
+        assert!(serials.insert(serial.to_hex_str().unwrap().to_string()), "serials differ");
         assert!(verifies(&ca, &ca), "a CA verifies against itself");
         assert!(is_ca_pair(&ca.cert_pem, &ca.key_pem).unwrap());
         cas.push(ca);
     }
     let (cluster_ca, front_proxy_ca, etcd_ca) = (&cas[0], &cas[1], &cas[2]);
-    assert!(
-        !is_ca_pair(&cluster_ca.cert_pem, &etcd_ca.key_pem).unwrap(),
-        "another CA's key"
-    );
+    assert!(!is_ca_pair(&cluster_ca.cert_pem, &etcd_ca.key_pem).unwrap(), "another CA's key");
 
     let private_ip: IpAddr = "10.0.0.11".parse().unwrap();
-    let leaf_ku = if rsa {
-        "Digital Signature, Key Encipherment"
-    } else {
-        "Digital Signature"
-    };
+    let leaf_ku = if rsa { "Digital Signature, Key Encipherment" } else { "Digital Signature" };
     let both = "TLS Web Server Authentication, TLS Web Client Authentication";
     let client = "TLS Web Client Authentication";
-    let etcd_sans = "DNS:master-1, DNS:localhost, IP Address:10.0.0.11, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1";
+    let etcd_sans =
+        "DNS:master-1, DNS:localhost, IP Address:10.0.0.11, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1";
     let cases = [
         Case {
             what: "etcd server",
@@ -196,52 +152,20 @@ fn check_kubeadm_pki(algorithm: KeyAlgorithm) {
             eku: client,
         },
     ];
-    for Case {
-        what,
-        spec,
-        ca,
-        subject,
-        sans,
-        eku,
-    } in cases
-    {
+    for Case { what, spec, ca, subject, sans, eku } in cases {
         let leaf = issue_leaf(ca, &spec, algorithm, now).unwrap();
         assert_key_is(&leaf, algorithm);
         assert!(verifies(&leaf, ca), "{what} verifies against its CA");
-        assert!(
-            !verifies(&leaf, front_proxy_ca),
-            "{what} does not verify against another CA"
-        );
+        assert!(!verifies(&leaf, front_proxy_ca), "{what} does not verify against another CA");
         let view = cli_view(dir.path(), &leaf.cert_pem);
         assert_eq!(view.subject, subject, "{what}");
-        assert_eq!(
-            view.issuer,
-            cli_view(dir.path(), &ca.cert_pem).subject,
-            "{what}"
-        );
-        assert_eq!(
-            view.ext("X509v3 Basic Constraints"),
-            (true, "CA:FALSE"),
-            "{what}"
-        );
+        assert_eq!(view.issuer, cli_view(dir.path(), &ca.cert_pem).subject, "{what}");
+        assert_eq!(view.ext("X509v3 Basic Constraints"), (true, "CA:FALSE"), "{what}");
         assert_eq!(view.ext("X509v3 Key Usage"), (true, leaf_ku), "{what}");
-        assert_eq!(
-            view.ext("X509v3 Extended Key Usage"),
-            (false, eku),
-            "{what}"
-        );
+        assert_eq!(view.ext("X509v3 Extended Key Usage"), (false, eku), "{what}");
         match sans {
-            Some(sans) => assert_eq!(
-                view.ext("X509v3 Subject Alternative Name"),
-                (false, sans),
-                "{what}"
-            ),
-            None => assert!(
-                !view
-                    .extensions
-                    .contains_key("X509v3 Subject Alternative Name"),
-                "{what}"
-            ),
+            Some(sans) => assert_eq!(view.ext("X509v3 Subject Alternative Name"), (false, sans), "{what}"),
+            None => assert!(!view.extensions.contains_key("X509v3 Subject Alternative Name"), "{what}"),
         }
         let (leaf_x509, ca_x509) = (cert(&leaf.cert_pem), cert(&ca.cert_pem));
         assert_eq!(
@@ -249,29 +173,12 @@ fn check_kubeadm_pki(algorithm: KeyAlgorithm) {
             ca_x509.subject_key_id().unwrap().as_slice(),
             "{what}: authorityKeyIdentifier is the CA's key id"
         );
-        assert_eq!(
-            unix(leaf_x509.not_after()),
-            unix_of(now) + YEAR.as_secs() as i64,
-            "{what}"
-        );
+        assert_eq!(unix(leaf_x509.not_after()), unix_of(now) + YEAR.as_secs() as i64, "{what}");
         // The independent verifier agrees, including the purpose the EKU allows.
-        assert!(
-            cli_verifies(dir.path(), &leaf, ca, "sslclient"),
-            "{what} is a TLS client cert"
-        );
-        assert_eq!(
-            cli_verifies(dir.path(), &leaf, ca, "sslserver"),
-            eku == both,
-            "{what} as a TLS server"
-        );
-        assert!(
-            leaf_matches(&leaf.cert_pem, ca, &spec, now).unwrap(),
-            "{what} matches its spec"
-        );
-        assert!(
-            !is_ca_pair(&leaf.cert_pem, &leaf.key_pem).unwrap(),
-            "{what} is no CA"
-        );
+        assert!(cli_verifies(dir.path(), &leaf, ca, "sslclient"), "{what} is a TLS client cert");
+        assert_eq!(cli_verifies(dir.path(), &leaf, ca, "sslserver"), eku == both, "{what} as a TLS server");
+        assert!(leaf_matches(&leaf.cert_pem, ca, &spec, now).unwrap(), "{what} matches its spec");
+        assert!(!is_ca_pair(&leaf.cert_pem, &leaf.key_pem).unwrap(), "{what} is no CA");
     }
 }
 
@@ -289,17 +196,8 @@ fn kubeadm_pki_with_ecdsa_p256() {
 fn a_leaf_never_outlives_its_ca() {
     let now = SystemTime::now();
     let ca = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, YEAR, now).unwrap();
-    let leaf = issue_leaf(
-        &ca,
-        &apiserver_etcd_client_spec(TEN_YEARS),
-        KeyAlgorithm::EcdsaP256,
-        now,
-    )
-    .unwrap();
-    assert_eq!(
-        cert(&leaf.cert_pem).not_after(),
-        cert(&ca.cert_pem).not_after()
-    );
+    let leaf = issue_leaf(&ca, &apiserver_etcd_client_spec(TEN_YEARS), KeyAlgorithm::EcdsaP256, now).unwrap();
+    assert_eq!(cert(&leaf.cert_pem).not_after(), cert(&ca.cert_pem).not_after());
 }
 
 #[test]
@@ -307,83 +205,38 @@ fn issuing_from_an_expired_ca_or_a_mismatched_key_fails_naming_the_certificate()
     let now = SystemTime::now();
     let long_ago = now - 2 * YEAR;
     let expired = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, YEAR, long_ago).unwrap();
-    let err = issue_leaf(
-        &expired,
-        &etcd_member_spec("m1", "10.0.0.1".parse().unwrap(), YEAR),
-        KeyAlgorithm::EcdsaP256,
-        now,
-    )
-    .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "failed to issue certificate \"m1\": CA \"etcd-ca\" has expired"
-    );
+    let err =
+        issue_leaf(&expired, &etcd_member_spec("m1", "10.0.0.1".parse().unwrap(), YEAR), KeyAlgorithm::EcdsaP256, now)
+            .unwrap_err();
+    assert_eq!(err.to_string(), "failed to issue certificate \"m1\": CA \"etcd-ca\" has expired");
 
     let other = new_ca(KUBERNETES_CA, KeyAlgorithm::EcdsaP256, YEAR, now).unwrap();
-    let mixed = Issued {
-        cert_pem: other.cert_pem.clone(),
-        key_pem: expired.key_pem.clone(),
-    };
-    let err = issue_leaf(
-        &mixed,
-        &admin_client_spec(YEAR),
-        KeyAlgorithm::EcdsaP256,
-        now,
-    )
-    .unwrap_err();
+    let mixed = Issued { cert_pem: other.cert_pem.clone(), key_pem: expired.key_pem.clone() };
+    let err = issue_leaf(&mixed, &admin_client_spec(YEAR), KeyAlgorithm::EcdsaP256, now).unwrap_err();
     assert!(matches!(err, PkiError::Invalid { .. }), "{err}");
-    assert!(
-        err.to_string().contains("\"kubernetes-admin\"")
-            && err.to_string().contains("\"kubernetes\""),
-        "{err}"
-    );
+    assert!(err.to_string().contains("\"kubernetes-admin\"") && err.to_string().contains("\"kubernetes\""), "{err}");
 
     let err = issue_leaf(
-        &Issued {
-            cert_pem: "junk".into(),
-            key_pem: "junk".into(),
-        },
+        &Issued { cert_pem: "junk".into(), key_pem: "junk".into() },
         &admin_client_spec(YEAR),
         KeyAlgorithm::EcdsaP256,
         now,
     )
     .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "failed to parse the CA certificate for \"kubernetes-admin\""
-    );
+    assert_eq!(err.to_string(), "failed to parse the CA certificate for \"kubernetes-admin\"");
 }
 
 #[test]
 fn an_encrypted_ca_key_is_refused_without_a_passphrase_prompt() {
-    let ca = new_ca(
-        KUBERNETES_CA,
-        KeyAlgorithm::EcdsaP256,
-        YEAR,
-        SystemTime::now(),
-    )
-    .unwrap();
+    let ca = new_ca(KUBERNETES_CA, KeyAlgorithm::EcdsaP256, YEAR, SystemTime::now()).unwrap();
     let key = PKey::private_key_from_pem(ca.key_pem.as_bytes()).unwrap();
-    let encrypted = key
-        .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"passphrase")
-        .unwrap();
+    let encrypted =
+        key.private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"passphrase").unwrap();
     let encrypted = String::from_utf8(encrypted).unwrap();
     let err = is_ca_pair(&ca.cert_pem, &encrypted).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "failed to parse the key of CA \"kubernetes\""
-    );
-    let locked = Issued {
-        cert_pem: ca.cert_pem.clone(),
-        key_pem: encrypted,
-    };
-    let err = issue_leaf(
-        &locked,
-        &admin_client_spec(YEAR),
-        KeyAlgorithm::EcdsaP256,
-        SystemTime::now(),
-    )
-    .unwrap_err();
+    assert_eq!(err.to_string(), "failed to parse the key of CA \"kubernetes\"");
+    let locked = Issued { cert_pem: ca.cert_pem.clone(), key_pem: encrypted };
+    let err = issue_leaf(&locked, &admin_client_spec(YEAR), KeyAlgorithm::EcdsaP256, SystemTime::now()).unwrap_err();
     assert!(matches!(err, PkiError::Parse { .. }), "{err}");
 }
 
@@ -399,76 +252,35 @@ fn leaf_matches_only_while_the_spec_ca_and_validity_hold() {
     reordered.dns_names.reverse();
     reordered.ips.reverse();
     reordered.usages.reverse();
-    assert!(
-        leaf_matches(&leaf.cert_pem, &ca, &reordered, now).unwrap(),
-        "SANs and EKUs compare as sets"
-    );
+    assert!(leaf_matches(&leaf.cert_pem, &ca, &reordered, now).unwrap(), "SANs and EKUs compare as sets");
 
     type Change = fn(&mut LeafSpec);
     let changes: [(&str, Change); 6] = [
-        ("another IP SAN", |s| {
-            s.ips[0] = "10.0.0.12".parse().unwrap()
-        }),
-        ("another DNS SAN", |s| {
-            s.dns_names[0] = "master-2".to_owned()
-        }),
+        ("another IP SAN", |s| s.ips[0] = "10.0.0.12".parse().unwrap()),
+        ("another DNS SAN", |s| s.dns_names[0] = "master-2".to_owned()),
         ("one DNS SAN fewer", |s| drop(s.dns_names.pop())),
         ("another CN", |s| s.common_name = "master-2".to_owned()),
-        ("an O added", |s| {
-            s.organizations.push("system:masters".to_owned())
-        }),
-        ("serverAuth dropped", |s| {
-            s.usages.retain(|u| *u != ExtendedUsage::ServerAuth)
-        }),
+        ("an O added", |s| s.organizations.push("system:masters".to_owned())),
+        ("serverAuth dropped", |s| s.usages.retain(|u| *u != ExtendedUsage::ServerAuth)),
     ];
     for (what, change) in changes {
         let mut changed = spec.clone();
         change(&mut changed);
-        assert!(
-            !leaf_matches(&leaf.cert_pem, &ca, &changed, now).unwrap(),
-            "{what}"
-        );
+        assert!(!leaf_matches(&leaf.cert_pem, &ca, &changed, now).unwrap(), "{what}");
     }
 
     // A CA with the same name but another key.
     let impostor = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, TEN_YEARS, now).unwrap();
-    assert!(
-        !leaf_matches(&leaf.cert_pem, &impostor, &spec, now).unwrap(),
-        "wrong CA"
-    );
+    assert!(!leaf_matches(&leaf.cert_pem, &impostor, &spec, now).unwrap(), "wrong CA");
     let rsa_impostor = new_ca(ETCD_CA, KeyAlgorithm::Rsa2048, TEN_YEARS, now).unwrap();
-    assert!(
-        !leaf_matches(&leaf.cert_pem, &rsa_impostor, &spec, now).unwrap(),
-        "wrong CA, other key type"
-    );
+    assert!(!leaf_matches(&leaf.cert_pem, &rsa_impostor, &spec, now).unwrap(), "wrong CA, other key type");
 
-    let old = issue_leaf(
-        &ca,
-        &spec,
-        KeyAlgorithm::EcdsaP256,
-        now - YEAR - Duration::from_secs(60),
-    )
-    .unwrap();
-    assert!(
-        !leaf_matches(&old.cert_pem, &ca, &spec, now).unwrap(),
-        "expired"
-    );
-    assert!(leaf_matches(
-        &leaf.cert_pem,
-        &ca,
-        &spec,
-        now + YEAR - Duration::from_secs(60)
-    )
-    .unwrap());
-    assert!(
-        !leaf_matches(&leaf.cert_pem, &ca, &spec, now + YEAR).unwrap(),
-        "expires at notAfter"
-    );
+    let old = issue_leaf(&ca, &spec, KeyAlgorithm::EcdsaP256, now - YEAR - Duration::from_secs(60)).unwrap();
+    assert!(!leaf_matches(&old.cert_pem, &ca, &spec, now).unwrap(), "expired");
+    assert!(leaf_matches(&leaf.cert_pem, &ca, &spec, now + YEAR - Duration::from_secs(60)).unwrap());
+    assert!(!leaf_matches(&leaf.cert_pem, &ca, &spec, now + YEAR).unwrap(), "expires at notAfter");
 
-    assert!(matches!(
-        leaf_matches("not a cert", &ca, &spec, now),
-        Err(PkiError::Parse { .. })
-    ));
+    assert!(matches!(leaf_matches("not a cert", &ca, &spec, now), Err(PkiError::Parse { .. })));
 }
 
 /// kubeadm's pubkeypin, recomputed with the openssl CLI as an independent implementation:
@@ -481,12 +293,7 @@ fn cli_discovery_hash(ca_cert_pem: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(ca_cert_pem.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(ca_cert_pem.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{pipeline} failed");
     let text = String::from_utf8(out.stdout).unwrap();
@@ -495,32 +302,21 @@ fn cli_discovery_hash(ca_cert_pem: &str) -> String {
 
 #[test]
 fn discovery_hash_matches_the_openssl_cli_for_rsa_and_ecdsa() {
-    let empty_input_hash =
-        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let empty_input_hash = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     let shape = regex::Regex::new("^sha256:[0-9a-f]{64}$").unwrap();
-    for algorithm in [
-        KeyAlgorithm::Rsa2048,
-        KeyAlgorithm::EcdsaP256,
-        KeyAlgorithm::EcdsaP384,
-    ] {
+    for algorithm in [KeyAlgorithm::Rsa2048, KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384] {
         let ca = new_ca(KUBERNETES_CA, algorithm, YEAR, SystemTime::now()).unwrap();
         let hash = discovery_token_ca_cert_hash(&ca.cert_pem).unwrap();
         assert!(shape.is_match(&hash), "{hash}");
         assert_ne!(hash, empty_input_hash, "{algorithm:?}");
         assert_eq!(hash, cli_discovery_hash(&ca.cert_pem), "{algorithm:?}");
     }
-    assert!(matches!(
-        discovery_token_ca_cert_hash("junk"),
-        Err(PkiError::Parse { .. })
-    ));
+    assert!(matches!(discovery_token_ca_cert_hash("junk"), Err(PkiError::Parse { .. })));
 }
 
 #[test]
 fn service_account_key_pair_is_a_matching_pkcs8_and_public_key_pem() {
-    for (algorithm, id) in [
-        (KeyAlgorithm::Rsa2048, Id::RSA),
-        (KeyAlgorithm::EcdsaP256, Id::EC),
-    ] {
+    for (algorithm, id) in [(KeyAlgorithm::Rsa2048, Id::RSA), (KeyAlgorithm::EcdsaP256, Id::EC)] {
         let (key_pem, pub_pem) = service_account_key_pair(algorithm).unwrap();
         assert!(key_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         assert!(pub_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
@@ -532,14 +328,7 @@ fn service_account_key_pair_is_a_matching_pkcs8_and_public_key_pem() {
         // The CLI derives the same public key.
         let dir = tempfile::tempdir().unwrap();
         let path = write_secret(dir.path(), "sa.key", &key_pem);
-        assert_eq!(
-            run_ok(
-                Command::new("openssl")
-                    .args(["pkey", "-pubout", "-in"])
-                    .arg(path)
-            ),
-            pub_pem
-        );
+        assert_eq!(run_ok(Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(path)), pub_pem);
     }
     assert!(public_key_pem_of("junk").is_err());
 }
@@ -555,14 +344,8 @@ fn bootstrap_tokens_match_kubeadm_regexp_are_unique_and_hide_their_secret() {
         assert!(kubeadm_regexp.is_match(&text), "{text:?}");
         assert_eq!(text, format!("{}.{}", token.id(), token.secret()));
         assert_eq!(BootstrapToken::parse(&text).unwrap(), token);
-        assert!(
-            !format!("{token:?}").contains(token.secret()),
-            "Debug hides the secret"
-        );
-        assert!(
-            format!("{token:?}").contains(token.id()),
-            "Debug shows the id"
-        );
+        assert!(!format!("{token:?}").contains(token.secret()), "Debug hides the secret");
+        assert!(format!("{token:?}").contains(token.id()), "Debug shows the id");
         chars.extend(text.chars().filter(|c| *c != '.'));
         assert!(seen.insert(text), "tokens are unique");
     }
@@ -584,10 +367,7 @@ fn bootstrap_tokens_match_kubeadm_regexp_are_unique_and_hide_their_secret() {
         "abcdef.0123456789.abcdef",
     ] {
         let err = BootstrapToken::parse(bad).expect_err(bad);
-        assert!(
-            !err.to_string().contains("0123456789"),
-            "the error repeats the input: {err}"
-        );
+        assert!(!err.to_string().contains("0123456789"), "the error repeats the input: {err}");
     }
     let token = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
     assert_eq!((token.id(), token.secret()), ("abcdef", "0123456789abcdef"));
@@ -597,78 +377,30 @@ fn bootstrap_tokens_match_kubeadm_regexp_are_unique_and_hide_their_secret() {
 fn ssh_keys_read_back_by_ssh_keygen() {
     let dir = tempfile::tempdir().unwrap();
     let pair = generate_ed25519("hakube@test").unwrap();
-    assert!(pair
-        .private_openssh
-        .starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
-    assert!(
-        pair.public_line.starts_with("ssh-ed25519 AAAA")
-            && pair.public_line.ends_with(" hakube@test")
-    );
-    assert!(
-        !format!("{pair:?}").contains(&pair.private_openssh[40..80]),
-        "Debug hides the private key"
-    );
+    assert!(pair.private_openssh.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
+    assert!(pair.public_line.starts_with("ssh-ed25519 AAAA") && pair.public_line.ends_with(" hakube@test"));
+    assert!(!format!("{pair:?}").contains(&pair.private_openssh[40..80]), "Debug hides the private key");
 
     let private = write_secret(dir.path(), "id_ed25519", &pair.private_openssh);
     let derived = run_ok(Command::new("ssh-keygen").arg("-y").arg("-f").arg(&private));
-    let fields = |line: &str| {
-        line.split_whitespace()
-            .take(2)
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(
-        fields(&derived),
-        fields(&pair.public_line),
-        "ssh-keygen -y derives the same public key"
-    );
-    assert_eq!(
-        public_line_of(&pair.private_openssh).unwrap(),
-        pair.public_line
-    );
+    let fields = |line: &str| line.split_whitespace().take(2).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(fields(&derived), fields(&pair.public_line), "ssh-keygen -y derives the same public key");
+    assert_eq!(public_line_of(&pair.private_openssh).unwrap(), pair.public_line);
 
     let other = generate_ed25519("").unwrap();
-    assert_ne!(
-        fields(&other.public_line),
-        fields(&pair.public_line),
-        "keys are random"
-    );
-    assert_eq!(
-        other.public_line.split_whitespace().count(),
-        2,
-        "no comment field when empty"
-    );
+    assert_ne!(fields(&other.public_line), fields(&pair.public_line), "keys are random");
+    assert_eq!(other.public_line.split_whitespace().count(), 2, "no comment field when empty");
 
     let line = known_hosts_line(&["203.0.113.5", "10.0.0.5", "master-1"], &pair.public_line);
-    assert_eq!(
-        line,
-        format!(
-            "203.0.113.5,10.0.0.5,master-1 {}",
-            fields(&pair.public_line).join(" ")
-        )
-    );
+    assert_eq!(line, format!("203.0.113.5,10.0.0.5,master-1 {}", fields(&pair.public_line).join(" ")));
     let known_hosts = write_secret(dir.path(), "known_hosts", &format!("{line}\n"));
     for host in ["203.0.113.5", "10.0.0.5", "master-1"] {
-        let found = run_ok(
-            Command::new("ssh-keygen")
-                .args(["-F", host, "-f"])
-                .arg(&known_hosts),
-        );
-        assert!(
-            found.contains(&fields(&pair.public_line)[1]),
-            "ssh-keygen -F {host} finds the key: {found}"
-        );
+        let found = run_ok(Command::new("ssh-keygen").args(["-F", host, "-f"]).arg(&known_hosts));
+        assert!(found.contains(&fields(&pair.public_line)[1]), "ssh-keygen -F {host} finds the key: {found}");
     }
-    assert!(!support::output(
-        Command::new("ssh-keygen")
-            .args(["-F", "10.0.0.6", "-f"])
-            .arg(&known_hosts)
-    )
-    .status
-    .success());
+    assert!(!support::output(Command::new("ssh-keygen").args(["-F", "10.0.0.6", "-f"]).arg(&known_hosts))
+        .status
+        .success());
 
-    assert!(public_line_of(
-        "-----BEGIN OPENSSH PRIVATE KEY-----\njunk\n-----END OPENSSH PRIVATE KEY-----\n"
-    )
-    .is_err());
+    assert!(public_line_of("-----BEGIN OPENSSH PRIVATE KEY-----\njunk\n-----END OPENSSH PRIVATE KEY-----\n").is_err());
 }

@@ -82,7 +82,10 @@ fn adding_a_node_changes_only_that_nodes_files_and_the_manifest() {
     let dir = tempfile::tempdir().unwrap();
     render_into(&load(SMALL), dir.path());
     let before = snapshot_of_dir(dir.path());
-    let bigger = SMALL.replace(r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }"#, r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }, { "nodeName": "w1", "privateIP": "10.0.0.21" }"#);
+    let bigger = SMALL.replace(
+        r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }"#,
+        r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }, { "nodeName": "w1", "privateIP": "10.0.0.21" }"#,
+    );
     let (_, summary) = render_into(&load(&bigger), dir.path());
     let after = snapshot_of_dir(dir.path());
     let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
@@ -99,7 +102,10 @@ fn adding_a_node_changes_only_that_nodes_files_and_the_manifest() {
 #[test]
 fn removing_a_node_removes_its_files() {
     let dir = tempfile::tempdir().unwrap();
-    let bigger = SMALL.replace(r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }"#, r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }, { "nodeName": "w1", "privateIP": "10.0.0.21" }"#);
+    let bigger = SMALL.replace(
+        r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }"#,
+        r#"{ "nodeName": "w0", "privateIP": "10.0.0.20" }, { "nodeName": "w1", "privateIP": "10.0.0.21" }"#,
+    );
     render_into(&load(&bigger), dir.path());
     let (_, summary) = render_into(&load(SMALL), dir.path());
     assert!(summary.removed.contains(&layout::boot_script("w1")), "{summary:?}");
@@ -127,7 +133,15 @@ fn secrets_are_0600_in_0700_directories() {
             assert!(mode(&full) & 0o077 != 0o077, "{path}");
         }
     }
-    for must in [layout::pki("ca.key"), layout::pki("sa.key"), layout::pki("etcd/ca.key"), layout::BOOTSTRAP_TOKEN.into(), layout::ADMIN_KUBECONFIG.into(), layout::LOGIN_KEY.into(), layout::host_key("w0")] {
+    for must in [
+        layout::pki("ca.key"),
+        layout::pki("sa.key"),
+        layout::pki("etcd/ca.key"),
+        layout::BOOTSTRAP_TOKEN.into(),
+        layout::ADMIN_KUBECONFIG.into(),
+        layout::LOGIN_KEY.into(),
+        layout::host_key("w0"),
+    ] {
         assert!(set.files[&must].secret, "{must} must be secret");
     }
     assert!(secrets >= 10);
@@ -145,7 +159,8 @@ fn no_script_or_config_contains_key_material_or_the_token_secret() {
         assert!(!text.contains(&secret), "{path} contains the token secret");
         assert!(!text.contains("PRIVATE KEY"), "{path} contains a private key");
         for (other, a) in set.files.iter().filter(|(_, a)| a.secret) {
-            let body: String = String::from_utf8_lossy(&a.bytes).lines().filter(|l| !l.starts_with("-----")).take(2).collect();
+            let body: String =
+                String::from_utf8_lossy(&a.bytes).lines().filter(|l| !l.starts_with("-----")).take(2).collect();
             if body.len() > 20 {
                 assert!(!text.contains(&body), "{path} contains material from {other}");
             }
@@ -157,7 +172,9 @@ fn no_script_or_config_contains_key_material_or_the_token_secret() {
 fn the_manifest_lists_every_file_with_its_sha256_and_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let (set, _) = render_into(&load(SMALL), dir.path());
-    let manifest = hakube_render::manifest::Manifest::parse(&std::fs::read_to_string(dir.path().join(layout::MANIFEST)).unwrap()).unwrap();
+    let manifest =
+        hakube_render::manifest::Manifest::parse(&std::fs::read_to_string(dir.path().join(layout::MANIFEST)).unwrap())
+            .unwrap();
     assert_eq!(manifest.files.len(), set.files.len());
     for (path, entry) in &manifest.files {
         let bytes = std::fs::read(dir.path().join(path)).unwrap();
@@ -165,7 +182,10 @@ fn the_manifest_lists_every_file_with_its_sha256_and_nodes() {
     }
     let to = |node: &str| -> Vec<String> { manifest.files_for(node).map(|(p, _)| p.to_string()).collect() };
     assert!(to("m1").contains(&"pki/ca.key".to_string()) && to("m1").contains(&"nodes/m1/boot.sh".to_string()));
-    assert!(to("m1").contains(&"pki/etcd/members/m1/peer.key".to_string()) && !to("m1").contains(&"pki/etcd/members/m0/peer.key".to_string()));
+    assert!(
+        to("m1").contains(&"pki/etcd/members/m1/peer.key".to_string())
+            && !to("m1").contains(&"pki/etcd/members/m0/peer.key".to_string())
+    );
     assert!(!to("w0").iter().any(|p| p.ends_with(".key")), "a worker gets a CA key: {:?}", to("w0"));
     assert!(manifest.files[layout::ADMIN_KUBECONFIG].nodes.is_empty());
     assert_eq!(manifest.nodes["m0"].steps.last().map(String::as_str), Some("post"));
@@ -194,7 +214,11 @@ fn check_reports_stale_and_tampered_assets_without_writing() {
     render_into(&def, dir.path());
     let changed = load(&SMALL.replace("10.0.0.20", "10.0.0.30"));
     let problems = check(&changed);
-    assert!(problems.contains(&Discrepancy::Differs(layout::kubeadm_config("w0"))) || problems.contains(&Discrepancy::Differs(layout::boot_script("w0"))), "{problems:?}");
+    assert!(
+        problems.contains(&Discrepancy::Differs(layout::kubeadm_config("w0")))
+            || problems.contains(&Discrepancy::Differs(layout::boot_script("w0"))),
+        "{problems:?}"
+    );
     assert!(problems.contains(&Discrepancy::Manifest));
 }
 
@@ -209,7 +233,8 @@ fn existing_cas_are_kept_and_rotation_replaces_them() {
     render_into(&load(&SMALL.replace("10.0.0.11", "10.0.0.51")), dir.path());
     assert_eq!(ca, std::fs::read(dir.path().join(layout::pki("ca.crt"))).unwrap());
     let existing = assets::read_existing(dir.path()).unwrap();
-    let rotated = render::render(&def, &existing, &templates(), &Options { rotate_secrets: true, ..options() }).unwrap();
+    let rotated =
+        render::render(&def, &existing, &templates(), &Options { rotate_secrets: true, ..options() }).unwrap();
     assert_ne!(rotated.files[&layout::pki("ca.crt")].bytes, ca);
     assert_eq!(rotated.files[&layout::host_key("w0")].bytes, host_key, "SSH host keys are not rotated");
 }
@@ -236,8 +261,13 @@ fn the_step_list_matches_boot_sh_list() {
             std::fs::write(&script, &set.files[&layout::boot_script(&node.node_name)].bytes).unwrap();
             let out = std::process::Command::new("bash").arg(&script).arg("--list").output().unwrap();
             assert!(out.status.success(), "{name}/{}: {}", node.node_name, String::from_utf8_lossy(&out.stderr));
-            let listed: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
-            let expected: Vec<String> = hakube_render::templates::boot_steps(&def, &node.node_name).unwrap().into_iter().map(String::from).collect();
+            let listed: Vec<String> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+            let expected: Vec<String> = hakube_render::templates::boot_steps(&def, &node.node_name)
+                .unwrap()
+                .into_iter()
+                .map(String::from)
+                .collect();
             assert_eq!(listed, expected, "{name}/{}", node.node_name);
         }
     }

@@ -76,7 +76,8 @@ fn shellcheck(path: &Path) -> String {
 fn check_all(templates: &Templates, def: &ClusterDefinition, label: &str, dir: &Path) -> Vec<String> {
     let mut findings = Vec::new();
     for (_, node) in def.nodes() {
-        let script = templates.boot_script(def, &node.node_name).unwrap_or_else(|e| panic!("{label}/{}: {e:?}", node.node_name));
+        let script =
+            templates.boot_script(def, &node.node_name).unwrap_or_else(|e| panic!("{label}/{}: {e:?}", node.node_name));
         let path = write_script(dir, &format!("{label}-{}", node.node_name), &script);
         let text = shellcheck(&path);
         if !text.trim().is_empty() {
@@ -114,7 +115,11 @@ fn every_sample_passes_shellcheck() {
 fn every_option_passes_shellcheck() {
     let overrides = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(overrides.path().join("hooks/cloud-config")).unwrap();
-    std::fs::write(overrides.path().join("hooks/cloud-config/acme.j2"), "[Global]\nZone = {{ node.nodeName }}\n$HOME `x`\n").unwrap();
+    std::fs::write(
+        overrides.path().join("hooks/cloud-config/acme.j2"),
+        "[Global]\nZone = {{ node.nodeName }}\n$HOME `x`\n",
+    )
+    .unwrap();
     let templates = Templates::new(Some(overrides.path())).unwrap();
     let variants = [
         (
@@ -124,7 +129,10 @@ fn every_option_passes_shellcheck() {
                "containerRuntime": { "version": "1.7.24-1", "sandboxImage": "registry.k8s.io/pause:3.10" },
                "packageRepository": { "url": "https://mirror.example.com/core:/stable:/v1.36/" }"#,
         ),
-        ("image-repository", r#", "containerRuntime": { "imageRepository": "mirror.example.com/k8s" }, "hooks": { "networkProvider": "flannel" }"#),
+        (
+            "image-repository",
+            r#", "containerRuntime": { "imageRepository": "mirror.example.com/k8s" }, "hooks": { "networkProvider": "flannel" }"#,
+        ),
         ("weave", r#", "hooks": { "networkProvider": "weave.sh.j2" }"#),
         ("no-network", r#", "hooks": { "networkProvider": null }"#),
     ];
@@ -141,7 +149,10 @@ fn every_option_passes_shellcheck() {
     let m0 = templates.boot_script(&def, "m0").unwrap();
     assert!(m0.contains("readonly PACKAGE_REPOSITORY=https://mirror.example.com/core:/stable:/v1.36\n"));
     assert!(m0.contains("cilium install"));
-    assert!(m0.contains("\n[Global]\nZone = m0\n$HOME `x`\nHAKUBE_CLOUD_CONFIG\n"), "the cloud-config sits in a quoted heredoc");
+    assert!(
+        m0.contains("\n[Global]\nZone = m0\n$HOME `x`\nHAKUBE_CLOUD_CONFIG\n"),
+        "the cloud-config sits in a quoted heredoc"
+    );
     let m1 = templates.boot_script(&def, "m1").unwrap();
     assert!(m1.contains("readonly ETCD_INITIAL_CLUSTER='m0=https://10.0.0.10:2380,m1=https://10.0.0.11:2380,m2=https://10.0.0.12:2380'\n"));
     assert!(m1.contains("\netcd_run() {"));
@@ -189,7 +200,12 @@ fn hostile_values_stay_data() {
         let path = write_script(dir.path(), "evil", &script);
         // Sourcing evaluates every readonly value; then they are printed back.
         let out = bash(
-            &["-c", r#"source "$1" && printf '%s\n' "$NODE_NAME" "$CLUSTER_NAME" && { [[ -z ${LABELS+x} ]] || printf '%s\n' "${LABELS[@]}"; }"#, "bash", path.to_str().unwrap()],
+            &[
+                "-c",
+                r#"source "$1" && printf '%s\n' "$NODE_NAME" "$CLUSTER_NAME" && { [[ -z ${LABELS+x} ]] || printf '%s\n' "${LABELS[@]}"; }"#,
+                "bash",
+                path.to_str().unwrap(),
+            ],
             dir.path(),
         );
         assert!(out.status.success(), "{out:?}");
@@ -252,7 +268,15 @@ fn the_token_goes_in_with_builtins_only() {
     std::fs::write(d.join("bootstrap-token"), "NOT-A-TOKEN-s3cr3t\n").unwrap();
     let script = d.join("w0.sh");
     let out = bash(
-        &["-c", r#"source "$1" && write_kubeadm_config "$2" "$3" "$4""#, "bash", script.to_str().unwrap(), "kubeadm.yaml", "bootstrap-token", "secret.yaml"],
+        &[
+            "-c",
+            r#"source "$1" && write_kubeadm_config "$2" "$3" "$4""#,
+            "bash",
+            script.to_str().unwrap(),
+            "kubeadm.yaml",
+            "bootstrap-token",
+            "secret.yaml",
+        ],
         d,
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -302,7 +326,14 @@ fn containerd_config_for_1x_and_2x() {
     let filter = |input: &str, sandbox: &str| -> String {
         std::fs::write(dir.path().join("default.toml"), input).unwrap();
         let out = bash(
-            &["-c", r#"source "$1" && containerd_config_filter "$2" <"$3""#, "bash", script.to_str().unwrap(), sandbox, "default.toml"],
+            &[
+                "-c",
+                r#"source "$1" && containerd_config_filter "$2" <"$3""#,
+                "bash",
+                script.to_str().unwrap(),
+                sandbox,
+                "default.toml",
+            ],
             dir.path(),
         );
         assert!(out.status.success(), "{out:?}");
@@ -311,8 +342,16 @@ fn containerd_config_for_1x_and_2x() {
 
     let out = filter(v1, "");
     assert_eq!(out.matches("SystemdCgroup").count(), 1, "{out}");
-    assert!(out.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"), "{out}");
-    assert!(out.contains("sandbox_image = \"registry.k8s.io/pause:3.8\""), "no sandbox given: containerd's default stays");
+    assert!(
+        out.contains(
+            "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("sandbox_image = \"registry.k8s.io/pause:3.8\""),
+        "no sandbox given: containerd's default stays"
+    );
     assert!(out.contains("runtime_type = \"io.containerd.runc.v2\"\n") && out.contains("path = \"/opt/containerd\"\n"));
 
     let out = filter(v1, "mirror.example.com/pause:3.10");
@@ -320,7 +359,12 @@ fn containerd_config_for_1x_and_2x() {
 
     let out = filter(v2, "mirror.example.com/pause:3.10");
     assert_eq!(out.matches("SystemdCgroup").count(), 1, "{out}");
-    assert!(out.contains("[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"), "{out}");
+    assert!(
+        out.contains(
+            "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  SystemdCgroup = true\n"
+        ),
+        "{out}"
+    );
     assert!(out.contains("      sandbox = \"mirror.example.com/pause:3.10\"\n"), "{out}");
     assert!(out.contains("sandboxer = 'podsandbox'"), "other keys stay: {out}");
 }
@@ -332,11 +376,22 @@ fn a_failing_step_is_marked_with_its_exit_code() {
     let dir = tempfile::tempdir().unwrap();
     let script = write_script(dir.path(), "w0", &templates.boot_script(&def, "w0").unwrap());
     // As run_step leaves it while a step runs; then a command fails under `set -e`.
-    let out = bash(&["-c", r#"source "$1"; current_step=runtime; (exit 7); echo unreachable"#, "bash", script.to_str().unwrap()], dir.path());
+    let out = bash(
+        &["-c", r#"source "$1"; current_step=runtime; (exit 7); echo unreachable"#, "bash", script.to_str().unwrap()],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "::hakube:: step=runtime status=failed exit=7\n");
     // fail() stops with 1 and says why on stderr.
-    let out = bash(&["-c", r#"source "$1"; current_step=join; fail "no luck"; echo unreachable"#, "bash", script.to_str().unwrap()], dir.path());
+    let out = bash(
+        &[
+            "-c",
+            r#"source "$1"; current_step=join; fail "no luck"; echo unreachable"#,
+            "bash",
+            script.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "::hakube:: step=join status=failed exit=1\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "boot.sh: error: no luck\n");

@@ -29,29 +29,21 @@ pub fn write_secret(dir: &Path, name: &str, contents: &str) -> PathBuf {
         .mode(0o600)
         .open(&path)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
-    file.write_all(contents.as_bytes())
-        .expect("write test file");
+    file.write_all(contents.as_bytes()).expect("write test file");
     path
 }
 
 /// `count` distinct TCP ports that were free on `ip` a moment ago (the OS picked them,
 /// all bound at once so that they differ).
 pub fn free_ports(ip: IpAddr, count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("cannot bind {ip}:0: {e}")))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().expect("a bound address").port())
-        .collect()
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("cannot bind {ip}:0: {e}"))).collect();
+    listeners.iter().map(|listener| listener.local_addr().expect("a bound address").port()).collect()
 }
 
 /// Runs a command to completion with its output captured.
 pub fn output(command: &mut Command) -> Output {
-    command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
+    command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
 }
 
 /// Runs a command that must succeed; returns its stdout.
@@ -107,9 +99,7 @@ pub fn unix(time: &Asn1TimeRef) -> i64 {
 
 /// The Unix time of a `SystemTime`.
 pub fn unix_of(time: SystemTime) -> i64 {
-    time.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    time.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
 /// What the openssl CLI reads from a certificate: the RFC 2253 subject and issuer, and
@@ -124,10 +114,7 @@ pub struct CliView {
 impl CliView {
     /// The value of an extension, with its criticality; panics when absent.
     pub fn ext(&self, name: &str) -> (bool, &str) {
-        let (critical, value) = self
-            .extensions
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} extension in {self:#?}"));
+        let (critical, value) = self.extensions.get(name).unwrap_or_else(|| panic!("no {name} extension in {self:#?}"));
         (*critical, value.as_str())
     }
 }
@@ -135,10 +122,16 @@ impl CliView {
 /// Reads a certificate with `openssl x509` (a process, independent of the crate).
 pub fn cli_view(dir: &Path, cert_pem: &str) -> CliView {
     let path = write_secret(dir, "inspect.crt", cert_pem);
-    let text = run_ok(Command::new("openssl").args(["x509", "-noout", "-nameopt", "RFC2253", "-subject", "-issuer"]).arg("-in").arg(&path).args([
-        "-ext",
-        "basicConstraints,keyUsage,extendedKeyUsage,subjectAltName,subjectKeyIdentifier,authorityKeyIdentifier",
-    ]));
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-nameopt", "RFC2253", "-subject", "-issuer"])
+            .arg("-in")
+            .arg(&path)
+            .args([
+                "-ext",
+                "basicConstraints,keyUsage,extendedKeyUsage,subjectAltName,subjectKeyIdentifier,authorityKeyIdentifier",
+            ]),
+    );
     let mut subject = String::new();
     let mut issuer = String::new();
     let mut extensions = BTreeMap::new();
@@ -149,11 +142,8 @@ pub fn cli_view(dir: &Path, cert_pem: &str) -> CliView {
         } else if let Some(value) = line.strip_prefix("issuer=") {
             issuer = value.to_owned();
         } else if let Some(value) = line.strip_prefix("    ") {
-            let (name, critical) = current
-                .clone()
-                .expect("an extension value follows its name");
-            let entry: &mut (bool, String) =
-                extensions.entry(name).or_insert((critical, String::new()));
+            let (name, critical) = current.clone().expect("an extension value follows its name");
+            let entry: &mut (bool, String) = extensions.entry(name).or_insert((critical, String::new()));
             if !entry.1.is_empty() {
                 entry.1.push('\n');
             }
@@ -162,9 +152,5 @@ pub fn cli_view(dir: &Path, cert_pem: &str) -> CliView {
             current = Some((name.to_owned(), rest.trim() == "critical"));
         }
     }
-    CliView {
-        subject,
-        issuer,
-        extensions,
-    }
+    CliView { subject, issuer, extensions }
 }
