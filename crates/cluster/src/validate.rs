@@ -183,8 +183,12 @@ pub(crate) fn parse(source: &str, map: &SourceMap<'_>, report: &mut Report) -> O
             None
         }
     };
-    for path in unknown {
-        report.push(unknown_field(&path, map));
+    if !unknown.is_empty() {
+        // The schema names the fields each object allows; built once for all suggestions.
+        let schema = serde_json::to_value(schemars::schema_for!(ClusterDefinition)).unwrap_or_default();
+        for path in unknown {
+            report.push(unknown_field(&path, map, &schema));
+        }
     }
     if report.has_errors() {
         return None;
@@ -224,12 +228,12 @@ fn path_to_error_path(path: &serde_path_to_error::Path) -> JsonPath {
 }
 
 /// An unknown-field error, with the closest known field of that object as a suggestion.
-fn unknown_field(path: &JsonPath, map: &SourceMap<'_>) -> Diagnostic {
+fn unknown_field(path: &JsonPath, map: &SourceMap<'_>, schema: &serde_json::Value) -> Diagnostic {
     let (parent, name) = match path.0.split_last() {
         Some((Seg::Key(name), parent)) => (JsonPath(parent.to_vec()), name.clone()),
         _ => (JsonPath::default(), path.to_string()),
     };
-    let known = known_fields(&parent);
+    let known = known_fields(schema, &parent);
     let suggestion = known
         .iter()
         .map(|k| (strsim::jaro_winkler(&name.to_lowercase(), &k.to_lowercase()), k))
@@ -253,10 +257,9 @@ fn unknown_field(path: &JsonPath, map: &SourceMap<'_>) -> Diagnostic {
 
 /// The property names the JSON Schema allows for the object at `path` (deprecated ones
 /// left out, so suggestions point at current fields).
-fn known_fields(path: &JsonPath) -> Vec<String> {
-    let schema = serde_json::to_value(schemars::schema_for!(ClusterDefinition)).unwrap_or_default();
+fn known_fields(schema: &serde_json::Value, path: &JsonPath) -> Vec<String> {
     let defs = schema.get("$defs").cloned().unwrap_or_default();
-    let mut node = resolve_schema(&schema, &defs);
+    let mut node = resolve_schema(schema, &defs);
     for seg in &path.0 {
         let next = match seg {
             Seg::Key(k) => node.get("properties").and_then(|p| p.get(k)),
@@ -534,6 +537,7 @@ fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         if let Some(user) = &node.ssh_login_user {
             check_user(user, &path.key("sshLoginUser"), c);
         }
+        check_key_path(node.ssh_login_key.as_deref(), &path.key("sshLoginKey"), c);
         if node.ssh_port == Some(0) {
             c.error(&path.key("sshPort"), "port 0 is not a valid SSH port".into(), None);
         }
@@ -778,6 +782,16 @@ fn check_user(user: &str, path: &JsonPath, c: &mut Checker<'_, '_>) {
     }
 }
 
+fn check_key_path(key: Option<&str>, path: &JsonPath, c: &mut Checker<'_, '_>) {
+    if key.is_some_and(str::is_empty) {
+        c.error(
+            path,
+            "an empty path names no key".into(),
+            Some("leave sshLoginKey out to use the cluster's key, or the login key hakube render generates".into()),
+        );
+    }
+}
+
 fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     check_user(&def.ssh_login_user, &root("sshLoginUser"), c);
     if def.ssh_port == 0 {
@@ -795,15 +809,7 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
             );
         }
     }
-    for (field, value) in [("sshLoginKey", &def.ssh_login_key)] {
-        if value.as_deref().is_some_and(str::is_empty) {
-            c.error(
-                &root(field),
-                "an empty path names no key".into(),
-                Some("leave sshLoginKey out to let hakube render generate a login key".into()),
-            );
-        }
-    }
+    check_key_path(def.ssh_login_key.as_deref(), &root("sshLoginKey"), c);
     let runtime = root("containerRuntime");
     let cr = &def.container_runtime;
     for (field, value) in

@@ -236,3 +236,12 @@ fn schema_command_prints_the_committed_schema() {
         "schema/cluster.schema.json is stale: run `cargo xtask codegen`"
     );
 }
+
+#[test]
+fn an_empty_login_key_path_is_refused_on_a_node_too() {
+    let text = VALID.replace(
+        r#""nodeName": "w0", "privateIP": "10.0.0.20""#,
+        r#""nodeName": "w0", "privateIP": "10.0.0.20", "sshLoginKey": """#,
+    );
+    assert_invalid(&text, &["cluster.json:9:66: error: workers[0].sshLoginKey: an empty path names no key"]);
+}
