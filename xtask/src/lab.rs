@@ -1,19 +1,33 @@
-//! `cargo xtask lab up|down|status`: the local test lab (crates/lab) from the command line.
+//! `cargo xtask lab ...`: the local test lab (crates/lab) from the command line.
 //!
-//! - `lab up [--masters N] [--workers M] [--assets DIR] [--sudo-user]`: tears down an earlier
-//!   lab, brings up N masters (default 3) and M workers (default 2) on 10.250.0.0/16 and
-//!   leaves them running; writes the lab's cluster definition to target/lab/cluster.json.
+//! - `lab up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR]
+//!   [--sudo-user]`: tears down an earlier lab, brings up N masters (default 3) and M workers
+//!   (default 2) on 10.250.0.0/16 and leaves them running; writes the lab's cluster
+//!   definition (every download pointed at the lab's mirror) to target/lab/cluster.json.
 //!   With --assets, the nodes get the host keys of DIR/ssh/host-keys/<node>/ and authorize
 //!   DIR/ssh/id_ed25519.pub (what `hakube render` wrote), so `hakube install` can log in.
-//! - `lab down`: stops every lab process by PID, deletes the namespaces and the bridge.
-//! - `lab status`: the nodes, their addresses and whether their sshd runs.
+//! - `lab exec NODE -- CMD...`: runs CMD on NODE as root without SSH; its exit code.
+//! - `lab link NODE down|up`: cuts or restores NODE's link to the lab network.
+//! - `lab sshd NODE stop|start`, `lab reboot NODE`: what a site's machines do.
+//! - `lab fault NODE kubeadm[.SUBCOMMAND][@PHASE] fail [CODE] | hang | delay SECONDS | clear`:
+//!   makes the kubeadm stand-in on NODE fail, hang or take longer (`clear` removes every
+//!   fault of NODE).
+//! - `lab status`: the nodes, their addresses, PIDs and whether their sshd listens.
+//! - `lab down`: stops everything the lab started, by PID.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use hakube_lab::{Lab, LabConfig};
 
-const USAGE: &str = "usage: cargo xtask lab up [--masters N] [--workers M] [--assets DIR] [--sudo-user]\n       cargo xtask lab down\n       cargo xtask lab status";
+const USAGE: &str = "usage: cargo xtask lab up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user]
+       cargo xtask lab exec NODE -- CMD...
+       cargo xtask lab link NODE down|up
+       cargo xtask lab sshd NODE stop|start
+       cargo xtask lab reboot NODE
+       cargo xtask lab fault NODE kubeadm[.SUBCOMMAND][@PHASE] fail [CODE]|hang|delay SECONDS|clear
+       cargo xtask lab status
+       cargo xtask lab down";
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let state_dir = root.join("target/lab");
@@ -21,8 +35,51 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         Some("up") => up(&state_dir, &args[1..]),
         Some("down") => down(&state_dir),
         Some("status") => status(&state_dir),
+        Some("exec") => exec(&state_dir, &args[1..]),
+        Some("link") => with_node(&state_dir, &args[1..], |lab, node, rest| match rest {
+            [state] if state == "down" || state == "up" => Ok(lab.set_link(node, state == "up")?),
+            _ => bail!("{USAGE}"),
+        }),
+        Some("sshd") => with_node(&state_dir, &args[1..], |lab, node, rest| match rest {
+            [verb] if verb == "stop" => Ok(lab.stop_sshd(node)?),
+            [verb] if verb == "start" => Ok(lab.start_sshd(node)?),
+            _ => bail!("{USAGE}"),
+        }),
+        Some("reboot") => with_node(&state_dir, &args[1..], |lab, node, rest| match rest {
+            [] => Ok(lab.reboot(node)?),
+            _ => bail!("{USAGE}"),
+        }),
+        Some("fault") => with_node(&state_dir, &args[1..], |lab, node, rest| {
+            let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+            if rest == ["clear"] {
+                return Ok(lab.clear_faults(node)?);
+            }
+            let fault = hakube_lab::Fault::parse(&rest.join(" ")).map_err(|e| anyhow::anyhow!("{e}\n{USAGE}"))?;
+            Ok(lab.add_fault(node, &fault)?)
+        }),
         _ => bail!("{USAGE}"),
     }
+}
+
+/// Runs `f(lab, NODE, rest)` on the running lab, for `args` = `NODE rest...`.
+fn with_node(state_dir: &Path, args: &[String], f: impl FnOnce(&Lab, &str, &[String]) -> Result<()>) -> Result<()> {
+    let Some((node, rest)) = args.split_first() else { bail!("{USAGE}") };
+    let lab = Lab::attach(state_dir)?.with_context(|| format!("no lab is up ({} has no lab.json)", state_dir.display()))?;
+    let result = f(&lab, node, rest);
+    lab.detach();
+    result
+}
+
+fn exec(state_dir: &Path, args: &[String]) -> Result<()> {
+    let (node, command) = match args {
+        [node, dashes, command @ ..] if dashes == "--" && !command.is_empty() => (node, command),
+        _ => bail!("{USAGE}"),
+    };
+    let lab = Lab::attach(state_dir)?.with_context(|| format!("no lab is up ({} has no lab.json)", state_dir.display()))?;
+    let status = lab.command(node, &command[0]).map(|mut cmd| cmd.args(&command[1..]).status());
+    lab.detach();
+    let status = status?.with_context(|| format!("failed to run {} on {node}", command[0]))?;
+    std::process::exit(status.code().unwrap_or(128 + 9));
 }
 
 fn up(state_dir: &Path, args: &[String]) -> Result<()> {
@@ -33,6 +90,7 @@ fn up(state_dir: &Path, args: &[String]) -> Result<()> {
         match arg.as_str() {
             "--masters" => config.masters = value("--masters")?.parse().context("--masters needs a number")?,
             "--workers" => config.workers = value("--workers")?.parse().context("--workers needs a number")?,
+            "--distro" => config.distro = value("--distro")?.parse()?,
             "--assets" => {
                 let assets = PathBuf::from(value("--assets")?);
                 let key = assets.join("ssh/id_ed25519.pub");
@@ -61,7 +119,9 @@ fn up(state_dir: &Path, args: &[String]) -> Result<()> {
     print_nodes(&lab);
     println!("lab up in {:.1} s; cluster definition: {}", started.elapsed().as_secs_f64(), definition.display());
     println!(
-        "a node's files: /proc/<holder>/root/...; its stand-in calls: /proc/<holder>/root/var/log/hakube-lab/calls.log"
+        "a node's files: {}/<node>/root/...; its stand-in calls: .../root/var/log/hakube-lab/calls.log; the mirror: {}",
+        lab.config().state_dir.display(),
+        lab.config().mirror_url()
     );
     lab.detach();
     Ok(())
@@ -88,25 +148,21 @@ fn status(state_dir: &Path) -> Result<()> {
 }
 
 fn print_nodes(lab: &Lab) {
-    println!("{:<10} {:<7} {:<14} {:<14} {:<16} sshd", "node", "role", "address", "netns", "holder");
+    println!("{:<10} {:<7} {:<14} {:<14} {:<22} sshd", "node", "role", "address", "netns", "nspawn / PID 1");
     for node in lab.nodes() {
-        let holder = if Path::new(&format!("/proc/{}", node.holder_pid)).exists() {
-            format!("pid {}", node.holder_pid)
+        let pids = if node.leader_pid != 0 && Path::new(&format!("/proc/{}", node.leader_pid)).exists() {
+            format!("{} / {}", node.nspawn_pid, node.leader_pid)
         } else {
-            format!("pid {} (gone)", node.holder_pid)
+            "not running".into()
         };
-        let sshd = match lab.sshd_pid(&node.name) {
-            Ok(Some(pid)) if Path::new(&format!("/proc/{pid}")).exists() => format!("pid {pid}"),
-            Ok(Some(pid)) => format!("pid {pid} (gone)"),
-            _ => "stopped".into(),
-        };
+        let sshd = if lab.sshd_listening(&node.name).unwrap_or(false) { "listening" } else { "not listening" };
         println!(
-            "{:<10} {:<7} {:<14} {:<14} {:<16} {sshd}",
+            "{:<10} {:<7} {:<14} {:<14} {:<22} {sshd}",
             node.name,
             node.role.as_str(),
             node.address,
             node.netns,
-            holder
+            pids
         );
     }
 }

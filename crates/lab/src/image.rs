@@ -1,147 +1,232 @@
-//! A node's image: the files copied into its overlay's upper layer before it starts.
+//! The Debian images lab nodes boot: a root file system made by `debootstrap` from the
+//! Debian mirror that this machine's own apt sources name, and beside it the `.deb` files
+//! (with their dependencies) that hakube's boot scripts install, for the lab's apt mirror.
+//! Built once per recipe and cached; see [`ensure`].
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::sys::run;
-use crate::{LabConfig, LabError, LabNode, SUDO_USER};
+use sha2::{Digest, Sha256};
 
-/// The stand-ins, as `(command name, bash script)`: each is installed as
-/// `/usr/local/sbin/<name>` (mode 0755) in every node's image, and only there. They source
-/// [`STANDIN_LIBRARY`]. crates/lab/README.md says what each one does and records.
-pub const STANDINS: &[(&str, &str)] = &[
-    ("apt-cache", include_str!("../standins/apt-cache")),
-    ("apt-get", include_str!("../standins/apt-get")),
-    ("apt-mark", include_str!("../standins/apt-mark")),
-    ("containerd", include_str!("../standins/containerd")),
-    ("curl", include_str!("../standins/curl")),
-    ("dnf", include_str!("../standins/dnf")),
-    ("dpkg-query", include_str!("../standins/dpkg-query")),
-    ("etcd", include_str!("../standins/etcd")),
-    ("etcdctl", include_str!("../standins/etcdctl")),
-    ("gpg", include_str!("../standins/gpg")),
-    ("hostnamectl", include_str!("../standins/hostnamectl")),
-    ("kubeadm", include_str!("../standins/kubeadm")),
-    ("kubectl", include_str!("../standins/kubectl")),
-    ("kubelet", include_str!("../standins/kubelet")),
-    ("modprobe", include_str!("../standins/modprobe")),
-    ("swapoff", include_str!("../standins/swapoff")),
-    ("swapon", include_str!("../standins/swapon")),
-    ("sysctl", include_str!("../standins/sysctl")),
-    ("systemctl", include_str!("../standins/systemctl")),
-    ("update-ca-certificates", include_str!("../standins/update-ca-certificates")),
+use crate::sys::run;
+use crate::{Distro, LabError};
+
+/// What a node's image holds besides debootstrap's `minbase`: what Debian's generic cloud
+/// image gives a machine that hakube logs into (systemd as init, D-Bus, OpenSSH's server,
+/// sudo, CA certificates, iproute2, procps for sysctl, kmod, netbase, less, curl), and no
+/// more. gpg, containerd, etcd and the Kubernetes packages are not here: the boot scripts
+/// install them, from the lab's mirror, as they must on a real machine.
+pub const IMAGE_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "sudo",
+    "ca-certificates",
+    "iproute2",
+    "procps",
+    "kmod",
+    "netbase",
+    "less",
+    "curl",
 ];
 
-/// The library every stand-in sources, installed as
-/// `/usr/local/lib/hakube-lab/standin-lib.sh`: the call record, and the state the stand-ins
-/// share (packages, units, the lab's cluster).
-pub const STANDIN_LIBRARY: &str = include_str!("../standins/standin-lib.sh");
+/// The Debian packages hakube's boot scripts install with apt (templates/steps/runtime,
+/// packages and etcd), plus what the stand-in Kubernetes packages depend on (iptables, as
+/// the kubelet package of pkgs.k8s.io does). The lab's mirror serves these and everything
+/// they pull in that the image lacks (Recommends included, as the boot scripts' apt-get
+/// installs them), and nothing else: a boot script that installs anything more fails in the
+/// lab as it would at an air-gapped site whose mirror lacks it.
+pub const MIRROR_PACKAGES: &[&str] =
+    &["apt-transport-https", "ca-certificates", "curl", "gpg", "containerd", "etcd-server", "etcd-client", "iptables"];
 
-/// The cilium CLI stand-in: not on PATH; the curl stand-in serves it inside the dummy
-/// `cilium-linux-*.tar.gz`.
-const CILIUM: &str = include_str!("../standins/cilium");
+/// Bumped when the way an image is built changes in a way the package lists do not show.
+const RECIPE_VERSION: u32 = 1;
 
-/// The script that builds a node's root and becomes its holder process.
-pub(crate) const HOLDER: &str = include_str!("holder.sh");
-
-/// `PATH` on a node: the stand-ins' directory first.
-pub(crate) const NODE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Writes `node`'s image under `node.dir/image`, with the host key (from the assets or
-/// fresh) and the configuration of sshd. `all` is every node of the lab (for /etc/hosts).
-pub(crate) fn write_image(config: &LabConfig, node: &LabNode, all: &[LabNode]) -> Result<(), LabError> {
-    let image = node.dir.join("image");
-    let file = |path: &str, mode: u32, content: &str| write(&image.join(path), mode, content.as_bytes());
-
-    for (name, script) in STANDINS {
-        file(&format!("usr/local/sbin/{name}"), 0o755, script)?;
-    }
-    file("usr/local/lib/hakube-lab/standin-lib.sh", 0o644, STANDIN_LIBRARY)?;
-    file("usr/local/lib/hakube-lab/archive/cilium", 0o755, CILIUM)?;
-    file(
-        "etc/hakube-lab/kubernetes-version",
-        0o644,
-        &format!("{}\n", config.kubernetes_version.trim_start_matches('v')),
-    )?;
-    file(
-        "etc/hakube-lab/node",
-        0o644,
-        &format!("NAME={}\nROLE={}\nADDRESS={}\n", node.name, node.role.as_str(), node.address),
-    )?;
-    file("var/log/hakube-lab/calls.log", 0o666, "")?;
-    mkdir(&image.join("var/lib/hakube-lab/cluster"))?;
-
-    file("etc/hostname", 0o644, &format!("{}\n", node.name))?;
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-    for other in all {
-        hosts.push_str(&format!("{}\t{}\n", other.address, other.name));
-    }
-    file("etc/hosts", 0o644, &hosts)?;
-    // The test machine's root dotfiles would prepend its own PATH entries.
-    let profile =
-        format!("# hakube lab node {}: root's shell setup (lab node image)\nexport PATH={NODE_PATH}\n", node.name);
-    file("root/.bashrc", 0o644, &profile)?;
-    file("root/.profile", 0o644, &profile)?;
-    let root_home = image.join("root");
-    fs::set_permissions(&root_home, fs::Permissions::from_mode(0o700)).map_err(|source| LabError::Io {
-        action: "set the mode of",
-        path: root_home,
-        source,
-    })?;
-
-    file("etc/ssh/sshd_config", 0o644, &sshd_config(node))?;
-    let key = image.join("etc/ssh/ssh_host_ed25519_key");
-    match &config.host_keys {
-        Some(assets) => {
-            let dir = assets.join("ssh/host-keys").join(&node.name);
-            for (name, mode) in [("ssh_host_ed25519_key", 0o600), ("ssh_host_ed25519_key.pub", 0o644)] {
-                let from = dir.join(name);
-                let bytes = fs::read(&from).map_err(|source| LabError::Io {
-                    action: "read the host key",
-                    path: from,
-                    source,
-                })?;
-                write(&image.join("etc/ssh").join(name), mode, &bytes)?;
-            }
-        }
-        None => generate_host_key(&key, &node.name)?,
-    }
-    let users: &[&str] = if config.sudo_user { &["root", SUDO_USER] } else { &["root"] };
-    for user in users {
-        let keys = config.authorized_key.as_deref().map(|k| format!("{}\n", k.trim())).unwrap_or_default();
-        file(&format!("etc/ssh/authorized_keys/{user}"), 0o644, &keys)?;
-    }
-    if config.sudo_user {
-        file(
-            &format!("etc/sudoers.d/{SUDO_USER}"),
-            0o440,
-            &format!("# hakube lab node image: passwordless sudo for the login user\n{SUDO_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"),
-        )?;
-    }
-    Ok(())
+/// A built image: its root file system (never written to once built; nodes mount it as
+/// the lower layer of an overlay) and the `.deb` files for the mirror.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The distribution.
+    pub distro: Distro,
+    /// The root file system.
+    pub rootfs: PathBuf,
+    /// The downloaded `.deb` files (`*.deb`, flat).
+    pub debs: PathBuf,
 }
 
-/// The node's sshd configuration: the node's address only, its ed25519 host key, keys only
-/// (root without password), and the stand-ins first in PATH for every session.
-fn sshd_config(node: &LabNode) -> String {
+/// The recipe of `distro`'s image: what, if it changes, makes [`ensure`] build it again.
+pub fn recipe(distro: Distro, mirror: &str) -> String {
     format!(
-        "# hakube lab node {name} (lab node image, written by hakube-lab)\n\
-         ListenAddress {address}:22\n\
-         HostKey /etc/ssh/ssh_host_ed25519_key\n\
-         PermitRootLogin prohibit-password\n\
-         PasswordAuthentication no\n\
-         KbdInteractiveAuthentication no\n\
-         UsePAM no\n\
-         AuthorizedKeysFile /etc/ssh/authorized_keys/%u .ssh/authorized_keys\n\
-         SetEnv PATH={NODE_PATH}\n\
-         PidFile none\n\
-         PrintMotd no\n\
-         Subsystem sftp /usr/lib/openssh/sftp-server\n",
-        name = node.name,
-        address = node.address,
+        "hakube-lab image recipe {RECIPE_VERSION}\ndistro {}\nsuite {}\nvariant minbase\nmirror {mirror}\ninclude {}\nmirror-packages {}\n",
+        distro.name(),
+        distro.suite(),
+        IMAGE_PACKAGES.join(","),
+        MIRROR_PACKAGES.join(","),
     )
+}
+
+/// The image of `distro` under `cache` (`cache/<distro>-<first 12 hex digits of the recipe's
+/// sha256>/`), built first when it is not there: `debootstrap --variant=minbase` from the
+/// Debian mirror of this machine's apt sources ([`debian_mirror`]), then, in a chroot of the
+/// new root, `apt-get install --download-only` of [`MIRROR_PACKAGES`]. Concurrent callers
+/// wait for each other (a lock file in `cache`); a half-built image is never used.
+///
+/// Errors: [`LabError::MissingProgram`] without debootstrap, [`LabError::Command`] when a
+/// build step fails (the Debian mirror unreachable, say), [`LabError::Io`].
+pub fn ensure(cache: &Path, distro: Distro) -> Result<Image, LabError> {
+    crate::image::mkdir(cache)?;
+    let mirror = debian_mirror()?;
+    let recipe = recipe(distro, &mirror);
+    let hash = hex::encode(Sha256::digest(recipe.as_bytes()));
+    let dir = cache.join(format!("{}-{}", distro.name(), &hash[..12]));
+    let image = Image { distro, rootfs: dir.join("rootfs"), debs: dir.join("debs") };
+    let _lock = crate::sys::lock(&cache.join(format!("{}.lock", distro.name())))?;
+    if dir.join("recipe").is_file() {
+        return Ok(image);
+    }
+    if !crate::sys::have_program("debootstrap") {
+        return Err(LabError::MissingProgram { program: "debootstrap".into(), package: "debootstrap" });
+    }
+    let building = cache.join(format!("{}.building", distro.name()));
+    if building.exists() {
+        fs::remove_dir_all(&building).map_err(|source| LabError::Io { action: "remove", path: building.clone(), source })?;
+    }
+    mkdir(&building)?;
+    let rootfs = building.join("rootfs");
+    eprintln!("hakube-lab: building the {} image from {mirror} (once per recipe) ...", distro.name());
+    run(Command::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", IMAGE_PACKAGES.join(",")))
+        .arg(distro.suite())
+        .arg(&rootfs)
+        .arg(&mirror))?;
+    // The mirror's packages: exactly what apt would fetch on this image, fetched by apt in a
+    // chroot of it (which still has the test machine's network and resolver).
+    let resolv = rootfs.join("etc/resolv.conf");
+    let _ = fs::remove_file(&resolv);
+    fs::copy("/etc/resolv.conf", &resolv).map_err(|source| LabError::Io { action: "copy", path: resolv.clone(), source })?;
+    let chroot_apt = |args: &[&str]| {
+        run(Command::new("chroot")
+            .arg(&rootfs)
+            .args(["apt-get", "-q", "-y"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+    };
+    chroot_apt(&["update"])?;
+    let mut install = vec!["install", "--download-only"];
+    install.extend_from_slice(MIRROR_PACKAGES);
+    chroot_apt(&install)?;
+    let debs = building.join("debs");
+    mkdir(&debs)?;
+    let archives = rootfs.join("var/cache/apt/archives");
+    for entry in read_dir(&archives)? {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            let to = debs.join(entry.file_name());
+            fs::rename(&path, &to).map_err(|source| LabError::Io { action: "move", path: path.clone(), source })?;
+        }
+    }
+    chroot_apt(&["clean"])?;
+    // A machine fresh from its image: no package lists yet, no resolver (the site has no
+    // DNS), no machine id or host keys (each node gets its own), no apt sources (each node
+    // gets the lab mirror's).
+    let lists = rootfs.join("var/lib/apt/lists");
+    for entry in read_dir(&lists)? {
+        if entry.path().is_file() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    for file in ["etc/resolv.conf", "etc/machine-id", "var/lib/dbus/machine-id", "etc/apt/sources.list"] {
+        let _ = fs::remove_file(rootfs.join(file));
+    }
+    for entry in read_dir(&rootfs.join("etc/ssh"))? {
+        if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    write(&rootfs.join("etc/machine-id"), 0o444, b"")?;
+    write(&building.join("recipe"), 0o644, recipe.as_bytes())?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|source| LabError::Io { action: "remove", path: dir.clone(), source })?;
+    }
+    fs::rename(&building, &dir).map_err(|source| LabError::Io { action: "rename", path: building, source })?;
+    Ok(image)
+}
+
+/// The Debian mirror this machine's apt sources name: the first `URIs:` of a deb822
+/// `/etc/apt/sources.list.d/*.sources` stanza, or the URI of a `deb` line in
+/// `/etc/apt/sources.list[.d/*.list]`, that is not a security or updates suite. The lab never
+/// names a mirror host of its own.
+///
+/// Errors: [`LabError::Config`] when no source names one.
+pub fn debian_mirror() -> Result<String, LabError> {
+    let mut texts = Vec::new();
+    for dir in ["/etc/apt/sources.list.d"] {
+        if let Ok(entries) = fs::read_dir(dir) {
+            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            paths.sort();
+            texts.extend(paths.into_iter().filter_map(|p| {
+                let name = p.file_name()?.to_string_lossy().into_owned();
+                (name.ends_with(".sources") || name.ends_with(".list")).then(|| fs::read_to_string(&p).ok()).flatten()
+            }));
+        }
+    }
+    if let Ok(text) = fs::read_to_string("/etc/apt/sources.list") {
+        texts.push(text);
+    }
+    texts.iter().find_map(|t| mirror_in(t)).ok_or_else(|| {
+        LabError::Config("no Debian mirror in this machine's apt sources (/etc/apt/sources.list[.d]): add one".into())
+    })
+}
+
+/// The first main Debian mirror URI in one apt sources file (deb822 or one-line format).
+fn mirror_in(text: &str) -> Option<String> {
+    let plain = |suite: &str| !suite.contains("security") && !suite.ends_with("-updates") && !suite.ends_with("-backports");
+    // One-line format: deb [options] URI SUITE COMPONENTS...
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace().peekable();
+        if words.next() != Some("deb") {
+            continue;
+        }
+        if words.peek().is_some_and(|w| w.starts_with('[')) {
+            while let Some(w) = words.next() {
+                if w.ends_with(']') {
+                    break;
+                }
+            }
+        }
+        if let (Some(uri), Some(suite)) = (words.next(), words.next()) {
+            if uri.starts_with("http") && plain(suite) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    // deb822: stanzas separated by blank lines.
+    for stanza in text.split("\n\n") {
+        let field = |name: &str| {
+            stanza.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(str::trim))
+        };
+        let (Some(types), Some(uris), Some(suites)) = (field("Types"), field("URIs"), field("Suites")) else {
+            continue;
+        };
+        if types.split_whitespace().any(|t| t == "deb") && suites.split_whitespace().any(plain) {
+            if let Some(uri) = uris.split_whitespace().find(|u| u.starts_with("http")) {
+                return Some(uri.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, LabError> {
+    Ok(fs::read_dir(dir)
+        .map_err(|source| LabError::Io { action: "list", path: dir.to_path_buf(), source })?
+        .flatten()
+        .collect())
 }
 
 /// A fresh ed25519 host key at `path` (and `path.pub`), by ssh-keygen.
@@ -153,6 +238,9 @@ pub(crate) fn generate_host_key(path: &Path, node: &str) -> Result<(), LabError>
             }
             _ => {}
         }
+    }
+    if let Some(parent) = path.parent() {
+        mkdir(parent)?;
     }
     run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C"])
@@ -171,6 +259,7 @@ pub(crate) fn pub_path(path: &Path) -> PathBuf {
 
 /// Creates `path` (and its parents) with mode 0755.
 pub(crate) fn mkdir(path: &Path) -> Result<(), LabError> {
+    use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new().recursive(true).mode(0o755).create(path).map_err(|source| LabError::Io {
         action: "create the directory",
         path: path.to_path_buf(),
@@ -183,10 +272,35 @@ pub(crate) fn write(path: &Path, mode: u32, content: &[u8]) -> Result<(), LabErr
     if let Some(parent) = path.parent() {
         mkdir(parent)?;
     }
+    let _ = fs::remove_file(path);
     fs::write(path, content).map_err(|source| LabError::Io { action: "write", path: path.to_path_buf(), source })?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| LabError::Io {
         action: "set the mode of",
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_comes_from_either_sources_format_and_skips_security_and_updates() {
+        let deb822 = "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\nComponents: main\n";
+        assert_eq!(mirror_in(deb822).as_deref(), Some("http://mirror.example/debian"));
+        let one_line = "# comment\ndeb-src http://src.example/debian bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main\n";
+        assert_eq!(mirror_in(one_line).as_deref(), Some("http://one.example/debian"));
+        assert_eq!(mirror_in("deb http://x.example/debian-security bookworm-security main\n"), None);
+        assert_eq!(mirror_in(""), None);
+    }
+
+    #[test]
+    fn the_recipe_names_everything_that_changes_the_image() {
+        let a = recipe(Distro::Debian12, "http://m.example/debian");
+        assert!(a.contains("suite bookworm") && a.contains("openssh-server") && a.contains("containerd"), "{a}");
+        assert_ne!(a, recipe(Distro::Debian13, "http://m.example/debian"));
+        assert_ne!(a, recipe(Distro::Debian12, "http://other.example/debian"));
+        assert!(!IMAGE_PACKAGES.contains(&"gpg") && !IMAGE_PACKAGES.contains(&"containerd"));
+    }
 }

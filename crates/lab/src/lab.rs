@@ -1,17 +1,27 @@
-//! A running lab: its nodes, their holder and sshd processes, and tearing it all down.
+//! A running lab: its mirror, its nodes (containers) and tearing it all down.
 
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::image::{self, generate_host_key, pub_path, write, HOLDER, NODE_PATH};
-use crate::sys::{self, alive, in_netns, kill, run, wait_for};
-use crate::{parse_calls, Call, LabConfig, LabError, LabNode, Role, MAX_NODES_PER_ROLE, SUDO_USER};
+use crate::image::{self, generate_host_key, pub_path, write};
+use crate::node::{self, NODE_PATH};
+use crate::sys::{self, alive, kill, run, wait_for, wait_for_within};
+use crate::{mirror, parse_calls, Call, LabConfig, LabError, LabNode, Role, MAX_NODES_PER_ROLE, SUDO_USER};
+
+/// How long a node may take to boot until its sshd listens (50 nodes boot at once on a
+/// 2-core machine).
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a node may take to power off after SIGTERM to its nspawn process before the
+/// lab kills it.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The saved state of a lab, `state_dir/lab.json`: enough for another process to find,
 /// inspect and tear down the lab (`cargo xtask lab status|down`).
@@ -19,7 +29,7 @@ use crate::{parse_calls, Call, LabConfig, LabError, LabNode, Role, MAX_NODES_PER
 struct Saved {
     config: LabConfig,
     nodes: Vec<LabNode>,
-    sshd_pids: Vec<Option<u32>>,
+    mirror_pid: u32,
 }
 
 /// A process the lab started: our child (reaped by us), or one found in `lab.json`.
@@ -28,27 +38,23 @@ struct Proc {
     child: Option<Child>,
 }
 
-/// The processes of one node.
-struct NodeProcs {
-    holder: Option<Proc>,
-    sshd: Option<Proc>,
-}
-
 /// A running lab (see the crate documentation). Dropping it tears it down, as
 /// [`Lab::down`] does; [`Lab::detach`] leaves it running instead.
 pub struct Lab {
     config: LabConfig,
-    nodes: Vec<LabNode>,
-    procs: Mutex<Vec<NodeProcs>>,
+    nodes: Mutex<Vec<LabNode>>,
+    nspawns: Mutex<Vec<Option<Proc>>>,
+    mirror: Option<Proc>,
     detached: bool,
 }
 
 impl Lab {
-    /// Brings up a lab: cleans up what an earlier run with the same names left (network
-    /// namespaces `<prefix>-master*|worker*`, links, the bridge, the state directory's
-    /// entries), then creates the bridge, each node's namespace, veth pair, image and root,
-    /// and starts each node's sshd, returning once every sshd listens. Saves
-    /// `state_dir/lab.json`.
+    /// Brings up a lab: cleans up what an earlier run with the same names left (containers,
+    /// mounts, network namespaces `<prefix>-master*|worker*`, links, the bridge, the mirror
+    /// server, the state directory's entries); builds or reuses the image of
+    /// [`LabConfig::distro`] ([`image::ensure`]); builds the mirror and serves it on the
+    /// bridge; gives each node its namespace, veth pair, overlay root and identity, boots
+    /// them all and returns once every node's sshd listens. Saves `state_dir/lab.json`.
     ///
     /// Errors: [`LabError::NotRoot`], [`LabError::MissingProgram`], [`LabError::Config`] for
     /// a configuration that cannot work, and any failure of the steps (a half-built lab is
@@ -65,31 +71,30 @@ impl Lab {
         clean(&config)?;
         clear_state_dir(&config.state_dir)?;
         image::mkdir(&config.state_dir.join("cluster"))?;
+        let image = image::ensure(&config.image_cache, config.distro)?;
+        let built = mirror::build(&config.state_dir, &image)?;
 
-        let mut lab = Lab { nodes: plan(&config), procs: Mutex::new(Vec::new()), config, detached: false };
-        lab.procs
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(lab.nodes.iter().map(|_| NodeProcs { holder: None, sshd: None }));
+        let nodes = plan(&config);
+        let mut lab = Lab {
+            nspawns: Mutex::new(nodes.iter().map(|_| None).collect()),
+            nodes: Mutex::new(nodes),
+            mirror: None,
+            config,
+            detached: false,
+        };
         lab.create_network()?;
-        for node in &lab.nodes {
-            image::write_image(&lab.config, node, &lab.nodes)?;
+        lab.mirror = Some(lab.start_mirror(&built.root)?);
+        let nodes = lab.nodes();
+        for node in &nodes {
+            node::mount_root(node, &image)?;
+            node::customize(&lab.config, node, &nodes, &built)?;
         }
-        // Every root at once, then every sshd at once: 50 nodes come up in seconds.
-        for i in 0..lab.nodes.len() {
-            let holder = lab.spawn_holder(&lab.nodes[i])?;
-            lab.nodes[i].holder_pid = holder.pid;
-            lab.procs_mut()[i].holder = Some(holder);
+        // Every container at once, then wait for each: 50 nodes boot in parallel.
+        for i in 0..nodes.len() {
+            lab.boot(i)?;
         }
-        for i in 0..lab.nodes.len() {
-            lab.wait_holder(i)?;
-        }
-        for i in 0..lab.nodes.len() {
-            let sshd = lab.spawn_sshd(&lab.nodes[i])?;
-            lab.procs_mut()[i].sshd = Some(sshd);
-        }
-        for i in 0..lab.nodes.len() {
-            lab.wait_sshd(i)?;
+        for i in 0..nodes.len() {
+            lab.wait_booted(i)?;
         }
         lab.save()?;
         Ok(lab)
@@ -101,23 +106,15 @@ impl Lab {
     ///
     /// Errors: [`LabError::Io`] or [`LabError::State`] for an unreadable `lab.json`.
     pub fn attach(state_dir: &Path) -> Result<Option<Lab>, LabError> {
-        let path = state_dir.join("lab.json");
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LabError::Io { action: "read", path, source }),
-        };
-        let saved: Saved = serde_json::from_str(&text).map_err(|source| LabError::State { path, source })?;
-        let procs = saved
-            .nodes
-            .iter()
-            .zip(saved.sshd_pids.iter().chain(std::iter::repeat(&None)))
-            .map(|(node, sshd)| NodeProcs {
-                holder: Some(Proc { pid: node.holder_pid, child: None }),
-                sshd: sshd.map(|pid| Proc { pid, child: None }),
-            })
-            .collect();
-        Ok(Some(Lab { config: saved.config, nodes: saved.nodes, procs: Mutex::new(procs), detached: false }))
+        let Some(saved) = read_saved(state_dir)? else { return Ok(None) };
+        let nspawns = saved.nodes.iter().map(|n| (n.nspawn_pid != 0).then_some(Proc { pid: n.nspawn_pid, child: None })).collect();
+        Ok(Some(Lab {
+            config: saved.config,
+            nodes: Mutex::new(saved.nodes),
+            nspawns: Mutex::new(nspawns),
+            mirror: (saved.mirror_pid != 0).then_some(Proc { pid: saved.mirror_pid, child: None }),
+            detached: false,
+        }))
     }
 
     /// The configuration the lab runs with (its `state_dir` made absolute).
@@ -125,55 +122,56 @@ impl Lab {
         &self.config
     }
 
-    /// The nodes: masters first, then workers, each in index order.
-    pub fn nodes(&self) -> &[LabNode] {
-        &self.nodes
+    /// The nodes, as they are now: masters first, then workers, each in index order.
+    pub fn nodes(&self) -> Vec<LabNode> {
+        self.nodes_mut().clone()
     }
 
-    /// The node called `name`. Errors: [`LabError::UnknownNode`].
-    pub fn node(&self, name: &str) -> Result<&LabNode, LabError> {
-        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| LabError::UnknownNode(name.to_string()))
+    /// The node called `name`, as it is now. Errors: [`LabError::UnknownNode`].
+    pub fn node(&self, name: &str) -> Result<LabNode, LabError> {
+        let i = self.index(name)?;
+        Ok(self.nodes_mut()[i].clone())
     }
 
     /// The cluster definition of this lab; see [`definition`].
     pub fn definition(&self) -> serde_json::Value {
-        definition_of(&self.config, &self.nodes)
+        definition_of(&self.config, &self.nodes_mut())
     }
 
-    /// PID of `node`'s sshd, `None` while it is stopped. Errors: [`LabError::UnknownNode`].
-    pub fn sshd_pid(&self, node: &str) -> Result<Option<u32>, LabError> {
-        let i = self.index(node)?;
-        Ok(self.procs_mut()[i].sshd.as_ref().map(|p| p.pid))
+    /// Whether `node`'s sshd listens on port 22. Errors: [`LabError::UnknownNode`].
+    pub fn sshd_listening(&self, node: &str) -> Result<bool, LabError> {
+        let node = self.node(node)?;
+        Ok(node.leader_pid != 0 && sys::listening(node.leader_pid, 22))
     }
 
-    /// Stops `node`'s sshd (SIGKILL to its PID, then waits for it to end): new connections
-    /// are refused; established sessions go on. Nothing happens when it is stopped already.
+    /// Stops `node`'s sshd as its administrator would, `systemctl stop ssh.service`, and
+    /// waits until nothing listens on port 22: new connections are refused; established
+    /// sessions go on (Debian's unit kills only the listener).
     ///
-    /// Errors: [`LabError::UnknownNode`], [`LabError::Stuck`], [`LabError::Io`] saving
-    /// `lab.json`.
+    /// Errors: [`LabError::UnknownNode`], [`LabError::Command`] when systemctl fails,
+    /// [`LabError::Start`] when port 22 is still open after 10 s.
     pub fn stop_sshd(&self, node: &str) -> Result<(), LabError> {
-        let i = self.index(node)?;
-        let sshd = self.procs_mut()[i].sshd.take();
-        if let Some(proc) = sshd {
-            stop(proc, &self.nodes[i].netns)?;
+        self.systemctl(node, &["stop", "ssh.service"])?;
+        let leader = self.node(node)?.leader_pid;
+        if wait_for(|| !sys::listening(leader, 22)) {
+            Ok(())
+        } else {
+            Err(LabError::Start { node: node.into(), what: "sshd", detail: "still listening 10 s after it was stopped".into() })
         }
-        self.save()
     }
 
-    /// Starts `node`'s sshd again, if it is stopped, and waits until it listens; its PID.
+    /// Starts `node`'s sshd again (`systemctl start ssh.service`) and waits until it listens.
     ///
-    /// Errors: [`LabError::UnknownNode`], [`LabError::Start`] when sshd does not come up.
-    pub fn start_sshd(&self, node: &str) -> Result<u32, LabError> {
-        let i = self.index(node)?;
-        if let Some(pid) = self.procs_mut()[i].sshd.as_ref().map(|p| p.pid) {
-            return Ok(pid);
+    /// Errors: [`LabError::UnknownNode`], [`LabError::Command`], [`LabError::Start`] when
+    /// it does not listen within 10 s.
+    pub fn start_sshd(&self, node: &str) -> Result<(), LabError> {
+        self.systemctl(node, &["start", "ssh.service"])?;
+        let leader = self.node(node)?.leader_pid;
+        if wait_for(|| sys::listening(leader, 22)) {
+            Ok(())
+        } else {
+            Err(LabError::Start { node: node.into(), what: "sshd", detail: "not listening 10 s after it was started".into() })
         }
-        let sshd = self.spawn_sshd(&self.nodes[i])?;
-        let pid = sshd.pid;
-        self.procs_mut()[i].sshd = Some(sshd);
-        self.wait_sshd(i)?;
-        self.save()?;
-        Ok(pid)
     }
 
     /// Gives `node` a fresh ed25519 host key and restarts its sshd with it (for "the host
@@ -205,7 +203,7 @@ impl Lab {
     /// Errors: as [`Lab::host_public_key`].
     pub fn known_hosts(&self) -> Result<String, LabError> {
         let mut out = String::new();
-        for node in &self.nodes {
+        for node in self.nodes() {
             let key = self.host_public_key(&node.name)?;
             let key: Vec<&str> = key.split_whitespace().take(2).collect();
             out.push_str(&format!("{},{} {}\n", node.address, node.name, key.join(" ")));
@@ -223,23 +221,27 @@ impl Lab {
     }
 
     /// The host's path to `path` (absolute, as seen on the node) inside `node`'s root:
-    /// `/proc/<holder pid>/root/<path>`. Valid while the lab is up. Errors:
+    /// `state_dir/<node>/root/<path>`. Valid while the lab is up. Errors:
     /// [`LabError::UnknownNode`].
     pub fn node_file(&self, node: &str, path: impl AsRef<Path>) -> Result<PathBuf, LabError> {
         let path = path.as_ref();
         Ok(self.node(node)?.root().join(path.strip_prefix("/").unwrap_or(path)))
     }
 
-    /// A command that runs `program` on `node` without SSH: in the node's namespaces and
-    /// root (`nsenter --target <holder> --mount --net --uts --root --wd`), as root, with a
-    /// clean environment (`PATH` with the stand-ins first, `HOME=/root`). Add arguments,
-    /// then run it. Errors: [`LabError::UnknownNode`].
+    /// A command that runs `program` on `node` without SSH: in every namespace of the
+    /// node's PID 1 (`nsenter --target <leader> --all`), as root, with a clean environment
+    /// (Debian's root `PATH`, `HOME=/root`, `LC_ALL=C`). Add arguments, then run it.
+    ///
+    /// Errors: [`LabError::UnknownNode`]; [`LabError::Start`] when the node is not running.
     pub fn command(&self, node: &str, program: &str) -> Result<Command, LabError> {
         let node = self.node(node)?;
+        if node.leader_pid == 0 || !alive(node.leader_pid) {
+            return Err(LabError::Start { node: node.name, what: "the container", detail: "it is not running".into() });
+        }
         let mut cmd = Command::new("nsenter");
         cmd.arg("--target")
-            .arg(node.holder_pid.to_string())
-            .args(["--mount", "--net", "--uts", "--root", "--wd", "--", program])
+            .arg(node.leader_pid.to_string())
+            .args(["--all", "--", program])
             .env_clear()
             .env("PATH", NODE_PATH)
             .env("HOME", "/root")
@@ -247,13 +249,60 @@ impl Lab {
         Ok(cmd)
     }
 
-    /// Tears the lab down: kills every process in each node's network namespace by PID
-    /// (holder, sshd, sessions, anything a script left running) and waits for them to end,
-    /// which also removes every mount of the node; deletes the namespaces, veth pairs and
-    /// bridge, and `lab.json`. The state directory's files stay for inspection (the next
-    /// `up` replaces them). Running it again, or on a lab already down, does nothing.
+    /// Adds `fault` to `node`'s [`FAULTS_FILE`](crate::FAULTS_FILE): the kubeadm stand-in
+    /// there acts on it from its next phase on.
     ///
-    /// Errors: [`LabError::Stuck`] when processes survive SIGKILL for 5 s, or `ip` failing.
+    /// Errors: [`LabError::UnknownNode`], [`LabError::Io`].
+    pub fn add_fault(&self, node: &str, fault: &crate::Fault) -> Result<(), LabError> {
+        let path = self.node_file(node, crate::FAULTS_FILE)?;
+        let mut text = fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(&format!("{fault}\n"));
+        write(&path, 0o644, text.as_bytes())
+    }
+
+    /// Removes every fault of `node`. Errors: [`LabError::UnknownNode`], [`LabError::Io`].
+    pub fn clear_faults(&self, node: &str) -> Result<(), LabError> {
+        let path = self.node_file(node, crate::FAULTS_FILE)?;
+        match fs::remove_file(&path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                Err(LabError::Io { action: "remove", path, source })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Cuts (`up == false`) or restores `node`'s link to the lab network: the host end of
+    /// its veth pair goes down or up. The node keeps running; its connections time out.
+    ///
+    /// Errors: [`LabError::UnknownNode`], `ip` failing.
+    pub fn set_link(&self, node: &str, up: bool) -> Result<(), LabError> {
+        let node = self.node(node)?;
+        let veth = veth_name(&self.config.prefix, &node);
+        run(Command::new("ip").args(["link", "set", &veth, if up { "up" } else { "down" }]))?;
+        Ok(())
+    }
+
+    /// Reboots `node`: powers it off (SIGTERM to its nspawn process: systemd shuts down),
+    /// then boots it again on the same layer, and waits until its sshd listens. What the
+    /// node wrote to disk survives; what was in memory, `/run` and `/tmp` does not.
+    ///
+    /// Errors: [`LabError::UnknownNode`], [`LabError::Stuck`], [`LabError::Start`].
+    pub fn reboot(&self, node: &str) -> Result<(), LabError> {
+        let i = self.index(node)?;
+        self.power_off(i)?;
+        self.boot(i)?;
+        self.wait_booted(i)?;
+        self.save()
+    }
+
+    /// Tears the lab down: powers every node off (SIGTERM to its nspawn process, SIGKILL
+    /// after 30 s), kills anything left in the nodes' network namespaces, unmounts their
+    /// roots, stops the mirror server, deletes the namespaces, veth pairs and bridge, and
+    /// `lab.json`. The state directory's files stay for inspection (the next `up` replaces
+    /// them). Running it again, or on a lab already down, does nothing.
+    ///
+    /// Errors: [`LabError::Stuck`] when processes survive SIGKILL for 10 s, `ip` or
+    /// `umount` failing.
     pub fn down(mut self) -> Result<(), LabError> {
         self.detached = true;
         self.teardown()
@@ -266,13 +315,22 @@ impl Lab {
     }
 
     fn teardown(&mut self) -> Result<(), LabError> {
-        let procs = std::mem::take(self.procs.get_mut().unwrap_or_else(|e| e.into_inner()));
         let mut first_error = None;
-        for (node, procs) in self.nodes.iter().zip(procs) {
-            for proc in [procs.sshd, procs.holder].into_iter().flatten() {
-                if let Err(e) = stop(proc, &node.netns) {
-                    first_error.get_or_insert(e);
-                }
+        let count = self.nodes_mut().len();
+        // Power off in parallel: each node takes a moment to shut down.
+        for i in 0..count {
+            if let Some(proc) = self.nspawns_mut()[i].as_ref() {
+                sys::signal_term(proc.pid);
+            }
+        }
+        for i in 0..count {
+            if let Err(e) = self.power_off(i) {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(mut proc) = self.mirror.take() {
+            if let Err(e) = stop_mirror(&mut proc, &self.config.state_dir) {
+                first_error.get_or_insert(e);
             }
         }
         if let Err(e) = clean(&self.config) {
@@ -288,22 +346,32 @@ impl Lab {
     }
 
     fn index(&self, node: &str) -> Result<usize, LabError> {
-        self.nodes.iter().position(|n| n.name == node).ok_or_else(|| LabError::UnknownNode(node.to_string()))
+        self.nodes_mut().iter().position(|n| n.name == node).ok_or_else(|| LabError::UnknownNode(node.to_string()))
     }
 
-    fn procs_mut(&self) -> MutexGuard<'_, Vec<NodeProcs>> {
-        self.procs.lock().unwrap_or_else(|e| e.into_inner())
+    fn nodes_mut(&self) -> MutexGuard<'_, Vec<LabNode>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn nspawns_mut(&self) -> MutexGuard<'_, Vec<Option<Proc>>> {
+        self.nspawns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn save(&self) -> Result<(), LabError> {
         let saved = Saved {
             config: self.config.clone(),
-            nodes: self.nodes.clone(),
-            sshd_pids: self.procs_mut().iter().map(|p| p.sshd.as_ref().map(|p| p.pid)).collect(),
+            nodes: self.nodes(),
+            mirror_pid: self.mirror.as_ref().map_or(0, |p| p.pid),
         };
         let text = serde_json::to_string_pretty(&saved)
             .map_err(|source| LabError::State { path: self.config.state_dir.join("lab.json"), source })?;
         write(&self.config.state_dir.join("lab.json"), 0o644, text.as_bytes())
+    }
+
+    /// `systemctl ARGS` on `node`, without SSH.
+    fn systemctl(&self, node: &str, args: &[&str]) -> Result<(), LabError> {
+        run(self.command(node, "systemctl")?.args(args))?;
+        Ok(())
     }
 
     /// The bridge, and per node its namespace, veth pair (host end on the bridge, `eth0` in
@@ -315,7 +383,8 @@ impl Lab {
             bridge = c.bridge,
             gateway = c.gateway()
         );
-        for node in &self.nodes {
+        let nodes = self.nodes();
+        for node in &nodes {
             let veth = veth_name(&c.prefix, node);
             root.push_str(&format!(
                 "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\nlink set {veth} master {bridge} up\n",
@@ -324,7 +393,7 @@ impl Lab {
             ));
         }
         sys::ip_batch(None, &root)?;
-        for node in &self.nodes {
+        for node in &nodes {
             sys::ip_batch(
                 Some(&node.netns),
                 &format!("addr add {}/16 dev eth0\nlink set eth0 up\nlink set lo up\n", node.address),
@@ -333,69 +402,97 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts `node`'s holder: holder.sh in the node's network namespace and a new mount and
-    /// UTS namespace, which builds the root and then execs into `sleep infinity` there.
-    fn spawn_holder(&self, node: &LabNode) -> Result<Proc, LabError> {
-        let script = node.dir.join("holder.sh");
-        write(&script, 0o644, HOLDER.as_bytes())?;
-        let log = log_file(&node.dir.join("holder.log"))?;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", node.netns))
-            .args(["--", "unshare", "--mount", "--uts", "--propagation", "private", "--", "bash"])
-            .arg(&script)
-            .arg(&node.dir)
-            .arg(&node.name)
-            .arg(self.config.state_dir.join("cluster"))
-            .arg(if self.config.sudo_user { SUDO_USER } else { "" });
-        spawn(cmd, log)
-    }
-
-    /// Waits until node `i`'s holder has become `sleep` (its root is complete).
-    fn wait_holder(&self, i: usize) -> Result<(), LabError> {
-        let node = &self.nodes[i];
-        let mut procs = self.procs_mut();
-        let proc = procs[i].holder.as_mut().expect("up spawned every holder before waiting");
-        let ready = wait_for(|| {
-            exited(proc) || fs::read_to_string(format!("/proc/{}/comm", proc.pid)).is_ok_and(|c| c.trim() == "sleep")
-        });
-        if ready && !exited(proc) {
-            return Ok(());
+    /// Serves `root` at `http://<gateway>:80/` with Python's http.server, and waits until it
+    /// listens.
+    fn start_mirror(&self, root: &Path) -> Result<Proc, LabError> {
+        let gateway = self.config.gateway();
+        let log = log_file(&self.config.state_dir.join("mirror.log"))?;
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "http.server", "80", "--bind"]).arg(gateway.to_string()).arg("--directory").arg(root);
+        let mut proc = spawn(cmd, log)?;
+        let ready = wait_for(|| exited(&mut proc) || sys::listening_on(std::process::id(), gateway, 80));
+        if ready && !exited(&mut proc) {
+            return Ok(proc);
         }
-        let detail = if ready { "holder.sh failed" } else { "holder.sh did not finish within 10 s" };
+        let _ = stop_mirror(&mut proc, &self.config.state_dir);
         Err(LabError::Start {
-            node: node.name.clone(),
-            what: "the root file system",
-            detail: format!("{detail}: {}", log_tail(&node.dir.join("holder.log"))),
+            node: "(none)".into(),
+            what: "the mirror",
+            detail: log_tail(&self.config.state_dir.join("mirror.log")),
         })
     }
 
-    /// Starts `node`'s sshd in the node's namespaces and root, in the foreground (-D),
-    /// logging to `sshd.log`.
-    fn spawn_sshd(&self, node: &LabNode) -> Result<Proc, LabError> {
-        let log = log_file(&node.dir.join("sshd.log"))?;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg("--target")
-            .arg(node.holder_pid.to_string())
-            .args(["--mount", "--net", "--uts", "--root", "--wd", "--"])
-            .args(["/usr/sbin/sshd", "-D", "-e", "-f", "/etc/ssh/sshd_config"]);
-        spawn(cmd, log)
+    /// Starts node `i`'s container (`systemd-nspawn -b`), logging its console to
+    /// `console.log`.
+    fn boot(&self, i: usize) -> Result<(), LabError> {
+        let node = self.nodes_mut()[i].clone();
+        let log = log_file(&node.dir.join("console.log"))?;
+        let mut cmd = node::nspawn(&self.config, &node);
+        let out = log.try_clone().map_err(|source| LabError::Io {
+            action: "open",
+            path: node.dir.join("console.log"),
+            source,
+        })?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(log);
+        let child = cmd
+            .spawn()
+            .map_err(|e| LabError::Command { command: sys::command_line(&cmd), detail: format!("cannot start it: {e}") })?;
+        let pid = child.id();
+        self.nspawns_mut()[i] = Some(Proc { pid, child: Some(child) });
+        let mut nodes = self.nodes_mut();
+        nodes[i].nspawn_pid = pid;
+        nodes[i].leader_pid = 0;
+        Ok(())
     }
 
-    /// Waits until node `i`'s sshd listens on port 22.
-    fn wait_sshd(&self, i: usize) -> Result<(), LabError> {
-        let node = &self.nodes[i];
-        let mut procs = self.procs_mut();
-        let proc = procs[i].sshd.as_mut().expect("sshd was spawned before waiting");
-        let ready = wait_for(|| exited(proc) || sys::listening(proc.pid, 22));
-        if ready && !exited(proc) {
+    /// Waits until node `i`'s container has a PID 1 and its sshd listens.
+    fn wait_booted(&self, i: usize) -> Result<(), LabError> {
+        let node = self.nodes_mut()[i].clone();
+        let mut leader = 0;
+        let mut gone = false;
+        let ready = wait_for_within(BOOT_TIMEOUT, || {
+            let mut nspawns = self.nspawns_mut();
+            if nspawns[i].as_mut().is_none_or(exited) {
+                gone = true;
+                return true;
+            }
+            // nspawn forks an intermediate child before the container's PID 1: ask each time.
+            leader = sys::first_child(node.nspawn_pid).unwrap_or(0);
+            leader != 0 && sys::listening(leader, 22)
+        });
+        if ready && !gone {
+            self.nodes_mut()[i].leader_pid = leader;
             return Ok(());
         }
-        let detail = if ready { "sshd exited" } else { "sshd did not listen within 10 s" };
-        let detail = format!("{detail}: {}", log_tail(&node.dir.join("sshd.log")));
-        if let Some(proc) = procs[i].sshd.take() {
-            let _ = stop(proc, &node.netns);
+        let detail = if gone { "systemd-nspawn exited" } else { "sshd did not listen within 180 s" };
+        Err(LabError::Start {
+            node: node.name.clone(),
+            what: "the container",
+            detail: format!("{detail}: {}", log_tail(&node.dir.join("console.log"))),
+        })
+    }
+
+    /// Powers node `i` off: SIGTERM to its nspawn process (which has systemd shut the
+    /// container down), SIGKILL after [`POWEROFF_TIMEOUT`], then waits for it.
+    fn power_off(&self, i: usize) -> Result<(), LabError> {
+        let proc = self.nspawns_mut()[i].take();
+        let node = self.nodes_mut()[i].clone();
+        if let Some(mut proc) = proc {
+            sys::signal_term(proc.pid);
+            if !wait_for_within(POWEROFF_TIMEOUT, || exited(&mut proc)) {
+                if node.leader_pid != 0 {
+                    kill(node.leader_pid);
+                }
+                kill(proc.pid);
+                if !wait_for(|| exited(&mut proc)) {
+                    return Err(LabError::Stuck { netns: node.netns.clone(), pids: vec![proc.pid] });
+                }
+            }
         }
-        Err(LabError::Start { node: node.name.clone(), what: "sshd", detail })
+        let mut nodes = self.nodes_mut();
+        nodes[i].nspawn_pid = 0;
+        nodes[i].leader_pid = 0;
+        Ok(())
     }
 }
 
@@ -408,13 +505,65 @@ impl Drop for Lab {
     }
 }
 
-/// Tears down everything named by `config` (its prefix and bridge): the processes in the
-/// namespaces `<prefix>-master<i>` / `<prefix>-worker<i>` (SIGKILL by PID, then wait), the
-/// namespaces, links `<prefix>v<m|w><i>` and the bridge. For the leftovers of a lab whose
-/// process crashed; [`Lab::up`] does it first, [`Lab::down`] last. Touches nothing else.
+/// `state_dir/lab.json`, if there is one.
+fn read_saved(state_dir: &Path) -> Result<Option<Saved>, LabError> {
+    let path = state_dir.join("lab.json");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(LabError::Io { action: "read", path, source }),
+    };
+    serde_json::from_str(&text).map(Some).map_err(|source| LabError::State { path, source })
+}
+
+/// Stops the mirror server: SIGKILL and wait. A PID from `lab.json` is only signalled while
+/// its command line still serves this lab's mirror directory, so a reused PID is never hit.
+fn stop_mirror(proc: &mut Proc, state_dir: &Path) -> Result<(), LabError> {
+    if let Some(child) = proc.child.as_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Ok(());
+    }
+    if serves_mirror(proc.pid, state_dir) {
+        kill(proc.pid);
+    }
+    if wait_for(|| !alive(proc.pid) || !serves_mirror(proc.pid, state_dir)) {
+        Ok(())
+    } else {
+        Err(LabError::Stuck { netns: "(the mirror server)".into(), pids: vec![proc.pid] })
+    }
+}
+
+/// Whether process `pid` is a mirror server of `state_dir` (its command line ends in
+/// `--directory <state_dir>/mirror`).
+fn serves_mirror(pid: u32, state_dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+    let dir = state_dir.join("mirror");
+    args.windows(2).any(|w| w[0] == b"--directory" && w[1] == dir.as_os_str().as_encoded_bytes())
+        && args.iter().any(|a| *a == b"http.server")
+}
+
+/// Tears down everything named by `config` (its prefix, bridge and state directory): the
+/// processes in the namespaces `<prefix>-master<i>` / `<prefix>-worker<i>` (SIGKILL by PID,
+/// then wait; a container whose PID 1 dies ends its nspawn process too), a mirror server
+/// serving `state_dir/mirror`, the mounts under `state_dir`, the namespaces, links
+/// `<prefix>v<m|w><i>` and the bridge. For the leftovers of a lab whose process crashed;
+/// [`Lab::up`] does it first, [`Lab::down`] last. Touches nothing else.
 ///
-/// Errors: [`LabError::Stuck`], or `ip` failing.
+/// Errors: [`LabError::Stuck`], or `ip` or `umount` failing.
 pub fn clean(config: &LabConfig) -> Result<(), LabError> {
+    let state_dir = fs::canonicalize(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+    if let Ok(Some(saved)) = read_saved(&state_dir) {
+        for node in &saved.nodes {
+            if node.nspawn_pid != 0 && sys::is_nspawn_of(node.nspawn_pid, &node.root()) {
+                kill(node.nspawn_pid);
+            }
+        }
+        if saved.mirror_pid != 0 {
+            stop_mirror(&mut Proc { pid: saved.mirror_pid, child: None }, &state_dir)?;
+        }
+    }
     for ns in sys::netns_list()?.into_iter().filter(|ns| is_lab_netns(&config.prefix, ns)) {
         let mut left = Vec::new();
         let gone = wait_for(|| {
@@ -436,6 +585,18 @@ pub fn clean(config: &LabConfig) -> Result<(), LabError> {
     for link in sys::link_names()? {
         if link == config.bridge || is_lab_veth(&config.prefix, &link) {
             run(Command::new("ip").args(["link", "del", &link]))?;
+        }
+    }
+    // The nodes' roots (and anything mounted below them), deepest first.
+    let mut mounts = sys::mounts_under(&state_dir)?;
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+    for mount in mounts {
+        let mut left = Vec::new();
+        if !wait_for(|| {
+            left = Vec::new();
+            run(Command::new("umount").arg(&mount)).is_ok() || !sys::mounts_under(&mount).is_ok_and(|m| !m.is_empty())
+        }) {
+            return Err(LabError::Stuck { netns: format!("(mount {})", mount.display()), pids: left });
         }
     }
     Ok(())
@@ -469,8 +630,8 @@ fn veth_name(prefix: &str, node: &LabNode) -> String {
 /// the lab is up (so that `hakube render` can make the host keys and login key the lab then
 /// installs): clusterName `lab`, the masters and workers with their addresses as privateIP,
 /// masterLoadBalancerAddress `A.B.0.10` (nothing listens there), sshLoginUser from the
-/// configuration, hostKeyPolicy `strict`, the stand-ins' Kubernetes version and
-/// nodeNetworkCIDR `A.B.0.0/16`. Add or change fields (etcd, hooks, ...) as a test needs.
+/// configuration, hostKeyPolicy `strict`, the configured Kubernetes version with the
+/// package repository at the lab's mirror, and nodeNetworkCIDR `A.B.0.0/16`. Add or change fields (etcd, hooks, ...) as a test needs.
 ///
 /// Errors: [`LabError`] when `config` asks for more nodes than a lab holds.
 pub fn definition(config: &LabConfig) -> Result<serde_json::Value, LabError> {
@@ -492,13 +653,19 @@ fn definition_of(config: &LabConfig, nodes: &[LabNode]) -> serde_json::Value {
         "sshLoginUser": config.login_user,
         "hostKeyPolicy": "strict",
         "kubernetesVersion": config.kubernetes_version,
+        "packageRepository": { "url": format!("{}/pkgs.k8s.io/core:/stable:/v{}", config.mirror_url(), minor_of(&config.kubernetes_version)) },
         "nodeNetworkCIDR": config.network(),
         "masters": of_role(Role::Master),
         "workers": of_role(Role::Worker),
     })
 }
 
-/// The nodes `config` asks for, with their names, addresses and directories (no holder yet).
+/// `1.36` of `1.36.4`.
+fn minor_of(version: &str) -> &str {
+    version.rsplit_once('.').map_or(version, |(minor, _)| minor)
+}
+
+/// The nodes `config` asks for, with their names, addresses and directories (not running).
 fn plan(config: &LabConfig) -> Vec<LabNode> {
     let [a, b] = config.subnet_base;
     let node = |role: Role, i: usize| {
@@ -512,7 +679,8 @@ fn plan(config: &LabConfig) -> Vec<LabNode> {
             address: Ipv4Addr::new(a, b, third, host),
             role,
             name,
-            holder_pid: 0,
+            nspawn_pid: 0,
+            leader_pid: 0,
         }
     };
     (0..config.masters)
@@ -554,6 +722,13 @@ fn check_config(config: &LabConfig) -> Result<(), LabError> {
             config.login_user
         ));
     }
+    if !mirror::KUBERNETES_VERSIONS.contains(&config.kubernetes_version.as_str()) {
+        return bad(format!(
+            "Kubernetes {}: the lab's mirror has packages of {} only",
+            config.kubernetes_version,
+            mirror::KUBERNETES_VERSIONS.join(" and ")
+        ));
+    }
     if let Some(key) = &config.authorized_key {
         if key.trim().is_empty() || key.trim().contains('\n') {
             return bad("authorized_key must be one public key line".into());
@@ -566,18 +741,22 @@ fn check_environment(config: &LabConfig) -> Result<(), LabError> {
     if !rustix::process::geteuid().is_root() {
         return Err(LabError::NotRoot);
     }
-    let mut needed = vec![
+    let needed = [
         ("ip", "iproute2"),
+        ("systemd-nspawn", "systemd-container"),
+        ("debootstrap", "debootstrap"),
+        ("mount", "mount"),
+        ("umount", "mount"),
         ("nsenter", "util-linux"),
-        ("unshare", "util-linux"),
         ("chroot", "coreutils"),
-        ("bash", "bash"),
-        ("/usr/sbin/sshd", "openssh-server"),
+        ("python3", "python3"),
+        ("gpg", "gnupg"),
+        ("dpkg-deb", "dpkg"),
+        ("dpkg-scanpackages", "dpkg-dev"),
+        ("apt-ftparchive", "apt-utils"),
         ("ssh-keygen", "openssh-client"),
     ];
-    if config.sudo_user {
-        needed.push(("/usr/bin/sudo", "sudo"));
-    }
+    let _ = config;
     for (program, package) in needed {
         if !sys::have_program(program) {
             return Err(LabError::MissingProgram { program: program.into(), package });
@@ -586,8 +765,9 @@ fn check_environment(config: &LabConfig) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Removes what an earlier lab left in `state_dir`: `lab.json`, `cluster/` and the node
-/// directories (`master<i>`, `worker<i>`); nothing else.
+/// Removes what an earlier lab left in `state_dir`: `lab.json`, `cluster/`, `mirror/`,
+/// `gnupg/`, `packages/`, `mirror.log` and the node directories (`master<i>`, `worker<i>`);
+/// nothing else. Runs after [`clean`], which unmounted the nodes' roots.
 fn clear_state_dir(state_dir: &Path) -> Result<(), LabError> {
     let entries = fs::read_dir(state_dir).map_err(|source| LabError::Io {
         action: "list",
@@ -597,9 +777,9 @@ fn clear_state_dir(state_dir: &Path) -> Result<(), LabError> {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
-        let result = if name == "lab.json" {
+        let result = if name == "lab.json" || name == "mirror.log" {
             fs::remove_file(&path)
-        } else if name == "cluster" || is_lab_netns("x", &format!("x-{name}")) {
+        } else if ["cluster", "mirror", "gnupg", "packages"].contains(&name.as_str()) || is_lab_netns("x", &format!("x-{name}")) {
             fs::remove_dir_all(&path)
         } else {
             continue;
@@ -650,32 +830,6 @@ fn exited(proc: &mut Proc) -> bool {
     match &mut proc.child {
         Some(child) => !matches!(child.try_wait(), Ok(None)),
         None => !alive(proc.pid),
-    }
-}
-
-/// Stops a lab process by PID: SIGKILL, then wait for it (reaping our own child). A PID from
-/// `lab.json` is only signalled while it is still in the node's network namespace, so a
-/// reused PID is never hit.
-fn stop(mut proc: Proc, netns: &str) -> Result<(), LabError> {
-    match proc.child.as_mut() {
-        Some(child) => {
-            let _ = child.kill();
-            child.wait().map(|_| ()).map_err(|source| LabError::Io {
-                action: "wait for",
-                path: PathBuf::from(format!("/proc/{}", proc.pid)),
-                source,
-            })
-        }
-        None => {
-            if alive(proc.pid) && in_netns(proc.pid, netns) {
-                kill(proc.pid);
-            }
-            if wait_for(|| !alive(proc.pid) || !in_netns(proc.pid, netns)) {
-                Ok(())
-            } else {
-                Err(LabError::Stuck { netns: netns.to_string(), pids: vec![proc.pid] })
-            }
-        }
     }
 }
 

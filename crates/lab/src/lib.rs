@@ -1,36 +1,41 @@
-//! hakube's local test lab: test hosts on this machine for the install phase.
+//! hakube's local test lab: real Debian machines on this machine, at an air-gapped site.
 //!
 //! Each lab node is
+//! - a `systemd-nspawn` container booted (`-b`) from a Debian root file system that the lab
+//!   builds with `debootstrap` and caches ([`image`]), with systemd as PID 1, its own
+//!   hostname and machine id, and its own writable overlay layer over the shared image;
 //! - a network namespace `<prefix>-<node>` with one address on a bridge in the root
 //!   namespace (masters `A.B.0.(11+i)`, workers `A.B.1.(11+i)`, the bridge `A.B.0.1/16`; no
 //!   default route, so a node reaches lab addresses and loopback only);
-//! - a mount and UTS namespace of its own, whose root is an overlay: the test machine's `/`
-//!   as the read-only lower layer, an upper layer under `state_dir/<node>/layers/` that
-//!   receives every write made on the node, plus fresh `/proc`, `/sys` (read-only), `/dev`
-//!   (bound), `/run` and `/tmp` (tmpfs). None of these mounts is visible outside the node;
-//!   the host reaches the node's files through `/proc/<holder pid>/root`;
-//! - a real OpenSSH `sshd` listening on the node's address, port 22, with its own
-//!   configuration and ed25519 host key;
-//! - stand-ins for what cannot run here (kubeadm, kubelet, systemctl, package managers,
-//!   curl, ...): bash scripts first in `PATH` (`/usr/local/sbin`) that record every call in
-//!   `/var/log/hakube-lab/calls.log` of the node (see [`Call`] and crates/lab/README.md).
+//! - Debian's own sshd, sudo, apt, dpkg, systemctl, sysctl, curl and gpg, and whatever the
+//!   boot scripts install (containerd, etcd) from the lab's mirror ([`mirror`]): an apt
+//!   repository of Debian's packages and the Kubernetes package repository's layout, on the
+//!   bridge;
+//! - stand-ins only for what cannot run here: `kubeadm`, `kubelet` and `kubectl` (installed
+//!   as real `.deb` packages from the mirror) and kernel module loading (`modprobe`), which
+//!   record every call in `/var/log/hakube-lab/calls.log` of the node (see [`Call`] and
+//!   crates/lab/README.md).
 //!
-//! Every process of a node is started, and stopped, by PID; [`Lab`]'s `Drop` tears the lab
-//! down. Root is required (namespaces, mounts).
+//! Every process of the lab is started, and stopped, by PID; [`Lab`]'s `Drop` tears the lab
+//! down. Root is required (namespaces, mounts, containers).
 
 #![deny(missing_docs)]
 
 mod calls;
-mod image;
+mod faults;
+pub mod image;
 mod lab;
+pub mod mirror;
+mod node;
 mod sys;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub use calls::{parse_calls, Call};
+pub use faults::{Fault, FaultAction, FAULTS_FILE};
 pub use hakube_cluster::Role;
-pub use image::{STANDINS, STANDIN_LIBRARY};
+pub use mirror::{PACKAGED_STANDINS, MODPROBE, STANDIN_LIBRARY};
 pub use lab::{clean, definition, Lab};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +45,56 @@ pub const SUDO_USER: &str = "hakube";
 
 /// The most masters, and the most workers, one lab holds (addresses `.11` to `.250`).
 pub const MAX_NODES_PER_ROLE: usize = 240;
+
+/// The Debian release lab nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distro {
+    /// Debian 12 "bookworm" (the default).
+    #[default]
+    Debian12,
+    /// Debian 13 "trixie".
+    Debian13,
+}
+
+impl Distro {
+    /// Every distribution the lab has an image recipe for.
+    pub const ALL: [Distro; 2] = [Distro::Debian12, Distro::Debian13];
+
+    /// `debian12`, `debian13`: the name `--distro` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Distro::Debian12 => "debian12",
+            Distro::Debian13 => "debian13",
+        }
+    }
+
+    /// Debian's suite (code name): `bookworm`, `trixie`.
+    pub fn suite(self) -> &'static str {
+        match self {
+            Distro::Debian12 => "bookworm",
+            Distro::Debian13 => "trixie",
+        }
+    }
+}
+
+impl std::str::FromStr for Distro {
+    type Err = LabError;
+
+    /// `debian12` or `debian13`; errors name the choices.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Distro::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| LabError::Config(format!("unknown distro {s:?}: choose debian12 or debian13")))
+    }
+}
+
+/// Where images are cached unless [`LabConfig::image_cache`] says otherwise:
+/// `target/lab-images` of this workspace.
+pub fn default_image_cache() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/lab-images"))
+}
 
 /// What lab to bring up. [`LabConfig::new`] gives the defaults `cargo xtask lab` uses;
 /// tests running at the same time as another lab need their own `prefix`, `bridge` and
@@ -73,9 +128,15 @@ pub struct LabConfig {
     /// Also create the user [`SUDO_USER`] with passwordless sudo on every node (needs the
     /// test machine's `sudo`, Debian package `sudo`).
     pub sudo_user: bool,
-    /// The Kubernetes version (`MAJOR.MINOR.PATCH`) the kubeadm/kubelet/kubectl stand-ins
-    /// report until a package manager stand-in installs a specific version. Default `1.36.4`.
+    /// The `kubernetesVersion` of [`Lab::definition`]: one of
+    /// [`mirror::KUBERNETES_VERSIONS`], whose stand-in packages the mirror serves. Default
+    /// `1.36.4`.
     pub kubernetes_version: String,
+    /// The Debian release of every node. Default Debian 12.
+    pub distro: Distro,
+    /// Where built images are cached (one directory per distribution and recipe). Default
+    /// [`default_image_cache`].
+    pub image_cache: PathBuf,
 }
 
 impl LabConfig {
@@ -95,6 +156,8 @@ impl LabConfig {
             host_keys: None,
             sudo_user: false,
             kubernetes_version: hakube_cluster::definition::DEFAULT_KUBERNETES_VERSION.into(),
+            distro: Distro::Debian12,
+            image_cache: default_image_cache(),
         }
     }
 
@@ -109,6 +172,11 @@ impl LabConfig {
     pub fn load_balancer(&self) -> Ipv4Addr {
         let [a, b] = self.subnet_base;
         Ipv4Addr::new(a, b, 0, 10)
+    }
+
+    /// The mirror's base URL, `http://A.B.0.1` (the bridge address, port 80).
+    pub fn mirror_url(&self) -> String {
+        format!("http://{}", self.gateway())
     }
 
     /// The lab's network in CIDR notation: `A.B.0.0/16`.
@@ -129,20 +197,21 @@ pub struct LabNode {
     pub address: Ipv4Addr,
     /// The node's network namespace (`ip netns`), `<prefix>-<name>`.
     pub netns: String,
-    /// The node's directory under the state directory: `image/` (what was copied into the
-    /// upper layer), `layers/` (the overlay's upper and work directories, unless they had to
-    /// go to a tmpfs), `sshd.log`, `holder.log`.
+    /// The node's directory under the state directory: `upper/` and `work/` (its overlay
+    /// layer), `root/` (the overlay, mounted on the host while the lab is up: the node's `/`),
+    /// `console.log` (what the container printed).
     pub dir: PathBuf,
-    /// PID of the node's holder process (`sleep infinity` chrooted into the node's root),
-    /// which keeps the node's namespaces alive.
-    pub holder_pid: u32,
+    /// PID of the node's `systemd-nspawn` process (0 while it is not running).
+    pub nspawn_pid: u32,
+    /// PID, as the host sees it, of the node's PID 1 (its systemd); 0 while not running.
+    pub leader_pid: u32,
 }
 
 impl LabNode {
-    /// The node's root directory as the host sees it: `/proc/<holder pid>/root` (the overlay
-    /// exists only in the node's mount namespace). Valid while the lab is up.
+    /// The node's root directory as the host sees it: `dir/root`, the overlay of the image
+    /// and the node's own layer. Valid while the lab is up.
     pub fn root(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root", self.holder_pid))
+        self.dir.join("root")
     }
 }
 
@@ -150,7 +219,7 @@ impl LabNode {
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     /// The lab needs root: network namespaces, mounts.
-    #[error("failed to start the lab: it needs root (network namespaces and mounts); run it as root")]
+    #[error("failed to start the lab: it needs root (network namespaces, mounts, containers); run it as root")]
     NotRoot,
     /// A program the lab runs is not installed.
     #[error("failed to start the lab: {program} is missing (Debian package {package})")]
@@ -181,12 +250,12 @@ pub enum LabError {
         /// Why: the start error, or the exit status and standard error.
         detail: String,
     },
-    /// A node's holder or sshd did not come up.
+    /// A node, its sshd or the mirror did not come up.
     #[error("failed to start {what} of lab node {node}: {detail}")]
     Start {
         /// The node.
         node: String,
-        /// `the root file system` or `sshd`.
+        /// `the container`, `sshd`, `the mirror`.
         what: &'static str,
         /// What happened, with the end of the process's log.
         detail: String,

@@ -104,14 +104,6 @@ pub(crate) fn alive(pid: u32) -> bool {
     }
 }
 
-/// Whether process `pid` is in network namespace `netns` (same namespace inode).
-pub(crate) fn in_netns(pid: u32, netns: &str) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let ours = std::fs::metadata(Path::new("/run/netns").join(netns));
-    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net"));
-    matches!((ours, theirs), (Ok(a), Ok(b)) if a.ino() == b.ino() && a.dev() == b.dev())
-}
-
 /// Polls `done` every 10 ms until it holds or `TIMEOUT` passes; whether it held.
 pub(crate) fn wait_for(mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + TIMEOUT;
@@ -147,4 +139,107 @@ pub(crate) fn have_program(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|dir| executable(&dir.join(program))))
         .unwrap_or(false)
+}
+
+/// Polls `done` every 10 ms until it holds or `timeout` passes; whether it held.
+pub(crate) fn wait_for_within(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// An exclusive lock on `path` (created if missing), held until the returned file is
+/// dropped: `flock(2)`, so a crashed holder releases it.
+pub(crate) fn lock(path: &Path) -> Result<std::fs::File, LabError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| LabError::Io { action: "open the lock", path: path.to_path_buf(), source })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| LabError::Io {
+        action: "lock",
+        path: path.to_path_buf(),
+        source: e.into(),
+    })?;
+    Ok(file)
+}
+
+/// Sends SIGTERM to `pid` (a process already gone is fine).
+pub(crate) fn signal_term(pid: u32) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, Signal::TERM);
+    }
+}
+
+/// The first child of process `pid` (`/proc/<pid>/task/<pid>/children`), if it has one.
+pub(crate) fn first_child(pid: u32) -> Option<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Whether process `pid` is a `systemd-nspawn` booting `root` (its command line has
+/// `--directory <root>`): so that a PID from `lab.json` is signalled only while it still is.
+pub(crate) fn is_nspawn_of(pid: u32, root: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.first().is_some_and(|a| a.ends_with(b"systemd-nspawn"))
+        && args.windows(2).any(|w| w[0] == b"--directory" && w[1] == root.as_os_str().as_encoded_bytes())
+}
+
+/// Whether a process in the network namespace of `pid` listens on `address:port` (TCP, or
+/// on the wildcard address), from `/proc/<pid>/net/tcp`.
+pub(crate) fn listening_on(pid: u32, address: std::net::Ipv4Addr, port: u16) -> bool {
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
+    // /proc/net/tcp prints the address as the host-order u32 of the network-order bytes.
+    let hex = |ip: std::net::Ipv4Addr| format!("{:08X}:{port:04X}", u32::from_le_bytes(ip.octets()));
+    let (ours, any) = (hex(address), hex(std::net::Ipv4Addr::UNSPECIFIED));
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() > 3 && (fields[1] == ours || fields[1] == any) && fields[3] == "0A"
+    })
+}
+
+/// The mount points at or below `dir`, from `/proc/self/mountinfo` (field 5; octal escapes
+/// such as `\040` for a space decoded).
+pub(crate) fn mounts_under(dir: &Path) -> Result<Vec<std::path::PathBuf>, LabError> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| LabError::Io {
+        action: "read",
+        path: "/proc/self/mountinfo".into(),
+        source,
+    })?;
+    Ok(info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|p| p.starts_with(dir))
+        .collect())
+}
+
+fn unescape_mount_path(field: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(out))
 }

@@ -1,22 +1,35 @@
 # shellcheck shell=bash
 # hakube lab: the library every stand-in sources (/usr/local/lib/hakube-lab/standin-lib.sh).
-# Stand-ins exist only in the lab's node image (hakube-lab, crates/lab/standins/); they are
-# never shipped to a real machine.
+# Stand-ins exist only in the lab's node images (hakube-lab, crates/lab/standins/); they are
+# never shipped to a real machine. A lab node is a real Debian machine (systemd, apt, dpkg,
+# containerd, etcd, curl, sudo, sshd are the real programs); only what such a container cannot
+# run is a stand-in: kubeadm, kubelet and kubectl (and the API server they talk to), modprobe
+# (kernel modules) and the cilium CLI (container images).
 #
 # Call record, one line per event, appended to /var/log/hakube-lab/calls.log of the node:
 #   <unix time s.ns> <pid> start <name> <argument>...   (each argument as bash's printf %q)
 #   <unix time s.ns> <pid> end <name> <exit code>
 # Only the command line is recorded: nothing read from standard input or from files.
 #
-# State (per node, in its overlay):   /var/lib/hakube-lab/{packages,systemd,sysctl}
-# State of "the cluster", shared by every node of one lab (what the API server and etcd
-# would hold): /var/lib/hakube-lab/cluster/{initialized,nodes/,labels,objects,tokens,etcd/}
+# State of "the cluster", shared by every node of one lab (what the API server and etcd would
+# hold; /var/lib/hakube-lab/cluster is bind-mounted into each node):
+#   initialized           kubeadm init got as far as a running control plane
+#   nodes/<name>          Node objects (content: control-plane or worker)
+#   labels                "<node> <key>=<value>" lines, later lines win
+#   objects               "<kind> <namespace|-> <name>" of applied objects
+#   tokens                "<token id> <expiry unix s|never>" (token ids only, never secrets)
+#   kubeadm-config.yaml   the ClusterConfiguration kubeadm init uploaded (no secrets in it)
+#   etcd-learner.lock     held by a stacked control-plane join while its etcd learner syncs
+#
+# Faults, per node: /etc/hakube-lab/faults (see lab_fault).
 
-readonly LAB_LOG=/var/log/hakube-lab/calls.log
-readonly LAB_STATE=/var/lib/hakube-lab
+readonly LAB_LOG_DIR=/var/log/hakube-lab
+readonly LAB_LOG=$LAB_LOG_DIR/calls.log
 readonly LAB_CLUSTER=/var/lib/hakube-lab/cluster
+readonly LAB_FAULTS=/etc/hakube-lab/faults
 readonly LAB_NAME=${0##*/}
-# The Kubernetes version a stand-in reports when its package was not installed with a version.
+# The Kubernetes version a stand-in reports when its package is not installed (dpkg-query says
+# so): /etc/hakube-lab/kubernetes-version, $HAKUBE_LAB_KUBERNETES_VERSION, else 1.36.4.
 LAB_DEFAULT_VERSION=1.36.4
 if [[ -r /etc/hakube-lab/kubernetes-version ]]; then
   LAB_DEFAULT_VERSION=$(</etc/hakube-lab/kubernetes-version)
@@ -25,9 +38,16 @@ LAB_DEFAULT_VERSION=${HAKUBE_LAB_KUBERNETES_VERSION:-$LAB_DEFAULT_VERSION}
 LAB_DEFAULT_VERSION=${LAB_DEFAULT_VERSION#v}
 
 # lab_start ARGS...: records the start of this call and arranges for its end to be recorded.
+# The log directory and file are created when missing, the file with mode 0666 so that a caller
+# that is not root can append too (calls normally run as root, through sudo).
 lab_start() {
   local line arg quoted now
-  now=$(date +%s.%N)
+  if [[ ! -e $LAB_LOG ]]; then
+    mkdir -p "$LAB_LOG_DIR" 2>/dev/null || true
+    (umask 000 && : >>"$LAB_LOG") 2>/dev/null || true
+    chmod 0666 "$LAB_LOG" 2>/dev/null || true
+  fi
+  now=${EPOCHREALTIME/[^0-9]/.}000
   printf -v line '%s %s start %s' "$now" "$$" "$LAB_NAME"
   for arg in "$@"; do
     printf -v quoted '%q' "$arg"
@@ -37,9 +57,11 @@ lab_start() {
   trap 'lab_end $?' EXIT
 }
 
+# lab_end CODE: the end line. The time is bash's EPOCHREALTIME (microseconds, padded to the
+# record's nine digits), not $(date): this runs from the EXIT trap while systemd may still be
+# killing each new process of the unit (systemctl stop), so it must not fork.
 lab_end() {
-  local now
-  now=$(date +%s.%N)
+  local now=${EPOCHREALTIME/[^0-9]/.}000
   printf '%s %s end %s %s\n' "$now" "$$" "$LAB_NAME" "$1" >>"$LAB_LOG"
 }
 
@@ -49,8 +71,19 @@ lab_note() { printf 'hakube-lab stand-in %s: %s\n' "$LAB_NAME" "$*" >&2; }
 # lab_unhandled ARGS...: a call this stand-in has no behaviour for: recorded, succeeds.
 lab_unhandled() { lab_note "no behaviour for '$*'; recorded, exit 0"; }
 
-# lab_node_name: this node's name (the lab sets the hostname of each node's UTS namespace).
-lab_node_name() { hostname; }
+# lab_node_name: this node's host name (each node has its own UTS namespace), lowercase as the
+# kubelet and kubeadm use it (nodeutil.GetHostname lowercases).
+lab_node_name() {
+  local name
+  name=$(hostname)
+  printf '%s\n' "${name,,}"
+}
+
+# lab_nap SECONDS: sleep, failing never. In the foreground: a stop of a unit (systemctl stop) sends
+# SIGTERM to every process of the unit, the sleep too, and bash runs its TERM trap as soon as
+# the sleep is gone (a background sleep and `wait` can miss a signal that arrives between the
+# two, which left a stopped kubelet hanging until systemd's stop timeout).
+lab_nap() { sleep "$1" || true; }
 
 # lab_locked COMMAND...: runs COMMAND holding the lock of the shared cluster state.
 lab_locked() {
@@ -61,152 +94,79 @@ lab_locked() {
   ) 8>>"$LAB_CLUSTER/.lock"
 }
 
-# --- packages ------------------------------------------------------------------------------
-
-# lab_package_version NAME: the installed version of package NAME; fails when not installed.
-lab_package_version() {
-  [[ -f $LAB_STATE/packages/$1 ]] && printf '%s\n' "$(<"$LAB_STATE/packages/$1")"
-}
-
-# lab_kube_version PACKAGE: the Kubernetes version (no v) that PACKAGE's command reports: the
-# installed package's upstream version, else the lab's default.
+# lab_kube_version PACKAGE: the Kubernetes version (no v) PACKAGE's command reports: the upstream
+# part of the installed package's version (dpkg-query -W -f='${Version}': 1.36.4-1.1 -> 1.36.4),
+# as the real binary reports the version it was built as; the lab's default only when dpkg says
+# PACKAGE is not installed.
 lab_kube_version() {
   local version
-  if version=$(lab_package_version "$1"); then
+  # shellcheck disable=SC2016 # ${Version} is dpkg-query's field, not a shell expansion
+  if version=$(dpkg-query -W -f='${Version}' "$1" 2>/dev/null) && [[ -n $version ]]; then
+    version=${version#*:}
     printf '%s\n' "${version%%-*}"
   else
     printf '%s\n' "$LAB_DEFAULT_VERSION"
   fi
 }
 
-# lab_kube_minor: the Kubernetes minor (1.NN) of the package repository apt or dnf is set up
-# with (a pkgs.k8s.io-style URL ending in /v1.NN/deb or /v1.NN/rpm); fails when there is none.
-lab_kube_minor() {
-  local file line
-  for file in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources /etc/yum.repos.d/*.repo; do
-    [[ -f $file ]] || continue
-    while IFS= read -r line; do
-      if [[ $line =~ /v(1\.[0-9]+)/(deb|rpm)/? ]]; then
-        printf '%s\n' "${BASH_REMATCH[1]}"
-        return 0
-      fi
-    done <"$file"
+# lab_minor VERSION: the minor number of a Kubernetes version (v1.36.4 -> 36).
+lab_minor() {
+  local v=${1#v}
+  v=${v#*.}
+  printf '%s\n' "${v%%.*}"
+}
+
+# lab_version_lt A B: whether version A (x.y.z, an optional v and -suffix ignored) is lower than
+# B, compared number by number.
+lab_version_lt() {
+  local a=${1#v} b=${2#v} i
+  local -a x y
+  a=${a%%[-+]*} b=${b%%[-+]*}
+  IFS=. read -r -a x <<<"$a"
+  IFS=. read -r -a y <<<"$b"
+  for i in 0 1 2; do
+    if ((10#${x[i]:-0} != 10#${y[i]:-0})); then
+      ((10#${x[i]:-0} < 10#${y[i]:-0}))
+      return
+    fi
   done
   return 1
 }
 
-# lab_is_kube_package NAME: whether NAME comes from the Kubernetes package repository.
-lab_is_kube_package() {
-  case $1 in
-    kubelet | kubeadm | kubectl | cri-tools | kubernetes-cni) return 0 ;;
-    *) return 1 ;;
-  esac
-}
+# --- faults --------------------------------------------------------------------------------
 
-# lab_available_versions NAME: the versions of NAME the configured repositories offer, newest
-# first: for the Kubernetes packages, every patch 0..20 of the repository's minor (revision
-# -1.1, as pkgs.k8s.io names them); for any other package one version.
-lab_available_versions() {
-  local minor patch
-  if lab_is_kube_package "$1"; then
-    minor=$(lab_kube_minor) || return 0
-    for ((patch = 20; patch >= 0; patch--)); do
-      printf '%s.%s-1.1\n' "$minor" "$patch"
-    done
-  else
-    case $1 in
-      containerd) echo '2.1.4~ds1-1' ;;
-      containerd.io) echo '2.1.4-1' ;;
-      etcd-server | etcd-client | etcd) echo '3.5.16-4' ;;
-      *) echo '1.0-hakube-lab' ;;
+# lab_fault NAME SUBCOMMAND PHASE: applies the lines of /etc/hakube-lab/faults (a test puts them
+# there; the file may not exist) that match this point of a stand-in's run:
+#   NAME[.SUBCOMMAND][@PHASE] fail [CODE] | hang | delay SECONDS
+# e.g. `kubeadm.init@wait-control-plane fail 1`, `kubeadm.join hang`, `kubeadm@preflight delay 5`,
+# `kubelet fail`. A line without .SUBCOMMAND matches every subcommand; a line without @PHASE
+# matches only the call with PHASE empty (the start of the whole command or subcommand), a line
+# with @PHASE only that phase. `delay` sleeps, `hang` sleeps forever, `fail` prints nothing and
+# returns CODE (default 1) for the caller to report as the program would (lab_fault returns 0
+# when no fail line matched). Lines starting with # and blank lines are ignored.
+lab_fault() {
+  local name=$1 sub=$2 phase=$3 target action arg _ t_name t_sub t_phase
+  [[ -r $LAB_FAULTS ]] || return 0
+  while read -r target action arg _; do
+    [[ -n $target && $target != \#* ]] || continue
+    t_phase='' t_sub=''
+    if [[ $target == *@* ]]; then t_phase=${target#*@} target=${target%%@*}; fi
+    t_name=${target%%.*}
+    if [[ $target == *.* ]]; then t_sub=${target#*.}; fi
+    [[ $t_name == "$name" ]] || continue
+    [[ -z $t_sub || $t_sub == "$sub" ]] || continue
+    [[ $t_phase == "$phase" ]] || continue
+    case $action in
+      delay) lab_nap "${arg:-1}" ;;
+      hang)
+        lab_note "fault '$target${t_phase:+@$t_phase} hang': hanging"
+        while :; do lab_nap 3600; done
+        ;;
+      fail) return "${arg:-1}" ;;
+      *) lab_note "ignoring fault line with unknown action '$action'" ;;
     esac
-  fi
-}
-
-# lab_package_install NAME [VERSION]: marks NAME installed (newest version unless VERSION), with
-# what its real package would bring along: a unit file, enabled and started as Debian's
-# maintainer scripts do (unless masked). Fails (as apt does) for a version the repositories lack.
-lab_package_install() {
-  local name=$1 version=${2:-} available unit='' start=false
-  available=$(lab_available_versions "$name")
-  if [[ -z $available ]]; then
-    printf 'E: Unable to locate package %s\n' "$name" >&2
-    return 100
-  fi
-  if [[ -z $version ]]; then
-    version=$(head -n 1 <<<"$available")
-  elif ! grep -qxF -- "$version" <<<"$available"; then
-    printf "E: Version '%s' for '%s' was not found\n" "$version" "$name" >&2
-    return 100
-  fi
-  mkdir -p "$LAB_STATE/packages"
-  printf '%s\n' "$version" >"$LAB_STATE/packages/$name"
-  case $name in
-    containerd | containerd.io) unit=containerd.service start=true ;;
-    etcd-server | etcd) unit=etcd.service start=true ;;
-    kubelet) unit=kubelet.service ;;
-  esac
-  if [[ -n $unit ]]; then
-    mkdir -p /lib/systemd/system
-    if [[ ! -f /lib/systemd/system/$unit ]]; then
-      printf '# hakube-lab stand-in: the unit of package %s (the lab never runs it)\n' "$name" >"/lib/systemd/system/$unit"
-    fi
-    if ! lab_unit_is "$unit" masked; then
-      lab_unit_set "$unit" enabled
-      if [[ $start == true ]]; then
-        lab_unit_start "$unit"
-      fi
-    fi
-  fi
-}
-
-# --- systemd -------------------------------------------------------------------------------
-
-# lab_unit NAME: NAME with .service appended when it has no unit type.
-lab_unit() {
-  case $1 in
-    *.service | *.socket | *.target | *.timer | *.mount | *.swap | *.path | *.slice | *.scope) printf '%s\n' "$1" ;;
-    *) printf '%s.service\n' "$1" ;;
-  esac
-}
-
-# lab_unit_exists UNIT: whether UNIT has a unit file.
-lab_unit_exists() {
-  local dir
-  for dir in /etc/systemd/system /run/systemd/system /lib/systemd/system /usr/lib/systemd/system; do
-    [[ -e $dir/$1 ]] && return 0
-  done
-  return 1
-}
-
-# lab_unit_is UNIT enabled|active|masked
-lab_unit_is() { [[ -f $LAB_STATE/systemd/$1.$2 ]]; }
-
-# lab_unit_set UNIT enabled|active|masked
-lab_unit_set() {
-  mkdir -p "$LAB_STATE/systemd"
-  : >"$LAB_STATE/systemd/$1.$2"
-}
-
-# lab_unit_clear UNIT enabled|active|masked
-lab_unit_clear() { rm -f "$LAB_STATE/systemd/$1.$2"; }
-
-# lab_unit_start UNIT: UNIT is active. For hakube-etcd.service, this node's etcd member also
-# runs in the shared cluster, if etcd admits it (lab_etcd_admitted).
-lab_unit_start() {
-  lab_unit_set "$1" active
-  if [[ $1 == hakube-etcd.service ]] && lab_etcd_admitted "$(lab_node_name)"; then
-    mkdir -p "$LAB_CLUSTER/etcd"
-    : >"$LAB_CLUSTER/etcd/$(lab_node_name)"
-  fi
-}
-
-# lab_unit_stop UNIT
-lab_unit_stop() {
-  lab_unit_clear "$1" active
-  if [[ $1 == hakube-etcd.service ]]; then
-    rm -f "$LAB_CLUSTER/etcd/$(lab_node_name)"
-  fi
+  done <"$LAB_FAULTS"
+  return 0
 }
 
 # --- the cluster ---------------------------------------------------------------------------
@@ -328,155 +288,15 @@ lab_cluster_scoped() {
   esac
 }
 
-# --- etcd (the external topology's members, as seen through https://127.0.0.1:2379) ---------
+# --- manifests kubectl apply -f URL gets ---------------------------------------------------------
 
-readonly LAB_ETCD_UNIT_FILE=/etc/systemd/system/hakube-etcd.service
-
-# lab_etcd_initial_cluster: "NAME PEER_URL" of each member of the initial cluster in this
-# master's hakube-etcd unit.
-lab_etcd_initial_cluster() {
-  local line list='' entry
-  [[ -f $LAB_ETCD_UNIT_FILE ]] || return 0
-  while IFS= read -r line; do
-    if [[ $line =~ --initial-cluster=([^[:space:]\\]+) ]]; then
-      list=${BASH_REMATCH[1]}
-    fi
-  done <"$LAB_ETCD_UNIT_FILE"
-  [[ -n $list ]] || return 0
-  IFS=, read -r -a list <<<"$list"
-  for entry in "${list[@]}"; do
-    printf '%s %s\n' "${entry%%=*}" "${entry#*=}"
-  done
-}
-
-# lab_etcd_members: the members of the cluster: the initial cluster minus those removed since
-# (and not added back).
-lab_etcd_members() {
-  local name url
-  while read -r name url; do
-    [[ -f $LAB_CLUSTER/etcd-removed/$name ]] || printf '%s %s\n' "$name" "$url"
-  done < <(lab_etcd_initial_cluster)
-}
-
-# lab_etcd_admitted NAME: whether the cluster lets member NAME (re)start: it was never removed,
-# or was added back (member add) and starts with --initial-cluster-state=existing, as etcd
-# requires of a member joining a running cluster.
-lab_etcd_admitted() {
-  [[ ! -f $LAB_CLUSTER/etcd-removed/$1 ]] || return 1
-  if [[ -f $LAB_CLUSTER/etcd-added/$1 ]]; then
-    [[ $(lab_etcd_initial_state) == existing ]] || return 1
-  fi
-}
-
-# lab_etcd_initial_state: the --initial-cluster-state the hakube-etcd unit starts etcd with,
-# resolved as systemd would: a literal value, or ${ETCD_INITIAL_CLUSTER_STATE} from the unit's
-# Environment= default and its EnvironmentFile= (which wins).
-lab_etcd_initial_state() {
-  local line value='' env_file=''
-  while IFS= read -r line; do
-    case $line in
-      *--initial-cluster-state=*) value=${line##*--initial-cluster-state=} value=${value%% *} ;;
-    esac
-  done <"$LAB_ETCD_UNIT_FILE"
-  # shellcheck disable=SC2016 # the unit's literal text, not an expansion
-  if [[ $value == '${ETCD_INITIAL_CLUSTER_STATE}' ]]; then
-    value=$(sed -n 's/^Environment=ETCD_INITIAL_CLUSTER_STATE=//p' "$LAB_ETCD_UNIT_FILE")
-    env_file=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "$LAB_ETCD_UNIT_FILE")
-    if [[ -n $env_file && -f $env_file ]]; then
-      value=$(sed -n 's/^ETCD_INITIAL_CLUSTER_STATE=//p' "$env_file" | tail -n 1)
-    fi
-  fi
-  printf '%s\n' "$value"
-}
-
-# lab_etcd_id NAME: a member id derived from the member's name (decimal, as etcd's JSON shows).
-lab_etcd_id() {
-  local sum
-  read -r sum _ < <(printf '%s' "$1" | cksum)
-  printf '%s\n' "$((sum * 4099 + 17))"
-}
-
-# lab_etcd_running NAME: whether etcd member NAME runs (its unit started and etcd admitted it).
-lab_etcd_running() { [[ -f $LAB_CLUSTER/etcd/$1 ]]; }
-
-# lab_etcd_member_at HOST: the member whose peer URL has HOST, or this master's member for
-# 127.0.0.1 and localhost; fails when no member has that address.
-lab_etcd_member_at() {
-  local name url
-  if [[ $1 == 127.0.0.1 || $1 == localhost ]]; then
-    lab_node_name
-    return 0
-  fi
-  while read -r name url; do
-    if [[ $url == "https://$1:2380" || $url == "http://$1:2380" ]]; then
-      printf '%s\n' "$name"
-      return 0
-    fi
-  done < <(lab_etcd_initial_cluster)
-  return 1
-}
-
-# lab_etcd_healthy [NAME]: whether member NAME (default: this master's) runs and a quorum of
-# the members runs.
-lab_etcd_healthy() {
-  local name _ total=0 running=0
-  lab_etcd_running "${1:-$(lab_node_name)}" || return 1
-  while read -r name _; do
-    total=$((total + 1))
-    if lab_etcd_running "$name"; then running=$((running + 1)); fi
-  done < <(lab_etcd_members)
-  ((total > 0 && running * 2 > total))
-}
-
-# lab_etcd_member_list_json: the members, as etcd's JSON gateway lists them.
-lab_etcd_member_list_json() {
-  local name url out='' sep=''
-  while read -r name url; do
-    out+="$sep{\"ID\":\"$(lab_etcd_id "$name")\",\"name\":\"$name\",\"peerURLs\":[\"$url\"],\"clientURLs\":[\"${url%:2380}:2379\"]}"
-    sep=,
-  done < <(lab_etcd_members)
-  printf '{"header":{"cluster_id":"1","member_id":"1","raft_term":"2"},"members":[%s]}\n' "$out"
-}
-
-# lab_etcd_add PEER_URL: adds back the removed member whose peer URL is PEER_URL (etcd's member
-# add); fails when no member of the initial cluster has that URL.
-lab_etcd_add() {
-  local name url
-  while read -r name url; do
-    if [[ $url == "$1" ]]; then
-      mkdir -p "$LAB_CLUSTER/etcd-added"
-      rm -f "$LAB_CLUSTER/etcd-removed/$name"
-      : >"$LAB_CLUSTER/etcd-added/$name"
-      printf '%s\n' "$name"
-      return 0
-    fi
-  done < <(lab_etcd_initial_cluster)
-  return 1
-}
-
-# lab_etcd_remove ID: removes the member with id ID; fails when there is none.
-lab_etcd_remove() {
-  local name _
-  while read -r name _; do
-    if [[ $(lab_etcd_id "$name") == "$1" ]]; then
-      mkdir -p "$LAB_CLUSTER/etcd-removed"
-      : >"$LAB_CLUSTER/etcd-removed/$name"
-      rm -f "$LAB_CLUSTER/etcd/$name"
-      return 0
-    fi
-  done < <(lab_etcd_members)
-  return 1
-}
-
-# --- what URLs would have served -------------------------------------------------------------
-
-# lab_url_content URL: the dummy content the lab serves for URL (nothing is ever downloaded).
+# lab_url_content URL: the built-in dummy manifest kubectl's `apply -f URL` applies. Real kubectl
+# would fetch URL (k8s.io/cli-runtime resource.Builder, FilenameParam: an http(s) URL is
+# downloaded); the kubectl stand-in never does, so a node needs no route to the Internet and the
+# result does not depend on what the URL serves today.
 lab_url_content() {
-  local url=$1 archive
+  local url=$1
   case $url in
-    */Release.key | */repomd.xml.key | *.gpg | *.asc | */gpg)
-      printf '%s\n' '-----BEGIN PGP PUBLIC KEY BLOCK-----' '' 'aGFrdWJlLWxhYiBkdW1teSBrZXk=' '-----END PGP PUBLIC KEY BLOCK-----'
-      ;;
     */tigera-operator.yaml)
       printf '%s\n' '# hakube-lab: dummy stand-in for the Tigera operator manifest' \
         'apiVersion: v1' 'kind: Namespace' 'metadata:' '  name: tigera-operator' '---' \
@@ -495,24 +315,10 @@ lab_url_content() {
       printf '%s\n' '# hakube-lab: dummy stand-in for the Weave Net manifest' \
         'apiVersion: apps/v1' 'kind: DaemonSet' 'metadata:' '  name: weave-net' '  namespace: kube-system'
       ;;
-    */cilium-linux-*.tar.gz)
-      lab_cilium_archive
-      ;;
-    */cilium-linux-*.tar.gz.sha256sum)
-      archive=${url##*/}
-      archive=${archive%.sha256sum}
-      printf '%s  %s\n' "$(lab_cilium_archive | sha256sum | cut -d' ' -f1)" "$archive"
-      ;;
     *)
-      printf '# hakube-lab: dummy content for %s (the lab downloads nothing)\n' "$url"
+      printf '# hakube-lab: dummy content for %s (the kubectl stand-in downloads nothing)\n' "$url"
       ;;
   esac
-}
-
-# lab_cilium_archive: a gzip'd tar holding the cilium CLI stand-in, byte for byte the same on
-# every call (so its .sha256sum matches).
-lab_cilium_archive() {
-  tar -C /usr/local/lib/hakube-lab/archive --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - cilium | gzip -n
 }
 
 # lab_manifest_objects NAMESPACE: reads YAML documents on standard input and prints

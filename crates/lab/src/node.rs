@@ -1,0 +1,157 @@
+//! One node: its overlay root over the image, what the lab writes into it before it boots,
+//! and the `systemd-nspawn` command that boots it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use crate::image::{generate_host_key, mkdir, write, Image};
+use crate::mirror::{Mirror, MODPROBE, NODE_KEYRING, STANDIN_LIBRARY};
+use crate::sys::run;
+use crate::{LabConfig, LabError, LabNode, SUDO_USER};
+
+/// Where the lab's shared cluster state (what the API server and etcd would hold, for the
+/// stand-ins) is bound into every node.
+pub(crate) const NODE_CLUSTER_DIR: &str = "/var/lib/hakube-lab/cluster";
+
+/// `PATH` for commands the lab runs on a node without SSH: Debian's root PATH (the same as
+/// sudo's `secure_path`).
+pub(crate) const NODE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Mounts `node`'s root: an overlay whose lower layer is the image's root file system and
+/// whose upper layer, `node.dir/upper`, receives every write the node makes (and keeps it
+/// across reboots of the node). An existing layer is kept.
+pub(crate) fn mount_root(node: &LabNode, image: &Image) -> Result<(), LabError> {
+    let (upper, work, root) = (node.dir.join("upper"), node.dir.join("work"), node.root());
+    for dir in [&upper, &work, &root] {
+        mkdir(dir)?;
+    }
+    run(Command::new("mount")
+        .args(["-t", "overlay"])
+        .arg(format!("hakube-lab-{}", node.name))
+        .arg("-o")
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            image.rootfs.display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&root))?;
+    Ok(())
+}
+
+/// Writes what makes `node` a machine of its own and of this site into its root, before its
+/// first boot: hostname, `/etc/hosts` (every lab node; the site has no DNS), a machine id,
+/// the host key (render's, from [`LabConfig::host_keys`], or fresh), the authorized login
+/// key, the sudo user, the apt sources (the lab's mirror only, trusted through its key),
+/// the stand-in library and `modprobe`, the empty call log.
+pub(crate) fn customize(config: &LabConfig, node: &LabNode, all: &[LabNode], mirror: &Mirror) -> Result<(), LabError> {
+    let root = node.root();
+    let file = |path: &str, mode: u32, content: &[u8]| write(&root.join(path), mode, content);
+
+    file("etc/hostname", 0o644, format!("{}\n", node.name).as_bytes())?;
+    let mut hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n", node.name);
+    for other in all {
+        hosts.push_str(&format!("{}\t{}\n", other.address, other.name));
+    }
+    file("etc/hosts", 0o644, hosts.as_bytes())?;
+    let id = fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map_err(|source| LabError::Io { action: "read", path: "/proc/sys/kernel/random/uuid".into(), source })?
+        .trim()
+        .replace('-', "");
+    file("etc/machine-id", 0o444, format!("{id}\n").as_bytes())?;
+
+    let key = root.join("etc/ssh/ssh_host_ed25519_key");
+    match &config.host_keys {
+        Some(assets) => {
+            let dir = assets.join("ssh/host-keys").join(&node.name);
+            for (name, mode) in [("ssh_host_ed25519_key", 0o600), ("ssh_host_ed25519_key.pub", 0o644)] {
+                let from = dir.join(name);
+                let bytes =
+                    fs::read(&from).map_err(|source| LabError::Io { action: "read the host key", path: from, source })?;
+                write(&root.join("etc/ssh").join(name), mode, &bytes)?;
+            }
+        }
+        None => generate_host_key(&key, &node.name)?,
+    }
+    // Debian's sshd_config includes sshd_config.d/*.conf first: keys only, this host key.
+    file(
+        "etc/ssh/sshd_config.d/hakube-lab.conf",
+        0o644,
+        b"# hakube lab node: keys only, one ed25519 host key\nHostKey /etc/ssh/ssh_host_ed25519_key\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n",
+    )?;
+    let authorized = config.authorized_key.as_deref().map(|k| format!("{}\n", k.trim())).unwrap_or_default();
+    file("root/.ssh/authorized_keys", 0o600, authorized.as_bytes())?;
+    set_mode(&root.join("root/.ssh"), 0o700)?;
+    set_mode(&root.join("root"), 0o700)?;
+    if config.sudo_user {
+        run(Command::new("chroot").arg(&root).args(["useradd", "--create-home", "--shell", "/bin/bash", SUDO_USER]))?;
+        let home = format!("home/{SUDO_USER}");
+        file(&format!("{home}/.ssh/authorized_keys"), 0o600, authorized.as_bytes())?;
+        set_mode(&root.join(&home).join(".ssh"), 0o700)?;
+        run(Command::new("chroot").arg(&root).args(["chown", "-R"]).arg(format!("{SUDO_USER}:{SUDO_USER}")).arg(format!("/{home}")))?;
+        file(
+            &format!("etc/sudoers.d/{SUDO_USER}"),
+            0o440,
+            format!("# hakube lab node: passwordless sudo for the login user\n{SUDO_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+                .as_bytes(),
+        )?;
+    }
+
+    // The site's Debian mirror, and nothing else.
+    file(NODE_KEYRING.trim_start_matches('/'), 0o644, &mirror.keyring)?;
+    file(
+        "etc/apt/sources.list",
+        0o644,
+        format!(
+            "# hakube lab: the site's Debian mirror on the lab bridge\ndeb [signed-by={NODE_KEYRING}] {}/debian {} main\n",
+            config.mirror_url(),
+            config.distro.suite()
+        )
+        .as_bytes(),
+    )?;
+
+    file("usr/local/lib/hakube-lab/standin-lib.sh", 0o644, STANDIN_LIBRARY.as_bytes())?;
+    file("usr/local/sbin/modprobe", 0o755, MODPROBE.as_bytes())?;
+    file(
+        "etc/hakube-lab/node",
+        0o644,
+        format!("NAME={}\nROLE={}\nADDRESS={}\n", node.name, node.role.as_str(), node.address).as_bytes(),
+    )?;
+    file("var/log/hakube-lab/calls.log", 0o666, b"")?;
+    mkdir(&root.join(NODE_CLUSTER_DIR.trim_start_matches('/')))?;
+    Ok(())
+}
+
+/// The command that boots `node`: `systemd-nspawn -b` on its root in its network namespace,
+/// with the knobs this machine needs (crates/lab/README.md): a cgroup v1 hierarchy for the
+/// container (the host mounts a hybrid one and has no systemd as PID 1), `/proc/sys/net`
+/// writable (the node's own network namespace's sysctls), no registration with machined.
+pub(crate) fn nspawn(config: &LabConfig, node: &LabNode) -> Command {
+    let mut cmd = Command::new("systemd-nspawn");
+    cmd.arg("--boot")
+        .arg("--directory")
+        .arg(node.root())
+        .arg(format!("--machine={}-{}", config.prefix, node.name))
+        .arg(format!("--hostname={}", node.name))
+        .arg("--register=no")
+        .arg("--keep-unit")
+        .arg(format!("--network-namespace-path=/run/netns/{}", node.netns))
+        .arg(format!("--bind={}:{NODE_CLUSTER_DIR}", config.state_dir.join("cluster").display()))
+        .args(["--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only"])
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C")
+        .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "0")
+        .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network");
+    cmd
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| LabError::Io {
+        action: "set the mode of",
+        path: path.to_path_buf(),
+        source,
+    })
+}
