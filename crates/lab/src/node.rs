@@ -127,7 +127,8 @@ pub(crate) fn customize(config: &LabConfig, node: &LabNode, all: &[LabNode], mir
 /// The command that boots `node`: `systemd-nspawn -b` on its root in its network namespace,
 /// with the knobs this machine needs (crates/lab/README.md): a cgroup v1 hierarchy for the
 /// container (the host mounts a hybrid one and has no systemd as PID 1), `/proc/sys/net`
-/// writable (the node's own network namespace's sysctls), no registration with machined.
+/// writable (the node's own network namespace's sysctls) and CAP_NET_ADMIN kept to write
+/// them, no registration with machined.
 pub(crate) fn nspawn(config: &LabConfig, node: &LabNode) -> Command {
     let mut cmd = Command::new("systemd-nspawn");
     cmd.arg("--boot")
@@ -139,6 +140,9 @@ pub(crate) fn nspawn(config: &LabConfig, node: &LabNode) -> Command {
         .arg("--keep-unit")
         .arg(format!("--network-namespace-path=/run/netns/{}", node.netns))
         .arg(format!("--bind={}:{NODE_CLUSTER_DIR}", config.state_dir.join("cluster").display()))
+        // Root on a machine may set its network's sysctls (net.ipv4.ip_forward): nspawn drops
+        // CAP_NET_ADMIN unless told to keep it.
+        .arg("--capability=CAP_NET_ADMIN")
         .args(["--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=read-only"])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
