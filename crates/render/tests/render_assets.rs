@@ -298,3 +298,27 @@ fn snapshots_of_every_samples_boot_scripts_and_kubeadm_configs() {
         }
     }
 }
+
+/// etcd reads every `ETCD_<FLAG>` environment variable as that flag and exits at once when
+/// the same flag is also on its command line (etcd pkg/flags/flag.go, `verifyEnv`:
+/// "conflicting environment variable ... is shadowed by corresponding command-line flag";
+/// fatal in 3.4 through 3.6). So no `ETCD_*=` the boot script sets, in the unit or in the
+/// member's environment file, may name a flag that `hakube-etcd.service` passes.
+#[test]
+fn the_etcd_unit_never_sets_a_variable_for_a_flag_it_passes() {
+    let def = sample("lab-cluster.json");
+    let set = render::render(&def, &BTreeMap::new(), &templates(), &options()).unwrap();
+    let script = String::from_utf8_lossy(&set.files[&layout::boot_script("master0")].bytes).into_owned();
+    let unit = script.split("<<EOF_UNIT").nth(1).and_then(|rest| rest.split("EOF_UNIT").next()).expect("the etcd unit");
+    assert!(unit.contains("--initial-cluster-state="), "{unit}");
+    let variable = regex::Regex::new(r"\bETCD_([A-Z0-9_]+)=").unwrap();
+    for found in variable.captures_iter(&script) {
+        let flag = format!("--{}=", found[1].to_lowercase().replace('_', "-"));
+        let start = found.get(0).unwrap().start();
+        // `HAKUBE_ETCD_...` is hakube's own name, which etcd never reads.
+        if script[..start].ends_with("HAKUBE_") {
+            continue;
+        }
+        assert!(!unit.contains(&flag), "ETCD_{}= is set while the unit passes {flag}", &found[1]);
+    }
+}
