@@ -1,6 +1,8 @@
 //! `cargo xtask bench install`: a full `hakube install` (release build) on a 50-node lab
-//! (3 masters, 47 workers), its wall time and peak memory, next to one round of plain
-//! parallel `ssh NODE true` to the same nodes — the floor any SSH-based installer stands on.
+//! (3 masters, 47 workers) of real Debian containers, its wall time and peak memory, next to
+//! one round of plain parallel `ssh NODE true` to the same nodes — the floor any SSH-based
+//! installer stands on. Also the lab's own costs: the time to bring up 5 and 50 nodes (the
+//! image cached) and the memory a node takes (proportional set size of its processes).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -34,10 +36,18 @@ pub fn run(root: &Path) -> Result<()> {
     }
     let assets = work.path().join("assets");
     let login = std::fs::read_to_string(assets.join("ssh/id_ed25519.pub"))?;
+    // The image first (built once per recipe), then a 5-node lab, then the 50 nodes.
+    hakube_lab::image::ensure(&config.image_cache, config.distro).context("the lab image")?;
+    let start = Instant::now();
+    Lab::up(LabConfig { masters: 3, workers: 2, ..config.clone() }).context("lab up (5 nodes)")?.down()?;
+    let up_5 = start.elapsed();
     println!("bringing up a lab of {MASTERS} masters + {WORKERS} workers ...");
+    let start = Instant::now();
     let lab =
         Lab::up(LabConfig { host_keys: Some(assets.clone()), authorized_key: Some(login.trim().into()), ..config })
             .context("lab up")?;
+    let up_50 = start.elapsed();
+    let booted_mib = mean_node_pss_mib(&lab);
 
     // One round of plain parallel ssh: connect, run `true`, disconnect.
     let start = Instant::now();
@@ -97,12 +107,18 @@ pub fn run(root: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let install = start.elapsed();
+    let installed_mib = mean_node_pss_mib(&lab);
     lab.down()?;
     if !status.success() {
         bail!("hakube install failed ({status}); logs were in {}", work.path().join("logs").display());
     }
+    println!("lab (Debian 12 containers, image cached):");
+    println!("  up, 5 nodes                            {:>8.2} s", up_5.as_secs_f64());
+    println!("  up, {} nodes                           {:>8.2} s", MASTERS + WORKERS, up_50.as_secs_f64());
+    println!("  memory per node, booted                {booted_mib:>8.1} MiB (PSS, mean)");
+    println!("  memory per node, installed             {installed_mib:>8.1} MiB (PSS, mean; containerd running)");
     println!(
-        "{} nodes ({MASTERS} masters + {WORKERS} workers), lab stand-ins for kubeadm and packages:",
+        "{} nodes ({MASTERS} masters + {WORKERS} workers), stand-ins for kubeadm, kubelet and kubectl only:",
         MASTERS + WORKERS
     );
     println!("  one round of plain parallel ssh        {:>8.2} s", ssh_round.as_secs_f64());
@@ -112,4 +128,23 @@ pub fn run(root: &Path) -> Result<()> {
         peak_kib as f64 / 1024.0
     );
     Ok(())
+}
+
+/// The mean, over the lab's nodes, of the proportional set size of every process in a
+/// node's network namespace (`/proc/PID/smaps_rollup`, `Pss:`), in MiB.
+fn mean_node_pss_mib(lab: &Lab) -> f64 {
+    let nodes = lab.nodes();
+    let mut total_kib = 0u64;
+    for node in &nodes {
+        let pids = Command::new("ip").args(["netns", "pids", &node.netns]).output().map(|o| o.stdout).unwrap_or_default();
+        for pid in String::from_utf8_lossy(&pids).split_whitespace() {
+            let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+            total_kib += rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total_kib as f64 / 1024.0 / nodes.len().max(1) as f64
 }

@@ -7,7 +7,8 @@
 //!   round of plain parallel `ssh`.
 //! - `bench render`: time `hakube render` (release build) for 5 masters + 1000 workers,
 //!   a first render and a re-render. Target: under 1 s each on a 2-core machine.
-//! - `lab up|down|status`: the local test lab (crates/lab; see xtask/src/lab.rs).
+//! - `lab up|exec|link|sshd|reboot|fault|status|down`: the local test lab (crates/lab; see
+//!   xtask/src/lab.rs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,9 +25,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("etcd-client", "etcdctl, the client of that cluster"),
     ("ruby", "`ruby -c` on the Vagrantfile"),
     ("openssh-client", "ssh-keygen checks the rendered SSH keys; install's transport"),
-    ("openssh-server", "a real sshd for every lab node"),
-    ("iproute2", "network namespaces for the lab"),
-    ("sudo", "the lab's non-root login user with passwordless sudo"),
+    ("openssh-server", "a real sshd on 127.0.0.1 for the transport tests"),
+    ("iproute2", "network namespaces and the bridge of the lab"),
+    ("systemd-container", "systemd-nspawn: every lab node is a booted Debian container"),
+    ("debootstrap", "builds the lab's Debian 12 and 13 images from this machine's Debian mirror"),
+    ("python3", "the lab mirror's HTTP server (http.server)"),
+    ("gnupg", "signs the lab mirror's apt repositories"),
+    ("dpkg-dev", "dpkg-scanpackages for the lab mirror's package indexes"),
+    ("apt-utils", "apt-ftparchive for the lab mirror's Release files"),
     ("openssl", "independent recomputation of the discovery token CA cert hash"),
 ];
 
@@ -43,7 +49,7 @@ fn main() -> Result<()> {
             _ => bail!("usage: cargo xtask bench render|install"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <codegen|ci|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time rendering 5 masters + 1000 workers\n  bench install time a full install on a 50-node lab next to plain parallel ssh\n  lab           the local test lab: up [--masters N] [--workers M] [--assets DIR], down, status");
+            eprintln!("usage: cargo xtask <codegen|ci|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time rendering 5 masters + 1000 workers\n  bench install time a full install on a 50-node lab next to plain parallel ssh\n  lab           the local test lab: up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user], exec, link, sshd, reboot, fault, status, down");
             bail!("unknown or missing task")
         }
     }

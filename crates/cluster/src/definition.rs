@@ -117,6 +117,11 @@ pub struct ClusterDefinition {
     #[serde(default)]
     pub package_repository: PackageRepository,
 
+    /// Where files the boot scripts download (the etcd release, network add-on manifests
+    /// and tools) come from.
+    #[serde(default)]
+    pub downloads: Downloads,
+
     /// The control-plane nodes. The first one runs `kubeadm init`; the others join it
     /// one at a time. Three or another odd number keeps etcd's quorum.
     pub masters: Vec<Node>,
@@ -270,6 +275,18 @@ pub struct EtcdSettings {
     /// render issues, and kubeadm points the API servers at it (`etcd.external`).
     #[serde(default)]
     pub topology: EtcdTopology,
+    /// External topology: the etcd release (`MAJOR.MINOR.PATCH`) downloaded from etcd's
+    /// GitHub releases (or `downloads.mirror`) onto every master. Unset: the release hakube
+    /// pairs with kubernetesVersion's minor (3.6.14 for 1.35 and 1.36, 3.5.33 for 1.34). At
+    /// least kubeadm's minimum external etcd (3.5.24 for 1.32 to 1.36). Not used with the
+    /// stacked topology, whose etcd image kubeadm picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// sha256 of `etcd-vVERSION-linux-ARCH.tar.gz` by architecture (`amd64`, `arm64`), checked
+    /// on every master before anything is unpacked. Unset: the sums etcd published for
+    /// `version`, which hakube knows for the releases it pairs; required for any other.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sha256: BTreeMap<String, String>,
 }
 
 /// The etcd topology, in kubeadm's terms.
@@ -380,6 +397,32 @@ pub struct ContainerRuntimeSettings {
     /// `imageRepository`). Unset: registry.k8s.io.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_repository: Option<String>,
+}
+
+/// Where downloaded files come from; each file's sha256 is pinned by render.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Downloads {
+    /// A mirror of the upstream download sites, laid out over the same paths with the host
+    /// name as the first path segment: `https://github.com/etcd-io/etcd/releases/...` is
+    /// fetched as `<mirror>/github.com/etcd-io/etcd/releases/...`. For air-gapped sites.
+    /// Unset: the upstream URLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
+}
+
+impl Downloads {
+    /// Where `upstream` (an `https://` URL) is fetched from: `upstream` itself without a
+    /// mirror, else `<mirror>/<upstream without https://>`.
+    pub fn url(&self, upstream: &str) -> String {
+        match &self.mirror {
+            None => upstream.to_string(),
+            Some(mirror) => {
+                format!("{}/{}", mirror.trim_end_matches('/'), upstream.trim_start_matches("https://"))
+            }
+        }
+    }
 }
 
 /// The Kubernetes package repository.

@@ -14,6 +14,7 @@
 pub mod definition;
 mod diagnostic;
 mod locate;
+pub mod releases;
 mod validate;
 
 pub use definition::{ClusterDefinition, Node, Role};

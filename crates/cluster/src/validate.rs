@@ -389,6 +389,64 @@ pub(crate) fn check(def: &ClusterDefinition, map: &SourceMap<'_>, hooks: &HookCa
     check_durations(def, &mut c);
     check_hooks(def, hooks, &mut c);
     check_ssh_and_misc(def, &mut c);
+    check_etcd(def, &mut c);
+}
+
+/// The etcd release of the external topology: known, or pinned with its sums, and one that
+/// kubeadm accepts (crate::releases has the data and its sources).
+fn check_etcd(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
+    use crate::definition::EtcdTopology;
+    use crate::releases::{etcd_archive_sha256, etcd_for_minor, min_external_etcd, semver, ARCHITECTURES};
+    let etcd = &def.etcd;
+    let path = root("etcd");
+    // Stacked: kubeadm picks etcd's image; etcd.version and etcd.sha256 are not used (a
+    // definition may carry them for the day it moves to the external topology).
+    if etcd.topology == EtcdTopology::Stacked {
+        return;
+    }
+    let Some(minor) = Version::parse(&def.kubernetes_version).map(|v| v.minor) else { return };
+    let version = match (&etcd.version, etcd_for_minor(minor)) {
+        (Some(v), _) => v.as_str(),
+        (None, Some(v)) => v,
+        (None, None) => {
+            c.error(
+                &path,
+                format!("hakube pairs no etcd release with Kubernetes 1.{minor}"),
+                Some("set etcd.version (a release kubeadm accepts) and etcd.sha256 (from the release's SHA256SUMS)".into()),
+            );
+            return;
+        }
+    };
+    let version_path = path.key("version");
+    let Some(parsed) = semver(version) else {
+        c.error(&version_path, format!("{version:?} is not an etcd release"), Some("write MAJOR.MINOR.PATCH, e.g. 3.6.14".into()));
+        return;
+    };
+    if let Some(min) = min_external_etcd(minor) {
+        if Some(parsed) < semver(min) {
+            c.error(
+                &version_path,
+                format!("kubeadm 1.{minor} refuses external etcd {version}: its ExternalEtcdVersion preflight check needs {min} or newer"),
+                Some(format!("use etcd {min} or newer (Debian 12 ships 3.4, Debian 13 3.5.16: hakube downloads etcd's own release)")),
+            );
+        }
+    }
+    for (arch, sha) in &etcd.sha256 {
+        let p = path.key("sha256").key(arch);
+        if !ARCHITECTURES.contains(&arch.as_str()) {
+            c.error(&p, format!("{arch:?} is not an architecture hakube installs on"), Some(format!("use {}", ARCHITECTURES.join(" or "))));
+        } else if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+            c.error(&p, format!("{sha:?} is not a sha256 (64 lowercase hex digits)"), None);
+        }
+    }
+    let known = ARCHITECTURES.iter().any(|arch| etcd.sha256.contains_key(*arch) || etcd_archive_sha256(version, arch).is_some());
+    if !known {
+        c.error(
+            &path.key("sha256"),
+            format!("hakube knows no sha256 of etcd {version}'s release archives"),
+            Some(format!("give etcd.sha256.amd64 (and .arm64) from https://github.com/etcd-io/etcd/releases/download/v{version}/SHA256SUMS")),
+        );
+    }
 }
 
 const NODE_NAME_HELP: &str = "use an RFC 1123 name: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters (it ends up in shell scripts, file names and certificates)";
@@ -821,25 +879,24 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
             }
         }
     }
-    if let Some(url) = &def.package_repository.url {
-        let path = root("packageRepository").key("url");
+    for (url, path, example) in [
+        (&def.package_repository.url, root("packageRepository").key("url"), "https://mirror.example.com/core:/stable:/v1.36"),
+        (&def.downloads.mirror, root("downloads").key("mirror"), "https://mirror.example.com/"),
+    ] {
+        let Some(url) = url else { continue };
         match url::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() => {
                 if u.scheme() == "http" {
                     c.warn(
                         &path,
-                        "the package repository is fetched over plain HTTP".into(),
+                        "this mirror is fetched over plain HTTP".into(),
                         Some(
-                            "packages are still checked against the repository's signing key, but prefer https".into(),
+                            "what comes from it is still checked (packages against the repository's signing key, files against their sha256), but prefer https".into(),
                         ),
                     );
                 }
             }
-            _ => c.error(
-                &path,
-                format!("{url:?} is not an http(s) URL"),
-                Some("give the base URL, e.g. https://mirror.example.com/core:/stable:/v1.36".into()),
-            ),
+            _ => c.error(&path, format!("{url:?} is not an http(s) URL"), Some(format!("give the base URL, e.g. {example}"))),
         }
     }
 }

@@ -99,7 +99,7 @@ fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str, sudo
         config.login_user = hakube_lab::SUDO_USER.into();
     }
     let mut definition = hakube_lab::definition(&config).expect("lab definition");
-    definition["etcd"] = serde_json::json!({ "topology": etcd });
+    definition["etcd"]["topology"] = etcd.into();
     let path = dir.path().join("lab.json");
     std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
     // Render first: the lab installs the rendered host keys and authorizes the login key.

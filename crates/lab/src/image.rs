@@ -304,3 +304,112 @@ mod tests {
         assert!(!IMAGE_PACKAGES.contains(&"gpg") && !IMAGE_PACKAGES.contains(&"containerd"));
     }
 }
+
+/// An etcd release archive the lab's mirror serves in place of etcd's own (which this
+/// machine cannot download): `etcd-vVERSION-linux-ARCH.tar.gz` laid out as etcd's releases
+/// are (`etcd-vVERSION-linux-ARCH/{etcd,etcdctl,etcdutl}`), holding the real etcd binaries of
+/// Debian unstable's `etcd-server` and `etcd-client` packages (Debian 12 and 13 ship etcd
+/// older than kubeadm accepts). Its sha256 differs from etcd's published one, so the lab's
+/// definition pins it (`etcd.sha256`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EtcdArchive {
+    /// `3.5.30`: the upstream version of Debian unstable's package.
+    pub version: String,
+    /// Debian's architecture name, `amd64`.
+    pub arch: String,
+    /// The archive file.
+    pub path: PathBuf,
+    /// Its sha256, lowercase hex.
+    pub sha256: String,
+}
+
+/// The suite the etcd archive's packages come from.
+const ETCD_SUITE: &str = "sid";
+
+/// The etcd archive under `cache/etcd-<suite>/`, built first when it is not there:
+/// `apt-get download` of etcd-server and etcd-client from Debian unstable (through this
+/// machine's Debian mirror, with its own apt state so the machine's sources are untouched),
+/// their binaries packed reproducibly (sorted, owner 0, mtime 0, `gzip -n`).
+///
+/// Errors: [`LabError::Command`] when apt, dpkg-deb or tar fail, [`LabError::Io`].
+pub fn ensure_etcd_archive(cache: &Path) -> Result<EtcdArchive, LabError> {
+    mkdir(cache)?;
+    let dir = cache.join(format!("etcd-{ETCD_SUITE}"));
+    let _lock = crate::sys::lock(&cache.join(format!("etcd-{ETCD_SUITE}.lock")))?;
+    let done = dir.join("archive");
+    if let Ok(text) = fs::read_to_string(&done) {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        if let [version, arch, file, sha256] = fields[..] {
+            return Ok(EtcdArchive {
+                version: version.into(),
+                arch: arch.into(),
+                path: dir.join(file),
+                sha256: sha256.into(),
+            });
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(|source| LabError::Io { action: "remove", path: dir.clone(), source })?;
+    }
+    let apt = dir.join("apt");
+    for sub in ["lists/partial", "cache/archives/partial", "debs"] {
+        mkdir(&apt.join(sub))?;
+    }
+    let sources = apt.join("sources.list");
+    write(
+        &sources,
+        0o644,
+        format!(
+            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {ETCD_SUITE} main\n",
+            debian_mirror()?
+        )
+        .as_bytes(),
+    )?;
+    let apt_get = |args: &[&str], cwd: &Path| {
+        run(Command::new("apt-get")
+            .arg("-q")
+            .arg("-o")
+            .arg(format!("Dir::Etc::SourceList={}", sources.display()))
+            .args(["-o", "Dir::Etc::SourceParts=/nonexistent"])
+            .arg("-o")
+            .arg(format!("Dir::State::Lists={}", apt.join("lists").display()))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", apt.join("cache").display()))
+            .args(["-o", "Debug::NoLocking=1"])
+            .args(args)
+            .current_dir(cwd))
+    };
+    eprintln!("hakube-lab: fetching etcd from Debian {ETCD_SUITE} for the mirror (once) ...");
+    apt_get(&["update"], &dir)?;
+    apt_get(&["download", "etcd-server", "etcd-client"], &apt.join("debs"))?;
+    let unpacked = dir.join("unpacked");
+    mkdir(&unpacked)?;
+    for entry in read_dir(&apt.join("debs"))? {
+        run(Command::new("dpkg-deb").arg("-x").arg(entry.path()).arg(&unpacked))?;
+    }
+    let version = run(Command::new(unpacked.join("usr/bin/etcd")).arg("--version"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("etcd Version: ").map(|v| v.trim().to_string()))
+        .ok_or_else(|| LabError::Config("Debian's etcd --version names no version".into()))?;
+    let arch = run(Command::new("dpkg").arg("--print-architecture"))?.trim().to_string();
+    let name = format!("etcd-v{version}-linux-{arch}");
+    let tree = dir.join("tree").join(&name);
+    mkdir(&tree)?;
+    for binary in ["etcd", "etcdctl", "etcdutl"] {
+        let from = unpacked.join("usr/bin").join(binary);
+        if binary == "etcdutl" && !from.exists() {
+            continue; // not in every Debian build; etcd's own archives have it since 3.5
+        }
+        let to = tree.join(binary);
+        fs::copy(&from, &to).map_err(|source| LabError::Io { action: "copy", path: from.clone(), source })?;
+    }
+    let file = format!("{name}.tar.gz");
+    let archive = dir.join(&file);
+    run(Command::new("bash").arg("-c").arg(
+        "set -o pipefail; tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C \"$1\" -cf - \"$2\" | gzip -n -9 > \"$3\"",
+    ).arg("bash").arg(dir.join("tree")).arg(&name).arg(&archive))?;
+    let bytes = fs::read(&archive).map_err(|source| LabError::Io { action: "read", path: archive.clone(), source })?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    write(&done, 0o644, format!("{version} {arch} {file} {sha256}\n").as_bytes())?;
+    Ok(EtcdArchive { version, arch, path: archive, sha256 })
+}

@@ -30,6 +30,7 @@ struct Saved {
     config: LabConfig,
     nodes: Vec<LabNode>,
     mirror_pid: u32,
+    etcd: image::EtcdArchive,
 }
 
 /// A process the lab started: our child (reaped by us), or one found in `lab.json`.
@@ -45,6 +46,7 @@ pub struct Lab {
     nodes: Mutex<Vec<LabNode>>,
     nspawns: Mutex<Vec<Option<Proc>>>,
     mirror: Option<Proc>,
+    etcd: image::EtcdArchive,
     detached: bool,
 }
 
@@ -70,9 +72,11 @@ impl Lab {
         })?;
         clean(&config)?;
         clear_state_dir(&config.state_dir)?;
+        raise_inotify_instances()?;
         image::mkdir(&config.state_dir.join("cluster"))?;
         let image = image::ensure(&config.image_cache, config.distro)?;
-        let built = mirror::build(&config.state_dir, &image)?;
+        let etcd = image::ensure_etcd_archive(&config.image_cache)?;
+        let built = mirror::build(&config.state_dir, &image, &etcd)?;
 
         let nodes = plan(&config);
         let mut lab = Lab {
@@ -80,6 +84,7 @@ impl Lab {
             nodes: Mutex::new(nodes),
             mirror: None,
             config,
+            etcd,
             detached: false,
         };
         lab.create_network()?;
@@ -113,6 +118,7 @@ impl Lab {
             nodes: Mutex::new(saved.nodes),
             nspawns: Mutex::new(nspawns),
             mirror: (saved.mirror_pid != 0).then_some(Proc { pid: saved.mirror_pid, child: None }),
+            etcd: saved.etcd,
             detached: false,
         }))
     }
@@ -135,7 +141,7 @@ impl Lab {
 
     /// The cluster definition of this lab; see [`definition`].
     pub fn definition(&self) -> serde_json::Value {
-        definition_of(&self.config, &self.nodes_mut())
+        definition_of(&self.config, &self.nodes_mut(), &self.etcd)
     }
 
     /// Whether `node`'s sshd listens on port 22. Errors: [`LabError::UnknownNode`].
@@ -362,6 +368,7 @@ impl Lab {
             config: self.config.clone(),
             nodes: self.nodes(),
             mirror_pid: self.mirror.as_ref().map_or(0, |p| p.pid),
+            etcd: self.etcd.clone(),
         };
         let text = serde_json::to_string_pretty(&saved)
             .map_err(|source| LabError::State { path: self.config.state_dir.join("lab.json"), source })?;
@@ -505,6 +512,23 @@ impl Drop for Lab {
     }
 }
 
+/// The fewest inotify instances per user the lab needs: every container's systemd, journald,
+/// logind and D-Bus take some, and the kernel's default (128) stops a boot at about 30
+/// containers (systemd then hangs waiting for units).
+const INOTIFY_INSTANCES: u64 = 8192;
+
+/// Raises `fs.inotify.max_user_instances` to [`INOTIFY_INSTANCES`] when it is lower (never
+/// lowers it): the one host setting the lab changes, as container hosts (LXD, Incus) do.
+fn raise_inotify_instances() -> Result<(), LabError> {
+    let path = Path::new("/proc/sys/fs/inotify/max_user_instances");
+    let current: u64 = fs::read_to_string(path).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    if current < INOTIFY_INSTANCES {
+        fs::write(path, INOTIFY_INSTANCES.to_string())
+            .map_err(|source| LabError::Io { action: "raise", path: path.to_path_buf(), source })?;
+    }
+    Ok(())
+}
+
 /// `state_dir/lab.json`, if there is one.
 fn read_saved(state_dir: &Path) -> Result<Option<Saved>, LabError> {
     let path = state_dir.join("lab.json");
@@ -631,15 +655,19 @@ fn veth_name(prefix: &str, node: &LabNode) -> String {
 /// installs): clusterName `lab`, the masters and workers with their addresses as privateIP,
 /// masterLoadBalancerAddress `A.B.0.10` (nothing listens there), sshLoginUser from the
 /// configuration, hostKeyPolicy `strict`, the configured Kubernetes version with the
-/// package repository at the lab's mirror, and nodeNetworkCIDR `A.B.0.0/16`. Add or change fields (etcd, hooks, ...) as a test needs.
+/// package repository at the lab's mirror, `downloads.mirror` at the mirror, the etcd
+/// release the mirror serves with its sha256 (`etcd.version`, `etcd.sha256`; building it
+/// first when it is not cached, see [`image::ensure_etcd_archive`]), and nodeNetworkCIDR
+/// `A.B.0.0/16`. The topology stays kubeadm's default (stacked); set `etcd.topology`. Add or change fields (etcd, hooks, ...) as a test needs.
 ///
 /// Errors: [`LabError`] when `config` asks for more nodes than a lab holds.
 pub fn definition(config: &LabConfig) -> Result<serde_json::Value, LabError> {
     check_config(config)?;
-    Ok(definition_of(config, &plan(config)))
+    let etcd = image::ensure_etcd_archive(&config.image_cache)?;
+    Ok(definition_of(config, &plan(config), &etcd))
 }
 
-fn definition_of(config: &LabConfig, nodes: &[LabNode]) -> serde_json::Value {
+fn definition_of(config: &LabConfig, nodes: &[LabNode], etcd: &image::EtcdArchive) -> serde_json::Value {
     let of_role = |role: Role| {
         nodes
             .iter()
@@ -654,6 +682,8 @@ fn definition_of(config: &LabConfig, nodes: &[LabNode]) -> serde_json::Value {
         "hostKeyPolicy": "strict",
         "kubernetesVersion": config.kubernetes_version,
         "packageRepository": { "url": format!("{}/pkgs.k8s.io/core:/stable:/v{}", config.mirror_url(), minor_of(&config.kubernetes_version)) },
+        "downloads": { "mirror": config.mirror_url() },
+        "etcd": { "version": etcd.version, "sha256": { etcd.arch.clone(): etcd.sha256 } },
         "nodeNetworkCIDR": config.network(),
         "masters": of_role(Role::Master),
         "workers": of_role(Role::Worker),

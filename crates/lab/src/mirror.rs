@@ -8,6 +8,8 @@
 //! - `pkgs.k8s.io/core:/stable:/v1.<minor>/deb/`: flat apt repositories laid out like the
 //!   Kubernetes package repository (`Release.key`, `InRelease`, `Packages`), holding the
 //!   stand-in `kubeadm`, `kubelet` and `kubectl` packages built here as real `.deb` files;
+//! - `github.com/etcd-io/etcd/releases/download/v<version>/`: an etcd release archive
+//!   ([`crate::image::ensure_etcd_archive`]), where `downloads.mirror` points boot scripts;
 //! - `hakube-lab-mirror.asc`: the signing key; `index.txt`: every file and where it came from.
 
 use std::fmt::Write as _;
@@ -99,7 +101,7 @@ pub(crate) struct Mirror {
 ///
 /// Errors: [`LabError::Command`] when gpg, dpkg-deb, dpkg-scanpackages or apt-ftparchive
 /// fail (Debian packages gnupg, dpkg-dev, apt-utils), [`LabError::Io`].
-pub(crate) fn build(state_dir: &Path, image: &Image) -> Result<Mirror, LabError> {
+pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdArchive) -> Result<Mirror, LabError> {
     let root = state_dir.join("mirror");
     for dir in [root.clone(), state_dir.join("gnupg"), state_dir.join("packages")] {
         if dir.exists() {
@@ -177,6 +179,20 @@ pub(crate) fn build(state_dir: &Path, image: &Image) -> Result<Mirror, LabError>
         gpg.sign_release(&repo, &release)?;
         write(&repo.join("Release.key"), 0o644, armored.as_bytes())?;
     }
+    // etcd's release, where etcd's GitHub releases keep it.
+    let release = root.join(format!("github.com/etcd-io/etcd/releases/download/v{}", etcd.version));
+    mkdir(&release)?;
+    let file = etcd.path.file_name().expect("an archive file").to_owned();
+    fs::hard_link(&etcd.path, release.join(&file))
+        .or_else(|_| fs::copy(&etcd.path, release.join(&file)).map(|_| ()))
+        .map_err(|source| LabError::Io { action: "copy", path: etcd.path.clone(), source })?;
+    let _ = writeln!(
+        index,
+        "github.com/etcd-io/etcd/releases/download/v{}/{}\tetcd's release layout, holding the etcd binaries of Debian unstable's etcd-server and etcd-client packages (sha256 {}; not etcd's own archive, whose sum differs)",
+        etcd.version,
+        file.to_string_lossy(),
+        etcd.sha256
+    );
     write(&root.join("index.txt"), 0o644, index.as_bytes())?;
     Ok(Mirror { root, keyring })
 }

@@ -205,6 +205,7 @@ impl Templates {
             None => format!("https://pkgs.k8s.io/core:/stable:/v{}", version.minor_string()),
         };
         let external_etcd = def.etcd.topology == EtcdTopology::External;
+        let etcd_release = if external_etcd { Some(etcd_release(def, version.minor).map_err(invalid)?) } else { None };
         let etcd_initial_cluster = def
             .masters
             .iter()
@@ -249,6 +250,7 @@ impl Templates {
             sandbox_image: def.container_runtime.sandbox_image.as_deref(),
             image_repository: def.container_runtime.image_repository.as_deref(),
             external_etcd,
+            etcd_release,
             etcd_initial_cluster,
             node_url_host: url_host(&node.private_ip),
             admin_labels,
@@ -319,6 +321,8 @@ struct BootContext<'a> {
     sandbox_image: Option<&'a str>,
     image_repository: Option<&'a str>,
     external_etcd: bool,
+    /// External topology: the etcd release the masters download.
+    etcd_release: Option<EtcdRelease>,
     /// `name=https://ip:2380,...` over every master.
     etcd_initial_cluster: String,
     /// privateIP as it goes into a URL.
@@ -329,6 +333,46 @@ struct BootContext<'a> {
     hooks: Hooks,
     /// The rendered cloud-config hook (masters only).
     cloud_config: Option<String>,
+}
+
+/// The etcd release of the external topology, as the etcd step downloads it.
+#[derive(Serialize)]
+struct EtcdRelease {
+    /// `3.6.14`.
+    version: String,
+    /// The directory URL of the release's archives (the definition's `downloads.mirror`
+    /// applied): `https://github.com/etcd-io/etcd/releases/download/v3.6.14`.
+    url: String,
+    /// `(architecture, sha256)` of `etcd-vVERSION-linux-ARCH.tar.gz`, for every architecture
+    /// whose sum is known.
+    sha256: Vec<(String, String)>,
+}
+
+/// The etcd release `def` asks for, or pairs with Kubernetes minor `minor`, with its sums
+/// (the definition's, else those etcd published; see hakube_cluster::releases).
+///
+/// Errors: the problem, when validation was skipped and the definition names no release or
+/// no sum (validation reports it with its JSON path).
+fn etcd_release(def: &ClusterDefinition, minor: u32) -> Result<EtcdRelease, String> {
+    use hakube_cluster::releases::{etcd_archive_sha256, etcd_for_minor, ARCHITECTURES};
+    let version = def
+        .etcd
+        .version
+        .clone()
+        .or_else(|| etcd_for_minor(minor).map(str::to_string))
+        .ok_or_else(|| format!("no etcd release for Kubernetes 1.{minor}: set etcd.version and etcd.sha256"))?;
+    let sha256: Vec<(String, String)> = ARCHITECTURES
+        .iter()
+        .filter_map(|arch| {
+            let sum = def.etcd.sha256.get(*arch).cloned().or_else(|| etcd_archive_sha256(&version, arch).map(str::to_string))?;
+            Some((arch.to_string(), sum))
+        })
+        .collect();
+    if sha256.is_empty() {
+        return Err(format!("no sha256 of etcd {version}'s archives: set etcd.sha256"));
+    }
+    let url = def.downloads.url(&format!("https://github.com/etcd-io/etcd/releases/download/v{version}"));
+    Ok(EtcdRelease { version, url, sha256 })
 }
 
 #[derive(Serialize)]

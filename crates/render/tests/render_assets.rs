@@ -311,14 +311,15 @@ fn the_etcd_unit_never_sets_a_variable_for_a_flag_it_passes() {
     let script = String::from_utf8_lossy(&set.files[&layout::boot_script("master0")].bytes).into_owned();
     let unit = script.split("<<EOF_UNIT").nth(1).and_then(|rest| rest.split("EOF_UNIT").next()).expect("the etcd unit");
     assert!(unit.contains("--initial-cluster-state="), "{unit}");
-    let variable = regex::Regex::new(r"\bETCD_([A-Z0-9_]+)=").unwrap();
+    // What reaches etcd's environment: the unit's Environment= lines, what the script
+    // writes into the environment file (printf '...=...'), and anything exported.
+    let variable = regex::Regex::new(r"(?:Environment=|printf '|export )(\w+)=").unwrap();
+    let mut seen = 0;
     for found in variable.captures_iter(&script) {
-        let flag = format!("--{}=", found[1].to_lowercase().replace('_', "-"));
-        let start = found.get(0).unwrap().start();
-        // `HAKUBE_ETCD_...` is hakube's own name, which etcd never reads.
-        if script[..start].ends_with("HAKUBE_") {
-            continue;
-        }
-        assert!(!unit.contains(&flag), "ETCD_{}= is set while the unit passes {flag}", &found[1]);
+        seen += 1;
+        let Some(name) = found[1].strip_prefix("ETCD_") else { continue };
+        let flag = format!("--{}=", name.to_lowercase().replace('_', "-"));
+        assert!(!unit.contains(&flag), "ETCD_{name}= reaches etcd while the unit passes {flag}");
     }
+    assert!(seen >= 2, "the unit's Environment= and the environment file are both looked at");
 }
