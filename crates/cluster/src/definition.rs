@@ -397,6 +397,13 @@ pub struct ContainerRuntimeSettings {
     /// `imageRepository`). Unset: registry.k8s.io.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_repository: Option<String>,
+    /// Pull-through mirrors, by registry host (`registry.k8s.io`, `docker.io`, `quay.io`,
+    /// `host:port`): containerd pulls every image of that registry from the mirror URL
+    /// first, then from the registry itself (containerd's `hosts.toml` under
+    /// `/etc/containerd/certs.d/<registry>/`, enabled with the CRI registry's
+    /// `config_path`). For air-gapped sites, where the fallback fails.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registry_mirrors: BTreeMap<String, String>,
 }
 
 /// Where downloaded files come from; each file's sha256 is pinned by render.

@@ -879,6 +879,17 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
             }
         }
     }
+    for (registry, mirror) in &cr.registry_mirrors {
+        let path = runtime.key("registryMirrors").key(registry);
+        let (host, port) = registry.rsplit_once(':').map_or((registry.as_str(), None), |(h, p)| (h, Some(p)));
+        if !is_dns1123_subdomain(host) || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+            c.error(&path, format!("{registry:?} is not a registry host"), Some("write a host name with an optional port, e.g. registry.k8s.io or registry.example.com:5000".into()));
+        }
+        match url::Url::parse(mirror) {
+            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() && !mirror.contains(['"', '\\']) => {}
+            _ => c.error(&path, format!("{mirror:?} is not an http(s) URL"), Some("give the mirror's base URL, e.g. https://mirror.example.com:5000".into())),
+        }
+    }
     for (url, path, example) in [
         (&def.package_repository.url, root("packageRepository").key("url"), "https://mirror.example.com/core:/stable:/v1.36"),
         (&def.downloads.mirror, root("downloads").key("mirror"), "https://mirror.example.com/"),

@@ -245,6 +245,17 @@ fn full_install_runs_in_ha_order(w: &World) {
         assert_eq!(code, 0, "{node}: {out}");
         assert_eq!(out, "systemd\nactive\nactive\nkubeadm: /usr/bin/kubeadm\nkubeadm\nkubectl\nkubelet\n1\n", "{node}");
     }
+    // The registry mirror reaches the real containerd: its live configuration names the
+    // hosts directory, where registry.k8s.io's hosts.toml points at the lab's mirror.
+    let (code, out) = w.on_node(
+        "worker0",
+        "containerd config dump | grep -c 'config_path = \"/etc/containerd/certs.d\"'; cat /etc/containerd/certs.d/registry.k8s.io/hosts.toml",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "1\nserver = \"https://registry.k8s.io\"\n\n[host.\"http://10.252.0.1:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    );
 }
 
 fn a_second_install_changes_nothing(w: &World) {

@@ -245,3 +245,36 @@ fn an_empty_login_key_path_is_refused_on_a_node_too() {
     );
     assert_invalid(&text, &["cluster.json:9:66: error: workers[0].sshLoginKey: an empty path names no key"]);
 }
+
+#[test]
+fn an_external_etcd_that_kubeadm_would_refuse_is_refused_at_validate_time() {
+    // kubeadm 1.36's ExternalEtcdVersion preflight check needs 3.5.24 (constants.go
+    // MinExternalEtcdVersion); Debian 12 ships 3.4.23.
+    let external = |etcd: &str| VALID.replacen('{', &format!("{{ \"etcd\": {etcd},"), 1);
+    assert_invalid(
+        &external(r#"{ "topology": "external", "version": "3.4.23", "sha256": { "amd64": "0000000000000000000000000000000000000000000000000000000000000000" } }"#),
+        &["etcd.version", "kubeadm 1.36 refuses external etcd 3.4.23", "3.5.24"],
+    );
+    // A release hakube has no published sums for needs them.
+    assert_invalid(&external(r#"{ "topology": "external", "version": "3.6.99" }"#), &["etcd.sha256", "SHA256SUMS"]);
+    assert_invalid(
+        &external(r#"{ "topology": "external", "version": "3.6.99", "sha256": { "s390x": "00", "amd64": "XYZ" } }"#),
+        &["etcd.sha256.s390x", "etcd.sha256.amd64", "not a sha256"],
+    );
+    // The default pairing for 1.36 validates without any of it.
+    let (code, stderr) = validate_text(&external(r#"{ "topology": "external" }"#));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn mirrors_must_be_urls_and_registries_hosts() {
+    let text = VALID.replacen(
+        '{',
+        r#"{ "downloads": { "mirror": "ftp://files.example" }, "containerRuntime": { "registryMirrors": { "registry.k8s.io": "not a url", "bad host!": "https://m.example" } },"#,
+        1,
+    );
+    assert_invalid(
+        &text,
+        &["downloads.mirror", "is not an http(s) URL", "containerRuntime.registryMirrors.registry.k8s.io", "\"bad host!\" is not a registry host"],
+    );
+}

@@ -469,7 +469,19 @@ impl Lab {
         });
         if ready && !gone {
             self.nodes_mut()[i].leader_pid = leader;
-            return Ok(());
+            // Up means booted, as an operator would see it: systemd has finished starting
+            // units (`running`, or `degraded` when one failed), not merely sshd listening,
+            // which early in boot may still close connections.
+            let state = self.command(&node.name, "systemctl")?.args(["is-system-running", "--wait"]).output();
+            let state = state.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+            if state == "running" || state == "degraded" {
+                return Ok(());
+            }
+            return Err(LabError::Start {
+                node: node.name.clone(),
+                what: "the container",
+                detail: format!("systemd says the system is {state:?} after booting: {}", log_tail(&node.dir.join("console.log"))),
+            });
         }
         let detail = if gone { "systemd-nspawn exited" } else { "sshd did not listen within 180 s" };
         Err(LabError::Start {
@@ -655,7 +667,9 @@ fn veth_name(prefix: &str, node: &LabNode) -> String {
 /// installs): clusterName `lab`, the masters and workers with their addresses as privateIP,
 /// masterLoadBalancerAddress `A.B.0.10` (nothing listens there), sshLoginUser from the
 /// configuration, hostKeyPolicy `strict`, the configured Kubernetes version with the
-/// package repository at the lab's mirror, `downloads.mirror` at the mirror, the etcd
+/// package repository at the lab's mirror, `downloads.mirror` at the mirror, a registry
+/// mirror for registry.k8s.io at `http://A.B.0.1:5000` (configured in containerd; nothing
+/// serves images there, as no image is pulled: the kubelet is a stand-in), the etcd
 /// release the mirror serves with its sha256 (`etcd.version`, `etcd.sha256`; building it
 /// first when it is not cached, see [`image::ensure_etcd_archive`]), and nodeNetworkCIDR
 /// `A.B.0.0/16`. The topology stays kubeadm's default (stacked); set `etcd.topology`. Add or change fields (etcd, hooks, ...) as a test needs.
@@ -683,6 +697,7 @@ fn definition_of(config: &LabConfig, nodes: &[LabNode], etcd: &image::EtcdArchiv
         "kubernetesVersion": config.kubernetes_version,
         "packageRepository": { "url": format!("{}/pkgs.k8s.io/core:/stable:/v{}", config.mirror_url(), minor_of(&config.kubernetes_version)) },
         "downloads": { "mirror": config.mirror_url() },
+        "containerRuntime": { "registryMirrors": { "registry.k8s.io": format!("http://{}:5000", config.gateway()) } },
         "etcd": { "version": etcd.version, "sha256": { etcd.arch.clone(): etcd.sha256 } },
         "nodeNetworkCIDR": config.network(),
         "masters": of_role(Role::Master),

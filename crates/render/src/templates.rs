@@ -249,6 +249,16 @@ impl Templates {
             containerd_version: def.container_runtime.version.as_deref(),
             sandbox_image: def.container_runtime.sandbox_image.as_deref(),
             image_repository: def.container_runtime.image_repository.as_deref(),
+            registry_mirrors: def
+                .container_runtime
+                .registry_mirrors
+                .iter()
+                .map(|(registry, mirror)| RegistryMirror {
+                    registry: registry.clone(),
+                    server: registry_server(registry),
+                    mirror: mirror.trim_end_matches('/').to_string(),
+                })
+                .collect(),
             external_etcd,
             etcd_release,
             etcd_initial_cluster,
@@ -320,6 +330,8 @@ struct BootContext<'a> {
     containerd_version: Option<&'a str>,
     sandbox_image: Option<&'a str>,
     image_repository: Option<&'a str>,
+    /// containerRuntime.registryMirrors, by registry.
+    registry_mirrors: Vec<RegistryMirror>,
     external_etcd: bool,
     /// External topology: the etcd release the masters download.
     etcd_release: Option<EtcdRelease>,
@@ -333,6 +345,27 @@ struct BootContext<'a> {
     hooks: Hooks,
     /// The rendered cloud-config hook (masters only).
     cloud_config: Option<String>,
+}
+
+/// One registry's pull-through mirror, as containerd's `hosts.toml` names them.
+#[derive(Serialize)]
+struct RegistryMirror {
+    /// `registry.k8s.io`: the directory under `/etc/containerd/certs.d/`.
+    registry: String,
+    /// The registry's own URL (`server` in hosts.toml), the fallback.
+    server: String,
+    /// The mirror's URL (a `[host."..."]` table).
+    mirror: String,
+}
+
+/// The `server` of a registry's hosts.toml: `https://<registry>`, except Docker Hub, whose
+/// API is at registry-1.docker.io (containerd docs/hosts.md, "Setup Default Mirror for
+/// docker.io").
+fn registry_server(registry: &str) -> String {
+    match registry {
+        "docker.io" => "https://registry-1.docker.io".into(),
+        other => format!("https://{other}"),
+    }
 }
 
 /// The etcd release of the external topology, as the etcd step downloads it.
