@@ -136,7 +136,8 @@ fn mean_node_pss_mib(lab: &Lab) -> f64 {
     let nodes = lab.nodes();
     let mut total_kib = 0u64;
     for node in &nodes {
-        let pids = Command::new("ip").args(["netns", "pids", &node.netns]).output().map(|o| o.stdout).unwrap_or_default();
+        let pids =
+            Command::new("ip").args(["netns", "pids", &node.netns]).output().map(|o| o.stdout).unwrap_or_default();
         for pid in String::from_utf8_lossy(&pids).split_whitespace() {
             let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
             total_kib += rollup

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use hakube_lab::{Lab, LabConfig};
 
-const USAGE: &str = "usage: cargo xtask lab up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user]
+const USAGE: &str =
+    "usage: cargo xtask lab up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user]
        cargo xtask lab exec NODE -- CMD...
        cargo xtask lab link NODE down|up
        cargo xtask lab sshd NODE stop|start
@@ -64,7 +65,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 /// Runs `f(lab, NODE, rest)` on the running lab, for `args` = `NODE rest...`.
 fn with_node(state_dir: &Path, args: &[String], f: impl FnOnce(&Lab, &str, &[String]) -> Result<()>) -> Result<()> {
     let Some((node, rest)) = args.split_first() else { bail!("{USAGE}") };
-    let lab = Lab::attach(state_dir)?.with_context(|| format!("no lab is up ({} has no lab.json)", state_dir.display()))?;
+    let lab =
+        Lab::attach(state_dir)?.with_context(|| format!("no lab is up ({} has no lab.json)", state_dir.display()))?;
     let result = f(&lab, node, rest);
     lab.detach();
     result
@@ -75,7 +77,8 @@ fn exec(state_dir: &Path, args: &[String]) -> Result<()> {
         [node, dashes, command @ ..] if dashes == "--" && !command.is_empty() => (node, command),
         _ => bail!("{USAGE}"),
     };
-    let lab = Lab::attach(state_dir)?.with_context(|| format!("no lab is up ({} has no lab.json)", state_dir.display()))?;
+    let lab =
+        Lab::attach(state_dir)?.with_context(|| format!("no lab is up ({} has no lab.json)", state_dir.display()))?;
     let status = lab.command(node, &command[0]).map(|mut cmd| cmd.args(&command[1..]).status());
     lab.detach();
     let status = status?.with_context(|| format!("failed to run {} on {node}", command[0]))?;

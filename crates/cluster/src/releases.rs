@@ -28,7 +28,8 @@ pub const ETCD_FOR_KUBERNETES_MINOR: &[(u32, &str)] = &[(34, "3.5.33"), (35, "3.
 /// `ExternalEtcdVersion` check refuses an older external etcd (kubernetes/kubernetes
 /// `cmd/kubeadm/app/constants/constants.go`): 3.5.24 since the bump of PR #134779 for 1.32
 /// to 1.34, kept at the oldest supported etcd in 1.35 and 1.36 (PR #135271, PR #137956).
-pub const MIN_EXTERNAL_ETCD: &[(u32, &str)] = &[(32, "3.5.24"), (33, "3.5.24"), (34, "3.5.24"), (35, "3.5.24"), (36, "3.5.24")];
+pub const MIN_EXTERNAL_ETCD: &[(u32, &str)] =
+    &[(32, "3.5.24"), (33, "3.5.24"), (34, "3.5.24"), (35, "3.5.24"), (36, "3.5.24")];
 
 /// The architectures hakube's boot scripts run on (Debian's names).
 pub const ARCHITECTURES: &[&str] = &["amd64", "arm64"];

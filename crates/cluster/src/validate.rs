@@ -412,14 +412,21 @@ fn check_etcd(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
             c.error(
                 &path,
                 format!("hakube pairs no etcd release with Kubernetes 1.{minor}"),
-                Some("set etcd.version (a release kubeadm accepts) and etcd.sha256 (from the release's SHA256SUMS)".into()),
+                Some(
+                    "set etcd.version (a release kubeadm accepts) and etcd.sha256 (from the release's SHA256SUMS)"
+                        .into(),
+                ),
             );
             return;
         }
     };
     let version_path = path.key("version");
     let Some(parsed) = semver(version) else {
-        c.error(&version_path, format!("{version:?} is not an etcd release"), Some("write MAJOR.MINOR.PATCH, e.g. 3.6.14".into()));
+        c.error(
+            &version_path,
+            format!("{version:?} is not an etcd release"),
+            Some("write MAJOR.MINOR.PATCH, e.g. 3.6.14".into()),
+        );
         return;
     };
     if let Some(min) = min_external_etcd(minor) {
@@ -434,12 +441,18 @@ fn check_etcd(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     for (arch, sha) in &etcd.sha256 {
         let p = path.key("sha256").key(arch);
         if !ARCHITECTURES.contains(&arch.as_str()) {
-            c.error(&p, format!("{arch:?} is not an architecture hakube installs on"), Some(format!("use {}", ARCHITECTURES.join(" or "))));
+            c.error(
+                &p,
+                format!("{arch:?} is not an architecture hakube installs on"),
+                Some(format!("use {}", ARCHITECTURES.join(" or "))),
+            );
         } else if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             c.error(&p, format!("{sha:?} is not a sha256 (64 lowercase hex digits)"), None);
         }
     }
-    let known = ARCHITECTURES.iter().any(|arch| etcd.sha256.contains_key(*arch) || etcd_archive_sha256(version, arch).is_some());
+    let known = ARCHITECTURES
+        .iter()
+        .any(|arch| etcd.sha256.contains_key(*arch) || etcd_archive_sha256(version, arch).is_some());
     if !known {
         c.error(
             &path.key("sha256"),
@@ -883,15 +896,29 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         let path = runtime.key("registryMirrors").key(registry);
         let (host, port) = registry.rsplit_once(':').map_or((registry.as_str(), None), |(h, p)| (h, Some(p)));
         if !is_dns1123_subdomain(host) || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
-            c.error(&path, format!("{registry:?} is not a registry host"), Some("write a host name with an optional port, e.g. registry.k8s.io or registry.example.com:5000".into()));
+            c.error(
+                &path,
+                format!("{registry:?} is not a registry host"),
+                Some(
+                    "write a host name with an optional port, e.g. registry.k8s.io or registry.example.com:5000".into(),
+                ),
+            );
         }
         match url::Url::parse(mirror) {
             Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() && !mirror.contains(['"', '\\']) => {}
-            _ => c.error(&path, format!("{mirror:?} is not an http(s) URL"), Some("give the mirror's base URL, e.g. https://mirror.example.com:5000".into())),
+            _ => c.error(
+                &path,
+                format!("{mirror:?} is not an http(s) URL"),
+                Some("give the mirror's base URL, e.g. https://mirror.example.com:5000".into()),
+            ),
         }
     }
     for (url, path, example) in [
-        (&def.package_repository.url, root("packageRepository").key("url"), "https://mirror.example.com/core:/stable:/v1.36"),
+        (
+            &def.package_repository.url,
+            root("packageRepository").key("url"),
+            "https://mirror.example.com/core:/stable:/v1.36",
+        ),
         (&def.downloads.mirror, root("downloads").key("mirror"), "https://mirror.example.com/"),
     ] {
         let Some(url) = url else { continue };
@@ -907,7 +934,11 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
                     );
                 }
             }
-            _ => c.error(&path, format!("{url:?} is not an http(s) URL"), Some(format!("give the base URL, e.g. {example}"))),
+            _ => c.error(
+                &path,
+                format!("{url:?} is not an http(s) URL"),
+                Some(format!("give the base URL, e.g. {example}")),
+            ),
         }
     }
 }

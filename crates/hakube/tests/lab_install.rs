@@ -54,7 +54,13 @@ impl World {
     /// the rendered API server etcd client certificate; its output, after asserting success.
     fn etcdctl(&self, args: &[&str]) -> String {
         let pki = self.assets().join("pki");
-        let endpoints: Vec<String> = self.lab.nodes().iter().filter(|n| n.role == hakube_lab::Role::Master).map(|n| format!("https://{}:2379", n.address)).collect();
+        let endpoints: Vec<String> = self
+            .lab
+            .nodes()
+            .iter()
+            .filter(|n| n.role == hakube_lab::Role::Master)
+            .map(|n| format!("https://{}:2379", n.address))
+            .collect();
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", endpoints.join(",")))
@@ -66,6 +72,15 @@ impl World {
             .expect("etcdctl (Debian package etcd-client) runs");
         assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out));
         text(&out)
+    }
+    /// Runs `script` on every node of the lab and asserts that it succeeds and prints
+    /// `expected` there.
+    fn on_every_node(&self, script: &str, expected: &str) {
+        for node in self.lab.nodes() {
+            let (code, out) = self.on_node(&node.name, script);
+            assert_eq!(code, 0, "{}: {out}", node.name);
+            assert_eq!(out, expected, "{}", node.name);
+        }
     }
     /// Runs a bash script on `node` as root without SSH; (exit code, stdout + stderr).
     fn on_node(&self, node: &str, script: &str) -> (i32, String) {
@@ -161,7 +176,8 @@ fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
     assert_code(&w.install(&[]), 0, "full install, external etcd");
     let version = w.lab.definition()["etcd"]["version"].as_str().unwrap().to_string();
     for node in ["master0", "master1", "master2"] {
-        let (code, state) = w.on_node(node, "systemctl is-active hakube-etcd; /usr/local/bin/etcd --version | head -n 1");
+        let (code, state) =
+            w.on_node(node, "systemctl is-active hakube-etcd; /usr/local/bin/etcd --version | head -n 1");
         assert_eq!(code, 0, "{node}: {state}");
         assert_eq!(state, format!("active\netcd Version: {version}\n"), "{node}: etcd's release runs under systemd");
     }
@@ -189,14 +205,10 @@ fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
 fn a_full_install_on_debian_13() {
     let w = setup_with("hkd", "hkbr4", [10, 248], "stacked", false, Distro::Debian13);
     assert_code(&w.install(&[]), 0, "full install on Debian 13");
-    for node in ["master0", "master1", "master2", "worker0", "worker1"] {
-        let (code, out) = w.on_node(
-            node,
-            ". /etc/os-release; echo $VERSION_ID; systemctl is-active containerd kubelet; dpkg -S \"$(command -v systemctl)\"",
-        );
-        assert_eq!(code, 0, "{node}: {out}");
-        assert_eq!(out, "13\nactive\nactive\nsystemd: /usr/bin/systemctl\n", "{node}");
-    }
+    w.on_every_node(
+        ". /etc/os-release; echo $VERSION_ID; systemctl is-active containerd kubelet; dpkg -S \"$(command -v systemctl)\"",
+        "13\nactive\nactive\nsystemd: /usr/bin/systemctl\n",
+    );
 }
 
 /// A login user other than root: every command goes through `sudo -n`.
@@ -237,14 +249,10 @@ fn full_install_runs_in_ha_order(w: &World) {
         assert!(log.contains("::hakube:: step=post status=done"), "{node}.log:\n{log}");
     }
     // Real services under real systemd, from real packages, held as the boot script asks.
-    for node in ["master0", "master1", "master2", "worker0", "worker1"] {
-        let (code, out) = w.on_node(
-            node,
-            "cat /proc/1/comm; systemctl is-active containerd kubelet; dpkg -S \"$(command -v kubeadm)\"; apt-mark showhold; grep -c 'SystemdCgroup = true' /etc/containerd/config.toml",
-        );
-        assert_eq!(code, 0, "{node}: {out}");
-        assert_eq!(out, "systemd\nactive\nactive\nkubeadm: /usr/bin/kubeadm\nkubeadm\nkubectl\nkubelet\n1\n", "{node}");
-    }
+    w.on_every_node(
+        "cat /proc/1/comm; systemctl is-active containerd kubelet; dpkg -S \"$(command -v kubeadm)\"; apt-mark showhold; grep -c 'SystemdCgroup = true' /etc/containerd/config.toml",
+        "systemd\nactive\nactive\nkubeadm: /usr/bin/kubeadm\nkubeadm\nkubectl\nkubelet\n1\n",
+    );
     // The registry mirror reaches the real containerd: its live configuration names the
     // hosts directory, where registry.k8s.io's hosts.toml points at the lab's mirror.
     let (code, out) = w.on_node(

@@ -252,7 +252,9 @@ fn an_external_etcd_that_kubeadm_would_refuse_is_refused_at_validate_time() {
     // MinExternalEtcdVersion); Debian 12 ships 3.4.23.
     let external = |etcd: &str| VALID.replacen('{', &format!("{{ \"etcd\": {etcd},"), 1);
     assert_invalid(
-        &external(r#"{ "topology": "external", "version": "3.4.23", "sha256": { "amd64": "0000000000000000000000000000000000000000000000000000000000000000" } }"#),
+        &external(
+            r#"{ "topology": "external", "version": "3.4.23", "sha256": { "amd64": "0000000000000000000000000000000000000000000000000000000000000000" } }"#,
+        ),
         &["etcd.version", "kubeadm 1.36 refuses external etcd 3.4.23", "3.5.24"],
     );
     // A release hakube has no published sums for needs them.
@@ -275,6 +277,11 @@ fn mirrors_must_be_urls_and_registries_hosts() {
     );
     assert_invalid(
         &text,
-        &["downloads.mirror", "is not an http(s) URL", "containerRuntime.registryMirrors.registry.k8s.io", "\"bad host!\" is not a registry host"],
+        &[
+            "downloads.mirror",
+            "is not an http(s) URL",
+            "containerRuntime.registryMirrors.registry.k8s.io",
+            "\"bad host!\" is not a registry host",
+        ],
     );
 }

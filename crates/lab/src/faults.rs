@@ -55,7 +55,8 @@ impl Fault {
         if program != "kubeadm" {
             return bad("only kubeadm takes faults (kubeadm[.SUBCOMMAND][@PHASE])");
         }
-        let name_ok = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let name_ok =
+            |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if subcommand.is_some_and(|s| !name_ok(s)) || phase.is_some_and(|p| !name_ok(p)) {
             return bad("subcommand and phase are names of [a-z0-9-]");
         }
@@ -100,11 +101,25 @@ mod tests {
 
     #[test]
     fn faults_parse_and_print_back() {
-        for text in ["kubeadm.init@wait-control-plane fail 3", "kubeadm.join hang", "kubeadm@preflight delay 5", "kubeadm fail 1"] {
+        for text in [
+            "kubeadm.init@wait-control-plane fail 3",
+            "kubeadm.join hang",
+            "kubeadm@preflight delay 5",
+            "kubeadm fail 1",
+        ] {
             assert_eq!(Fault::parse(text).unwrap().to_string(), text);
         }
         assert_eq!(Fault::parse("kubeadm.init fail").unwrap().action, FaultAction::Fail(1));
-        for bad in ["", "kubelet fail", "kubeadm.In!t fail", "kubeadm fail 0", "kubeadm fail 256", "kubeadm delay", "kubeadm explode", "kubeadm@ hang"] {
+        for bad in [
+            "",
+            "kubelet fail",
+            "kubeadm.In!t fail",
+            "kubeadm fail 0",
+            "kubeadm fail 256",
+            "kubeadm delay",
+            "kubeadm explode",
+            "kubeadm@ hang",
+        ] {
             assert!(Fault::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }

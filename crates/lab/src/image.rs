@@ -92,7 +92,11 @@ pub fn ensure(cache: &Path, distro: Distro) -> Result<Image, LabError> {
     }
     let building = cache.join(format!("{}.building", distro.name()));
     if building.exists() {
-        fs::remove_dir_all(&building).map_err(|source| LabError::Io { action: "remove", path: building.clone(), source })?;
+        fs::remove_dir_all(&building).map_err(|source| LabError::Io {
+            action: "remove",
+            path: building.clone(),
+            source,
+        })?;
     }
     mkdir(&building)?;
     let rootfs = building.join("rootfs");
@@ -107,7 +111,11 @@ pub fn ensure(cache: &Path, distro: Distro) -> Result<Image, LabError> {
     // chroot of it (which still has the test machine's network and resolver).
     let resolv = rootfs.join("etc/resolv.conf");
     let _ = fs::remove_file(&resolv);
-    fs::copy("/etc/resolv.conf", &resolv).map_err(|source| LabError::Io { action: "copy", path: resolv.clone(), source })?;
+    fs::copy("/etc/resolv.conf", &resolv).map_err(|source| LabError::Io {
+        action: "copy",
+        path: resolv.clone(),
+        source,
+    })?;
     let chroot_apt = |args: &[&str]| {
         run(Command::new("chroot")
             .arg(&rootfs)
@@ -185,7 +193,8 @@ pub fn debian_mirror() -> Result<String, LabError> {
 
 /// The first main Debian mirror URI in one apt sources file (deb822 or one-line format).
 fn mirror_in(text: &str) -> Option<String> {
-    let plain = |suite: &str| !suite.contains("security") && !suite.ends_with("-updates") && !suite.ends_with("-backports");
+    let plain =
+        |suite: &str| !suite.contains("security") && !suite.ends_with("-updates") && !suite.ends_with("-backports");
     // One-line format: deb [options] URI SUITE COMPONENTS...
     for line in text.lines().map(str::trim) {
         let mut words = line.split_whitespace().peekable();

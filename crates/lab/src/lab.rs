@@ -112,7 +112,11 @@ impl Lab {
     /// Errors: [`LabError::Io`] or [`LabError::State`] for an unreadable `lab.json`.
     pub fn attach(state_dir: &Path) -> Result<Option<Lab>, LabError> {
         let Some(saved) = read_saved(state_dir)? else { return Ok(None) };
-        let nspawns = saved.nodes.iter().map(|n| (n.nspawn_pid != 0).then_some(Proc { pid: n.nspawn_pid, child: None })).collect();
+        let nspawns = saved
+            .nodes
+            .iter()
+            .map(|n| (n.nspawn_pid != 0).then_some(Proc { pid: n.nspawn_pid, child: None }))
+            .collect();
         Ok(Some(Lab {
             config: saved.config,
             nodes: Mutex::new(saved.nodes),
@@ -162,7 +166,11 @@ impl Lab {
         if wait_for(|| !sys::listening(leader, 22)) {
             Ok(())
         } else {
-            Err(LabError::Start { node: node.into(), what: "sshd", detail: "still listening 10 s after it was stopped".into() })
+            Err(LabError::Start {
+                node: node.into(),
+                what: "sshd",
+                detail: "still listening 10 s after it was stopped".into(),
+            })
         }
     }
 
@@ -176,7 +184,11 @@ impl Lab {
         if wait_for(|| sys::listening(leader, 22)) {
             Ok(())
         } else {
-            Err(LabError::Start { node: node.into(), what: "sshd", detail: "not listening 10 s after it was started".into() })
+            Err(LabError::Start {
+                node: node.into(),
+                what: "sshd",
+                detail: "not listening 10 s after it was started".into(),
+            })
         }
     }
 
@@ -441,9 +453,10 @@ impl Lab {
             source,
         })?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(log);
-        let child = cmd
-            .spawn()
-            .map_err(|e| LabError::Command { command: sys::command_line(&cmd), detail: format!("cannot start it: {e}") })?;
+        let child = cmd.spawn().map_err(|e| LabError::Command {
+            command: sys::command_line(&cmd),
+            detail: format!("cannot start it: {e}"),
+        })?;
         let pid = child.id();
         self.nspawns_mut()[i] = Some(Proc { pid, child: Some(child) });
         let mut nodes = self.nodes_mut();
@@ -480,7 +493,10 @@ impl Lab {
             return Err(LabError::Start {
                 node: node.name.clone(),
                 what: "the container",
-                detail: format!("systemd says the system is {state:?} after booting: {}", log_tail(&node.dir.join("console.log"))),
+                detail: format!(
+                    "systemd says the system is {state:?} after booting: {}",
+                    log_tail(&node.dir.join("console.log"))
+                ),
             });
         }
         let detail = if gone { "systemd-nspawn exited" } else { "sshd did not listen within 180 s" };
@@ -535,8 +551,11 @@ fn raise_inotify_instances() -> Result<(), LabError> {
     let path = Path::new("/proc/sys/fs/inotify/max_user_instances");
     let current: u64 = fs::read_to_string(path).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     if current < INOTIFY_INSTANCES {
-        fs::write(path, INOTIFY_INSTANCES.to_string())
-            .map_err(|source| LabError::Io { action: "raise", path: path.to_path_buf(), source })?;
+        fs::write(path, INOTIFY_INSTANCES.to_string()).map_err(|source| LabError::Io {
+            action: "raise",
+            path: path.to_path_buf(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -824,7 +843,9 @@ fn clear_state_dir(state_dir: &Path) -> Result<(), LabError> {
         let path = entry.path();
         let result = if name == "lab.json" || name == "mirror.log" {
             fs::remove_file(&path)
-        } else if ["cluster", "mirror", "gnupg", "packages"].contains(&name.as_str()) || is_lab_netns("x", &format!("x-{name}")) {
+        } else if ["cluster", "mirror", "gnupg", "packages"].contains(&name.as_str())
+            || is_lab_netns("x", &format!("x-{name}"))
+        {
             fs::remove_dir_all(&path)
         } else {
             continue;

@@ -35,8 +35,8 @@ use std::path::PathBuf;
 pub use calls::{parse_calls, Call};
 pub use faults::{Fault, FaultAction, FAULTS_FILE};
 pub use hakube_cluster::Role;
-pub use mirror::{PACKAGED_STANDINS, MODPROBE, STANDIN_LIBRARY};
 pub use lab::{clean, definition, Lab};
+pub use mirror::{MODPROBE, PACKAGED_STANDINS, STANDIN_LIBRARY};
 use serde::{Deserialize, Serialize};
 
 /// The non-root login user a lab creates when [`LabConfig::sudo_user`] is set: passwordless

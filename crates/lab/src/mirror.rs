@@ -123,11 +123,9 @@ pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdAr
     let debian = root.join("debian");
     let pool = debian.join("pool/main");
     mkdir(&pool)?;
-    for entry in fs::read_dir(&image.debs).map_err(|source| LabError::Io {
-        action: "list",
-        path: image.debs.clone(),
-        source,
-    })? {
+    for entry in
+        fs::read_dir(&image.debs).map_err(|source| LabError::Io { action: "list", path: image.debs.clone(), source })?
+    {
         let entry = entry.map_err(|source| LabError::Io { action: "list", path: image.debs.clone(), source })?;
         let to = pool.join(entry.file_name());
         fs::hard_link(entry.path(), &to)
@@ -165,8 +163,11 @@ pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdAr
         for (name, _) in PACKAGED_STANDINS {
             let deb = build_package(&staging, name, version, &arch)?;
             let file = deb.file_name().expect("a package file").to_owned();
-            fs::rename(&deb, repo.join(&file))
-                .map_err(|source| LabError::Io { action: "move", path: deb.clone(), source })?;
+            fs::rename(&deb, repo.join(&file)).map_err(|source| LabError::Io {
+                action: "move",
+                path: deb.clone(),
+                source,
+            })?;
             let _ = writeln!(
                 index,
                 "pkgs.k8s.io/core:/stable:/v{minor}/deb/{}\thakube-lab stand-in package (crates/lab/standins/{name}), built by dpkg-deb",
@@ -175,7 +176,11 @@ pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdAr
         }
         let packages = run(Command::new("dpkg-scanpackages").args(["--multiversion", "."]).current_dir(&repo))?;
         write(&repo.join("Packages"), 0o644, packages.as_bytes())?;
-        let release = run(Command::new("apt-ftparchive").args(["-o", "APT::FTPArchive::Release::Origin=hakube-lab"]).arg("release").arg(".").current_dir(&repo))?;
+        let release = run(Command::new("apt-ftparchive")
+            .args(["-o", "APT::FTPArchive::Release::Origin=hakube-lab"])
+            .arg("release")
+            .arg(".")
+            .current_dir(&repo))?;
         gpg.sign_release(&repo, &release)?;
         write(&repo.join("Release.key"), 0o644, armored.as_bytes())?;
     }
@@ -255,8 +260,11 @@ impl Gpg {
     fn new(home: &Path) -> Result<Gpg, LabError> {
         mkdir(home)?;
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(home, fs::Permissions::from_mode(0o700))
-            .map_err(|source| LabError::Io { action: "set the mode of", path: home.to_path_buf(), source })?;
+        fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(|source| LabError::Io {
+            action: "set the mode of",
+            path: home.to_path_buf(),
+            source,
+        })?;
         let gpg = Gpg { home: home.to_path_buf() };
         gpg.run(&[
             "--passphrase",

@@ -31,12 +31,7 @@ pub(crate) fn mount_root(node: &LabNode, image: &Image) -> Result<(), LabError> 
         .args(["-t", "overlay"])
         .arg(format!("hakube-lab-{}", node.name))
         .arg("-o")
-        .arg(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            image.rootfs.display(),
-            upper.display(),
-            work.display()
-        ))
+        .arg(format!("lowerdir={},upperdir={},workdir={}", image.rootfs.display(), upper.display(), work.display()))
         .arg(&root))?;
     Ok(())
 }
@@ -51,7 +46,8 @@ pub(crate) fn customize(config: &LabConfig, node: &LabNode, all: &[LabNode], mir
     let file = |path: &str, mode: u32, content: &[u8]| write(&root.join(path), mode, content);
 
     file("etc/hostname", 0o644, format!("{}\n", node.name).as_bytes())?;
-    let mut hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n", node.name);
+    let mut hosts =
+        format!("127.0.0.1\tlocalhost\n127.0.1.1\t{}\n::1\tlocalhost ip6-localhost ip6-loopback\n", node.name);
     for other in all {
         hosts.push_str(&format!("{}\t{}\n", other.address, other.name));
     }
@@ -68,8 +64,11 @@ pub(crate) fn customize(config: &LabConfig, node: &LabNode, all: &[LabNode], mir
             let dir = assets.join("ssh/host-keys").join(&node.name);
             for (name, mode) in [("ssh_host_ed25519_key", 0o600), ("ssh_host_ed25519_key.pub", 0o644)] {
                 let from = dir.join(name);
-                let bytes =
-                    fs::read(&from).map_err(|source| LabError::Io { action: "read the host key", path: from, source })?;
+                let bytes = fs::read(&from).map_err(|source| LabError::Io {
+                    action: "read the host key",
+                    path: from,
+                    source,
+                })?;
                 write(&root.join("etc/ssh").join(name), mode, &bytes)?;
             }
         }
@@ -90,12 +89,18 @@ pub(crate) fn customize(config: &LabConfig, node: &LabNode, all: &[LabNode], mir
         let home = format!("home/{SUDO_USER}");
         file(&format!("{home}/.ssh/authorized_keys"), 0o600, authorized.as_bytes())?;
         set_mode(&root.join(&home).join(".ssh"), 0o700)?;
-        run(Command::new("chroot").arg(&root).args(["chown", "-R"]).arg(format!("{SUDO_USER}:{SUDO_USER}")).arg(format!("/{home}")))?;
+        run(Command::new("chroot")
+            .arg(&root)
+            .args(["chown", "-R"])
+            .arg(format!("{SUDO_USER}:{SUDO_USER}"))
+            .arg(format!("/{home}")))?;
         file(
             &format!("etc/sudoers.d/{SUDO_USER}"),
             0o440,
-            format!("# hakube lab node: passwordless sudo for the login user\n{SUDO_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
-                .as_bytes(),
+            format!(
+                "# hakube lab node: passwordless sudo for the login user\n{SUDO_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+            )
+            .as_bytes(),
         )?;
     }
 

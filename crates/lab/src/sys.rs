@@ -105,17 +105,8 @@ pub(crate) fn alive(pid: u32) -> bool {
 }
 
 /// Polls `done` every 10 ms until it holds or `TIMEOUT` passes; whether it held.
-pub(crate) fn wait_for(mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub(crate) fn wait_for(done: impl FnMut() -> bool) -> bool {
+    wait_for_within(TIMEOUT, done)
 }
 
 /// Whether a process in the network namespace of `pid` listens on TCP port `port`, from
@@ -181,12 +172,7 @@ pub(crate) fn signal_term(pid: u32) {
 
 /// The first child of process `pid` (`/proc/<pid>/task/<pid>/children`), if it has one.
 pub(crate) fn first_child(pid: u32) -> Option<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// Whether process `pid` is a `systemd-nspawn` booting `root` (its command line has

@@ -169,17 +169,24 @@ fn nodes_are_real_debian_machines_that_install_from_the_mirror() {
          systemctl cat kubelet.service | grep -c 10-kubeadm.conf; dpkg-query -W -f='${Version}\\n' containerd 2>/dev/null || echo no-containerd",
     );
     assert_eq!(
-        out,
-        "kubeadm: /usr/bin/kubeadm\nv1.36.4\nKubernetes v1.36.4\nkubeadm\nkubectl\nkubelet\n1\nno-containerd\n",
+        out, "kubeadm: /usr/bin/kubeadm\nv1.36.4\nKubernetes v1.36.4\nkubeadm\nkubectl\nkubelet\n1\nno-containerd\n",
         "the stand-ins come as real packages, with kubeadm's kubelet drop-in"
     );
     // A held package stays where it is: apt refuses to change it without being told to.
-    let out = f.ssh_with("root", "master0", "known_hosts", "DEBIAN_FRONTEND=noninteractive apt-get -q -y install kubeadm=1.35.4-1.1 2>&1");
+    let out = f.ssh_with(
+        "root",
+        "master0",
+        "known_hosts",
+        "DEBIAN_FRONTEND=noninteractive apt-get -q -y install kubeadm=1.35.4-1.1 2>&1",
+    );
     assert_eq!(out.status.code(), Some(100), "{}", String::from_utf8_lossy(&out.stdout));
     // Only the stand-ins are recorded; the real tools (apt, dpkg, hostname) are not.
     let names: Vec<String> = f.calls("master0").iter().map(|c| c.name.clone()).collect();
     assert!(names.iter().all(|n| n == "kubeadm" || n == "kubelet" || n == "kubectl"), "{names:?}");
-    assert_eq!(f.calls("master0").iter().find(|c| c.name == "kubeadm").unwrap().command_line(), "kubeadm version -o short");
+    assert_eq!(
+        f.calls("master0").iter().find(|c| c.name == "kubeadm").unwrap().command_line(),
+        "kubeadm version -o short"
+    );
 
     // The definition points at the nodes and at the mirror.
     let definition = f.lab.definition();
@@ -202,7 +209,8 @@ fn a_boot_script_that_needs_a_tool_the_image_lacks_fails() {
     let (code, _, err) = f.bash("master0", &script);
     assert_eq!(code, 127, "gpg is not on a fresh machine: {err}");
     assert!(err.contains("gpg: command not found"), "{err}");
-    let (code, _, err) = f.bash("master0", "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q -y install gpg");
+    let (code, _, err) =
+        f.bash("master0", "apt-get -q update && DEBIAN_FRONTEND=noninteractive apt-get -q -y install gpg");
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = f.bash("master0", &script);
     assert_eq!(code, 0, "{err}");
@@ -307,7 +315,8 @@ fn lab_pids(lab: &Lab, extra: &[u32]) -> Vec<u32> {
 
 /// The mirror server's PID, found by its command line.
 fn mirror_pid(state_dir: &Path) -> u32 {
-    let saved: serde_json::Value = serde_json::from_str(&fs::read_to_string(state_dir.join("lab.json")).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(state_dir.join("lab.json")).unwrap()).unwrap();
     saved["mirror_pid"].as_u64().unwrap() as u32
 }
 
@@ -397,13 +406,19 @@ fn kubeadm_fails_where_kubeadm_fails() {
     f.install_kubernetes_packages("master0", "1.36.4");
     let config = "printf 'apiVersion: kubeadm.k8s.io/v1beta4\\nkind: InitConfiguration\\nnodeRegistration:\\n  name: master0\\n' > /tmp/kubeadm.yaml";
     // A machine nobody prepared: no container runtime, no IP forwarding.
-    let (code, out, err) = f.bash("master0", &format!("{config} && sysctl -qw net.ipv4.ip_forward=0 && kubeadm init --config /tmp/kubeadm.yaml"));
+    let (code, out, err) = f.bash(
+        "master0",
+        &format!("{config} && sysctl -qw net.ipv4.ip_forward=0 && kubeadm init --config /tmp/kubeadm.yaml"),
+    );
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("[ERROR CRI]"), "{err}");
     assert!(err.contains("[ERROR FileContent--proc-sys-net-ipv4-ip_forward]"), "{err}");
     assert!(err.contains("error execution phase preflight"), "{err}");
     // The kubelet crash-loops under systemd until kubeadm writes its configuration.
-    let (_, out, _) = f.bash("master0", "systemctl enable --now kubelet 2>/dev/null; sleep 1; systemctl show -p NRestarts,ActiveState kubelet");
+    let (_, out, _) = f.bash(
+        "master0",
+        "systemctl enable --now kubelet 2>/dev/null; sleep 1; systemctl show -p NRestarts,ActiveState kubelet",
+    );
     assert!(!out.contains("ActiveState=active"), "the kubelet cannot run without its config: {out}");
     // An injected fault: the phase fails with the code asked for.
     f.lab.add_fault("master0", &Fault::parse("kubeadm.init@preflight fail 3").unwrap()).unwrap();
@@ -437,7 +452,11 @@ fn every_stand_in_is_embedded_and_documented() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     on_disk.sort();
-    assert_eq!(on_disk, ["cilium", "kubeadm", "kubectl", "kubelet", "modprobe", "standin-lib.sh"], "stand-ins only for what cannot run here");
+    assert_eq!(
+        on_disk,
+        ["cilium", "kubeadm", "kubectl", "kubelet", "modprobe", "standin-lib.sh"],
+        "stand-ins only for what cannot run here"
+    );
     let packaged: Vec<&str> = PACKAGED_STANDINS.iter().map(|(n, _)| *n).collect();
     assert_eq!(packaged, ["kubeadm", "kubectl", "kubelet"]);
     for name in ["kubeadm", "kubectl", "kubelet", "modprobe", "cilium"] {

@@ -397,7 +397,12 @@ fn etcd_release(def: &ClusterDefinition, minor: u32) -> Result<EtcdRelease, Stri
     let sha256: Vec<(String, String)> = ARCHITECTURES
         .iter()
         .filter_map(|arch| {
-            let sum = def.etcd.sha256.get(*arch).cloned().or_else(|| etcd_archive_sha256(&version, arch).map(str::to_string))?;
+            let sum = def
+                .etcd
+                .sha256
+                .get(*arch)
+                .cloned()
+                .or_else(|| etcd_archive_sha256(&version, arch).map(str::to_string))?;
             Some((arch.to_string(), sum))
         })
         .collect();
