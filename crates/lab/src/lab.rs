@@ -73,6 +73,9 @@ impl Lab {
         clean(&config)?;
         clear_state_dir(&config.state_dir)?;
         raise_inotify_instances()?;
+        // systemd-nspawn keeps per-container state there and, without systemd as the host's
+        // PID 1, nothing else creates it.
+        image::mkdir(Path::new("/run/systemd/nspawn"))?;
         image::mkdir(&config.state_dir.join("cluster"))?;
         let image = image::ensure(&config.image_cache, config.distro)?;
         let etcd = image::ensure_etcd_archive(&config.image_cache)?;
