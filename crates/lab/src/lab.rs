@@ -340,8 +340,11 @@ impl Lab {
         let count = self.nodes_mut().len();
         // Power off in parallel: each node takes a moment to shut down.
         for i in 0..count {
+            let root = self.nodes_mut()[i].root();
             if let Some(proc) = self.nspawns_mut()[i].as_ref() {
-                sys::signal_term(proc.pid);
+                if proc.child.is_some() || sys::is_nspawn_of(proc.pid, &root) {
+                    sys::signal_term(proc.pid);
+                }
             }
         }
         for i in 0..count {
@@ -515,6 +518,9 @@ impl Lab {
     fn power_off(&self, i: usize) -> Result<(), LabError> {
         let proc = self.nspawns_mut()[i].take();
         let node = self.nodes_mut()[i].clone();
+        // A PID from lab.json is signalled only while it still boots this node's root, so a
+        // reused PID is never hit.
+        let proc = proc.filter(|p| p.child.is_some() || sys::is_nspawn_of(p.pid, &node.root()));
         if let Some(mut proc) = proc {
             sys::signal_term(proc.pid);
             if !wait_for_within(POWEROFF_TIMEOUT, || exited(&mut proc)) {
