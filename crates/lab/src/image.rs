@@ -202,7 +202,7 @@ fn mirror_in(text: &str) -> Option<String> {
             continue;
         }
         if words.peek().is_some_and(|w| w.starts_with('[')) {
-            while let Some(w) = words.next() {
+            for w in words.by_ref() {
                 if w.ends_with(']') {
                     break;
                 }
