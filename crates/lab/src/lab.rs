@@ -830,6 +830,14 @@ fn check_environment(config: &LabConfig) -> Result<(), LabError> {
         ("ssh-keygen", "openssh-client"),
     ];
     let _ = config;
+    // /proc/swaps is not namespaced: every node would see the host's swap, and the boot
+    // scripts' `swapoff -a` (as root in the container) would act on it.
+    let swaps = fs::read_to_string("/proc/swaps").unwrap_or_default();
+    if swaps.lines().count() > 1 {
+        return Err(LabError::Config(
+            "this machine has swap on, which every lab node would see and whose boot script would switch it off: run the lab on a machine without swap (swapoff -a first)".into(),
+        ));
+    }
     for (program, package) in needed {
         if !sys::have_program(program) {
             return Err(LabError::MissingProgram { program: program.into(), package });
