@@ -32,6 +32,29 @@ pub struct Request<'a> {
     pub assume_yes: bool,
 }
 
+/// With the external etcd topology, each targeted master's etcd step waits until its member
+/// answers, which needs a quorum (more than half of all masters) running: the masters that
+/// are not targeted are assumed to run, and enough targeted ones must run their steps at the
+/// same time. Refuses a `concurrency` below that before anything starts, rather than let the
+/// steps wait for each other until they time out.
+///
+/// Errors: the concurrency needed, the masters and the flag or field to raise.
+fn check_etcd_quorum(def: &hakube_cluster::ClusterDefinition, targets: &[String], concurrency: usize) -> Result<()> {
+    if def.etcd.topology != hakube_cluster::definition::EtcdTopology::External {
+        return Ok(());
+    }
+    let masters = def.masters.len();
+    let targeted = def.masters.iter().filter(|m| targets.contains(&m.node_name)).count();
+    let quorum = masters / 2 + 1;
+    let needed = quorum.saturating_sub(masters - targeted);
+    if concurrency < needed {
+        bail!(
+            "installing {targeted} of {masters} masters with external etcd needs {needed} of them running their etcd steps at once (a quorum is {quorum} members), but the concurrency is {concurrency}: pass --concurrency {needed} or more (or raise installConcurrency)"
+        );
+    }
+    Ok(())
+}
+
 pub fn run(req: Request<'_>) -> Result<ExitCode> {
     let catalog = crate::hooks::catalog(req.templates)?;
     let Some(loaded) = crate::load_definition(req.definition, &catalog)? else {
@@ -60,10 +83,14 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
         eprintln!("hakube: reset cancelled");
         return Ok(ExitCode::from(1));
     }
+    let concurrency = req.concurrency.unwrap_or(def.install_concurrency as usize);
+    if req.mode == Mode::Install {
+        check_etcd_quorum(&def, &plan.targets, concurrency)?;
+    }
     let settings = Settings {
         assets_dir: req.assets_dir.to_path_buf(),
         log_dir: req.log_dir.to_path_buf(),
-        concurrency: req.concurrency.unwrap_or(def.install_concurrency as usize),
+        concurrency,
         connect_budget: req.connect_timeout,
     };
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;

@@ -98,3 +98,16 @@ fn reset_needs_confirmation_or_yes() {
     let out = hakube(&["reset", &lab, "master2", "--dry-run"], dir.path());
     assert!(text(&out).contains("boot.sh forget master2 (on master0)"), "{}", text(&out));
 }
+
+/// External etcd: each master's etcd step waits for a quorum of members, so installing all
+/// three masters one at a time could only time out; install refuses before connecting.
+#[test]
+fn install_refuses_a_concurrency_below_the_etcd_quorum() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("lab-cluster.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    let out = hakube(&["install", &lab, "--concurrency", "1"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("needs 2 of them running their etcd steps at once"), "{}", text(&out));
+    assert!(!dir.path().join("logs").exists(), "nothing ran");
+}
