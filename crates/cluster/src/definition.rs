@@ -419,19 +419,6 @@ pub struct Downloads {
     pub mirror: Option<String>,
 }
 
-impl Downloads {
-    /// Where `upstream` (an `https://` URL) is fetched from: `upstream` itself without a
-    /// mirror, else `<mirror>/<upstream without https://>`.
-    pub fn url(&self, upstream: &str) -> String {
-        match &self.mirror {
-            None => upstream.to_string(),
-            Some(mirror) => {
-                format!("{}/{}", mirror.trim_end_matches('/'), upstream.trim_start_matches("https://"))
-            }
-        }
-    }
-}
-
 /// The Kubernetes package repository.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -63,7 +63,7 @@ pub struct SupportedVersions {
     pub maintained_from: u32,
 }
 
-/// The versions this build of hakube supports (see docs/KUBEADM.md, "Versions").
+/// The versions this build of hakube supports (see docs/upstream-facts.md, "Versions").
 pub const SUPPORTED: SupportedVersions = SupportedVersions { oldest_minor: 31, newest_minor: 37, maintained_from: 35 };
 
 /// A kind of hook template under `templates/hooks/<dir>/`.

@@ -2,7 +2,7 @@
 //! each deciding from the manifest and the targeted nodes whether and where it applies.
 //!
 //! The order is the one a HA control plane needs (kubeadm's tested path, see
-//! docs/KUBEADM.md "HA joins"): ship files → preparation steps everywhere in
+//! docs/upstream-facts.md "HA joins"): ship files → preparation steps everywhere in
 //! parallel → `init` on the first master → `join` on the other masters one at a time →
 //! `join` on the workers in parallel → the network provider → the remaining steps.
 

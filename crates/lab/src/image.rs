@@ -172,17 +172,15 @@ pub fn ensure(cache: &Path, distro: Distro) -> Result<Image, LabError> {
 ///
 /// Errors: [`LabError::Config`] when no source names one.
 pub fn debian_mirror() -> Result<String, LabError> {
-    let mut texts = Vec::new();
-    for dir in ["/etc/apt/sources.list.d"] {
-        if let Ok(entries) = fs::read_dir(dir) {
-            let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            paths.sort();
-            texts.extend(paths.into_iter().filter_map(|p| {
-                let name = p.file_name()?.to_string_lossy().into_owned();
-                (name.ends_with(".sources") || name.ends_with(".list")).then(|| fs::read_to_string(&p).ok()).flatten()
-            }));
-        }
-    }
+    let mut paths: Vec<PathBuf> = fs::read_dir("/etc/apt/sources.list.d")
+        .map(|entries| entries.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    paths.sort();
+    let mut texts: Vec<String> = paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list"))
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .collect();
     if let Ok(text) = fs::read_to_string("/etc/apt/sources.list") {
         texts.push(text);
     }

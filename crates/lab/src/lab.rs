@@ -655,12 +655,12 @@ pub fn clean(config: &LabConfig) -> Result<(), LabError> {
     let mut mounts = sys::mounts_under(&state_dir)?;
     mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
     for mount in mounts {
-        let mut left = Vec::new();
-        if !wait_for(|| {
-            left = Vec::new();
-            run(Command::new("umount").arg(&mount)).is_ok() || !sys::mounts_under(&mount).is_ok_and(|m| !m.is_empty())
-        }) {
-            return Err(LabError::Stuck { netns: format!("(mount {})", mount.display()), pids: left });
+        // A container that just ended may still hold its root for a moment: retry.
+        let unmounted = wait_for(|| {
+            run(Command::new("umount").arg(&mount)).is_ok() || sys::mounts_under(&mount).is_ok_and(|m| m.is_empty())
+        });
+        if !unmounted {
+            run(Command::new("umount").arg(&mount))?;
         }
     }
     Ok(())

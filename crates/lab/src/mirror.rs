@@ -127,10 +127,7 @@ pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdAr
         fs::read_dir(&image.debs).map_err(|source| LabError::Io { action: "list", path: image.debs.clone(), source })?
     {
         let entry = entry.map_err(|source| LabError::Io { action: "list", path: image.debs.clone(), source })?;
-        let to = pool.join(entry.file_name());
-        fs::hard_link(entry.path(), &to)
-            .or_else(|_| fs::copy(entry.path(), &to).map(|_| ()))
-            .map_err(|source| LabError::Io { action: "copy", path: to.clone(), source })?;
+        link_or_copy(&entry.path(), &pool.join(entry.file_name()))?;
         let _ = writeln!(
             index,
             "debian/pool/main/{}\tDebian {suite}, downloaded by apt-get from this machine's Debian mirror",
@@ -188,9 +185,7 @@ pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdAr
     let release = root.join(format!("github.com/etcd-io/etcd/releases/download/v{}", etcd.version));
     mkdir(&release)?;
     let file = etcd.path.file_name().expect("an archive file").to_owned();
-    fs::hard_link(&etcd.path, release.join(&file))
-        .or_else(|_| fs::copy(&etcd.path, release.join(&file)).map(|_| ()))
-        .map_err(|source| LabError::Io { action: "copy", path: etcd.path.clone(), source })?;
+    link_or_copy(&etcd.path, &release.join(&file))?;
     let _ = writeln!(
         index,
         "github.com/etcd-io/etcd/releases/download/v{}/{}\tetcd's release layout, holding the etcd binaries of Debian unstable's etcd-server and etcd-client packages (sha256 {}; not etcd's own archive, whose sum differs)",
@@ -244,6 +239,15 @@ fn build_package(staging: &Path, name: &str, version: &str, arch: &str) -> Resul
     let deb = staging.join(format!("{name}_{full}_{arch}.deb"));
     run(Command::new("dpkg-deb").args(["--build", "--root-owner-group", "-Zgzip"]).arg(&dir).arg(&deb))?;
     Ok(deb)
+}
+
+/// `to` as a hard link to `from` (the cache and the mirror share a file system), or a copy.
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), LabError> {
+    fs::hard_link(from, to).or_else(|_| fs::copy(from, to).map(|_| ())).map_err(|source| LabError::Io {
+        action: "copy",
+        path: from.to_path_buf(),
+        source,
+    })
 }
 
 /// The Debian architecture of this machine (`dpkg --print-architecture`): `amd64`, `arm64`.

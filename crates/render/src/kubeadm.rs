@@ -2,7 +2,7 @@
 //! `kubeadm.k8s.io/v1beta4` structures serialised to multi-document YAML.
 //!
 //! Typed rather than templated because `kubeadm init`/`join` only *warn* about unknown
-//! fields, so a misspelt field would be silently ignored on a real node (docs/KUBEADM.md,
+//! fields, so a misspelt field would be silently ignored on a real node (docs/upstream-facts.md,
 //! "kubeadm v1beta4 configuration"). Every struct here denies unknown fields, so
 //! [`parse`] reads back exactly what [`kubeadm_config`] writes and nothing else.
 //!
@@ -33,7 +33,7 @@ pub const CRI_SOCKET: &str = "unix:///var/run/containerd/containerd.sock";
 /// (kubeadm's default `bindPort`).
 pub const API_SERVER_PORT: u16 = 6443;
 
-/// The group kubeadm gives the default node bootstrap token (docs/KUBEADM.md, "Bootstrap
+/// The group kubeadm gives the default node bootstrap token (docs/upstream-facts.md, "Bootstrap
 /// token and discovery").
 pub const BOOTSTRAP_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
 
@@ -77,7 +77,7 @@ pub enum KubeadmError {
     },
 }
 
-/// The only `apiVersion` hakube writes (docs/KUBEADM.md, "Versions": v1beta4 since 1.31).
+/// The only `apiVersion` hakube writes (docs/upstream-facts.md, "Versions": v1beta4 since 1.31).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiVersion {
     /// `kubeadm.k8s.io/v1beta4`.
@@ -154,7 +154,7 @@ pub struct NodeRegistrationOptions {
     /// The container runtime's CRI socket, [`CRI_SOCKET`].
     pub cri_socket: String,
     /// Unset: kubeadm's default (the control-plane taint on masters); `Some([])`: no
-    /// taints at all. kubeadm tells the two apart (docs/KUBEADM.md), so `None` is omitted
+    /// taints at all. kubeadm tells the two apart (docs/upstream-facts.md), so `None` is omitted
     /// rather than written as an empty list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taints: Option<Vec<Taint>>,
@@ -261,7 +261,7 @@ pub struct LocalEtcd {
     pub data_dir: String,
 }
 
-/// `etcd.external` (docs/KUBEADM.md, "etcd (external topology, TLS everywhere)").
+/// `etcd.external` (docs/upstream-facts.md, "etcd (external topology, TLS everywhere)").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExternalEtcd {

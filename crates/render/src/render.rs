@@ -298,7 +298,7 @@ pub fn render(
     let algorithm: KeyAlgorithm = def.pki.key_algorithm;
     let (_, leaf_validity) = def.pki.validities();
 
-    // The CAs (kubeadm's names and common names; docs/KUBEADM.md "PKI kubeadm lays out") and
+    // The CAs (kubeadm's names and common names; docs/upstream-facts.md "PKI kubeadm lays out") and
     // the service-account key, generated side by side: RSA key generation dominates a first
     // render.
     let (cluster_ca, front_proxy_ca, etcd_ca, sa_key) = std::thread::scope(|s| {

@@ -373,9 +373,6 @@ fn registry_server(registry: &str) -> String {
 struct EtcdRelease {
     /// `3.6.14`.
     version: String,
-    /// The directory URL of the release's archives (the definition's `downloads.mirror`
-    /// applied): `https://github.com/etcd-io/etcd/releases/download/v3.6.14`.
-    url: String,
     /// `(architecture, sha256)` of `etcd-vVERSION-linux-ARCH.tar.gz`, for every architecture
     /// whose sum is known.
     sha256: Vec<(String, String)>,
@@ -409,8 +406,7 @@ fn etcd_release(def: &ClusterDefinition, minor: u32) -> Result<EtcdRelease, Stri
     if sha256.is_empty() {
         return Err(format!("no sha256 of etcd {version}'s archives: set etcd.sha256"));
     }
-    let url = def.downloads.url(&format!("https://github.com/etcd-io/etcd/releases/download/v{version}"));
-    Ok(EtcdRelease { version, url, sha256 })
+    Ok(EtcdRelease { version, sha256 })
 }
 
 #[derive(Serialize)]

@@ -1,5 +1,5 @@
 //! A real three-member etcd cluster (Debian's `etcd-server`) on 127.0.0.1-3, TLS
-//! everywhere, with every certificate issued by `hakube_render::pki` as docs/KUBEADM.md's
+//! everywhere, with every certificate issued by `hakube_render::pki` as docs/upstream-facts.md's
 //! "etcd (external topology)" section lists: client-cert-auth, peer-client-cert-auth, a
 //! server and a peer certificate per member carrying its own IP. kube-apiserver's etcd
 //! client certificate writes and reads; a client certificate from another CA is refused.

@@ -1,7 +1,7 @@
 //! The secret material render makes — CAs and leaf certificates, the service-account key
 //! pair, the discovery hash, the bootstrap token and SSH keys — read back by independent
 //! implementations (the openssl and ssh-keygen CLIs, OpenSSL's verifier) and compared
-//! with what kubeadm makes (docs/KUBEADM.md).
+//! with what kubeadm makes (docs/upstream-facts.md).
 
 mod support;
 
@@ -80,7 +80,7 @@ struct Case<'a> {
     eku: &'a str,
 }
 
-/// The three CAs and the leaves hakube issues, checked against docs/KUBEADM.md's table.
+/// The three CAs and the leaves hakube issues, checked against docs/upstream-facts.md's table.
 fn check_kubeadm_pki(algorithm: KeyAlgorithm) {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
