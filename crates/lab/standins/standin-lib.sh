@@ -20,6 +20,10 @@
 #   tokens                "<token id> <expiry unix s|never>" (token ids only, never secrets)
 #   kubeadm-config.yaml   the ClusterConfiguration kubeadm init uploaded (no secrets in it)
 #   etcd-learner.lock     held by a stacked control-plane join while its etcd learner syncs
+#   kubernetes-version    the cluster's version (v1.36.4): set by kubeadm init, changed by a
+#                         successful kubeadm upgrade apply
+#   kubelets/<node>       "<version> Ready|NotReady": the Node's status.nodeInfo.kubeletVersion
+#                         and Ready condition, as the kubelet reports them (lab__kubelet_status)
 #
 # Faults, per node: /etc/hakube-lab/faults (see lab_fault).
 
@@ -55,6 +59,7 @@ lab_start() {
   done
   printf '%s\n' "$line" >>"$LAB_LOG"
   trap 'lab_end $?' EXIT
+  if [[ $LAB_NAME == kubelet ]]; then lab__kubelet_status "$@" || true; fi
 }
 
 # lab_end CODE: the end line. The time is bash's EPOCHREALTIME (microseconds, padded to the
@@ -63,6 +68,40 @@ lab_start() {
 lab_end() {
   local now=${EPOCHREALTIME/[^0-9]/.}000
   printf '%s %s end %s %s\n' "$now" "$$" "$LAB_NAME" "$1" >>"$LAB_LOG"
+  if [[ -n $LAB_KUBELET_NODE ]]; then
+    printf '%s NotReady\n' "$LAB_KUBELET_VERSION" >"$LAB_CLUSTER/kubelets/$LAB_KUBELET_NODE" 2>/dev/null || true
+  fi
+}
+
+# lab__kubelet_status ARGS...: what a running kubelet reports in its Node's status and kubeadm
+# upgrade reads there: status.nodeInfo.kubeletVersion (phases/upgrade/versiongetter.go,
+# KubeletVersions) and the Ready condition (phases/upgrade/health.go, controlPlaneNodesReady).
+# For each run of the kubelet service (not `kubelet --version` or --help), lab_start writes
+# kubelets/<node> as "<version of the installed kubelet package> Ready", lab_end as "... NotReady"
+# once that kubelet exits (crash-looping, or stopped by systemctl): a stopped kubelet's Node turns
+# NotReady, as the node lifecycle controller marks it when its heartbeats stop. <node> is
+# --hostname-override, else the host name, as the kubelet names its Node.
+LAB_KUBELET_NODE='' LAB_KUBELET_VERSION=''
+lab__kubelet_status() {
+  local arg prev='' name=''
+  case ${1:-} in --version* | -h | --help) return 0 ;; esac
+  for arg in "$@"; do
+    case $arg in --hostname-override=*) name=${arg#*=} ;; esac
+    if [[ $prev == --hostname-override ]]; then name=$arg; fi
+    prev=$arg
+  done
+  [[ -n $name ]] || name=$(lab_node_name)
+  LAB_KUBELET_VERSION=v$(lab_kube_version kubelet)
+  mkdir -p "$LAB_CLUSTER/kubelets" 2>/dev/null || return 0
+  LAB_KUBELET_NODE=${name,,}
+  printf '%s Ready\n' "$LAB_KUBELET_VERSION" >"$LAB_CLUSTER/kubelets/$LAB_KUBELET_NODE" 2>/dev/null || true
+}
+
+# lab_kubelet_status NODE: "<version> Ready|NotReady" of NODE's kubelet; fails when no kubelet
+# ever ran there (a Node without status: no version, no Ready condition).
+lab_kubelet_status() {
+  [[ -r $LAB_CLUSTER/kubelets/$1 ]] || return 1
+  printf '%s\n' "$(<"$LAB_CLUSTER/kubelets/$1")"
 }
 
 # lab_note TEXT: a remark on standard error, marked as the lab's.
