@@ -1,7 +1,7 @@
 //! `cargo xtask lab ...`: the local test lab (crates/lab) from the command line.
 //!
 //! - `lab up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR]
-//!   [--sudo-user]`: tears down an earlier lab, brings up N masters (default 3) and M workers
+//!   [--sudo-user] [--network calico|cilium|flannel|weave]`: tears down an earlier lab, brings up N masters (default 3) and M workers
 //!   (default 2) on 10.250.0.0/16 and leaves them running; writes the lab's cluster
 //!   definition (every download pointed at the lab's mirror) to target/lab/cluster.json.
 //!   With --assets, the nodes get the host keys of DIR/ssh/host-keys/<node>/ and authorize
@@ -22,6 +22,7 @@ use hakube_lab::{Lab, LabConfig};
 
 const USAGE: &str =
     "usage: cargo xtask lab up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user]
+                           [--network calico|cilium|flannel|weave]
        cargo xtask lab exec NODE -- CMD...
        cargo xtask lab link NODE down|up
        cargo xtask lab sshd NODE stop|start
@@ -94,6 +95,7 @@ fn up(state_dir: &Path, args: &[String]) -> Result<()> {
             "--masters" => config.masters = value("--masters")?.parse().context("--masters needs a number")?,
             "--workers" => config.workers = value("--workers")?.parse().context("--workers needs a number")?,
             "--distro" => config.distro = value("--distro")?.parse()?,
+            "--network" => config.network_provider = value("--network")?,
             "--assets" => {
                 let assets = PathBuf::from(value("--assets")?);
                 let key = assets.join("ssh/id_ed25519.pub");

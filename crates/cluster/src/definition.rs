@@ -417,6 +417,13 @@ pub struct Downloads {
     /// Unset: the upstream URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<String>,
+    /// sha256 (64 lowercase hex digits) of downloaded files, by upstream URL as
+    /// `hakube render --list-downloads` prints it. The boot script checks every download
+    /// against its pin before using it. hakube knows the sums of the releases it pairs
+    /// (etcd's and the cilium CLI's archives, Calico's and flannel's manifests); set one here
+    /// for another release or file (validation warns about a download nothing pins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sha256: BTreeMap<String, String>,
 }
 
 /// The Kubernetes package repository.
@@ -457,6 +464,16 @@ pub struct Hooks {
     /// `null`: none (bring your own CNI after install).
     #[serde(default = "default_network_provider")]
     pub network_provider: Option<String>,
+    /// The release of the network add-on (its project's tag, e.g. `v3.31.4` for Calico, the
+    /// cilium CLI's for Cilium). Unset: the release hakube pairs with kubernetesVersion's
+    /// minor from the project's compatibility statement; required for another minor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_provider_version: Option<String>,
+    /// The release of the cloud provider's cloud controller manager (its image tag, e.g.
+    /// `v1.36.1` for AWS). Unset: the published release hakube pairs with
+    /// kubernetesVersion's minor; required for another minor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud_provider_version: Option<String>,
 }
 
 impl Default for Hooks {
@@ -466,6 +483,8 @@ impl Default for Hooks {
             cloud_provider: None,
             cloud_provider_config: None,
             network_provider: default_network_provider(),
+            network_provider_version: None,
+            cloud_provider_version: None,
         }
     }
 }

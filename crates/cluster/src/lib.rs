@@ -13,6 +13,7 @@
 
 pub mod definition;
 mod diagnostic;
+pub mod downloads;
 mod locate;
 pub mod releases;
 mod validate;

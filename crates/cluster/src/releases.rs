@@ -31,6 +31,208 @@ pub const ETCD_FOR_KUBERNETES_MINOR: &[(u32, &str)] = &[(34, "3.5.33"), (35, "3.
 pub const MIN_EXTERNAL_ETCD: &[(u32, &str)] =
     &[(32, "3.5.24"), (33, "3.5.24"), (34, "3.5.24"), (35, "3.5.24"), (36, "3.5.24")];
 
+/// A pod network add-on of hakube's built-in network hooks (templates/hooks/network/), the
+/// release it installs per Kubernetes minor and the files its hook downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkAddon {
+    /// The hook's name (`hooks.networkProvider`).
+    pub provider: &'static str,
+    /// The release per Kubernetes minor, from the project's own compatibility statement
+    /// (see each constant below). Other minors: set `hooks.networkProviderVersion`.
+    pub releases: &'static [AddonRelease],
+    /// `(name, URL)` of each file the hook downloads, in the order it uses them: the boot
+    /// script fetches a file by its name; the URL has `{version}` (the release tag) and, for a
+    /// file per architecture, `{arch}` (amd64, arm64) to fill in.
+    pub files: &'static [(&'static str, &'static str)],
+}
+
+/// The release of an add-on hakube pairs with one Kubernetes minor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddonRelease {
+    /// The Kubernetes minor.
+    pub minor: u32,
+    /// The project's release tag.
+    pub tag: &'static str,
+    /// Whether the project's compatibility statement covers this minor; `false` means no
+    /// release of the project states it (validation warns).
+    pub stated: bool,
+}
+
+const fn release(minor: u32, tag: &'static str, stated: bool) -> AddonRelease {
+    AddonRelease { minor, tag, stated }
+}
+
+impl NetworkAddon {
+    /// The release hakube pairs with Kubernetes minor `minor`, if any.
+    pub fn release_for(&self, minor: u32) -> Option<&'static AddonRelease> {
+        self.releases.iter().find(|r| r.minor == minor)
+    }
+}
+
+/// `url` of a [`NetworkAddon`] file with `{version}` and `{arch}` filled in.
+pub fn fill_url(url: &str, version: &str, arch: &str) -> String {
+    url.replace("{version}", version).replace("{arch}", arch)
+}
+
+/// The built-in network add-ons, by `hooks.networkProvider` name.
+pub const NETWORK_ADDONS: &[NetworkAddon] = &[CALICO, CILIUM, FLANNEL, WEAVE];
+
+/// The built-in network add-on called `provider`.
+pub fn network_addon(provider: &str) -> Option<&'static NetworkAddon> {
+    NETWORK_ADDONS.iter().find(|a| a.provider == provider)
+}
+
+/// Calico through the Tigera operator. Calico 3.32 is tested against Kubernetes 1.34, 1.35
+/// and 1.36 (projectcalico's docs, tigera/docs
+/// `calico_versioned_docs/version-3.32/_includes/partials/_system-requirements.mdx`, "We test
+/// Calico 3.32 against the following Kubernetes versions", commit f2a27624, 2026-08-21);
+/// v3.32.1 is its newest patch (projectcalico/calico tags, 2026-06-24). Since 3.30 the
+/// operator's manifest holds no resource types: `operator-crds.yaml` is applied first (the
+/// 3.32 docs, `getting-started/kubernetes/self-managed-onprem/onpremises.mdx`).
+pub const CALICO: NetworkAddon = NetworkAddon {
+    provider: "calico",
+    releases: &[release(34, "v3.32.1", true), release(35, "v3.32.1", true), release(36, "v3.32.1", true)],
+    files: &[
+        (
+            "calico-crds",
+            "https://raw.githubusercontent.com/projectcalico/calico/{version}/manifests/operator-crds.yaml",
+        ),
+        (
+            "calico-operator",
+            "https://raw.githubusercontent.com/projectcalico/calico/{version}/manifests/tigera-operator.yaml",
+        ),
+    ],
+};
+
+/// Cilium, installed by the cilium CLI, whose release picks Cilium's: v0.19.7 installs Cilium
+/// 1.19.5 (the highest chart it embeds; cilium/cilium-cli v0.19.7, `vendor/github.com/cilium/
+/// charts/`). Cilium 1.19 is e2e tested with Kubernetes 1.32 to 1.35 (cilium/cilium v1.19.3
+/// `Documentation/network/kubernetes/compatibility.rst`); no Cilium release states 1.36 yet,
+/// so 1.36 gets the same CLI with a warning.
+pub const CILIUM: NetworkAddon = NetworkAddon {
+    provider: "cilium",
+    releases: &[release(34, "v0.19.7", true), release(35, "v0.19.7", true), release(36, "v0.19.7", false)],
+    files: &[(
+        "cilium-cli",
+        "https://github.com/cilium/cilium-cli/releases/download/{version}/cilium-linux-{arch}.tar.gz",
+    )],
+};
+
+/// flannel's manifest, from its repository at the release tag (the release's
+/// `kube-flannel.yml` asset is built from the same kustomization, and the git file can be
+/// pinned). flannel states no per-minor matrix, only "For Kubernetes v1.17+"
+/// (flannel-io/flannel README.md) and "flanneld itself should work with any version of
+/// Kubernetes" (Documentation/kubernetes.md); v0.28.9 is its newest release (2026-08-07).
+pub const FLANNEL: NetworkAddon = NetworkAddon {
+    provider: "flannel",
+    releases: &[release(34, "v0.28.9", true), release(35, "v0.28.9", true), release(36, "v0.28.9", true)],
+    files: &[(
+        "flannel",
+        "https://raw.githubusercontent.com/flannel-io/flannel/{version}/Documentation/kube-flannel.yml",
+    )],
+};
+
+/// Weave Net's last release (Weaveworks closed in 2024; nothing newer will come and no
+/// release states any current Kubernetes minor), for definitions written for
+/// hakube-installer; validation warns.
+pub const WEAVE: NetworkAddon = NetworkAddon {
+    provider: "weave",
+    releases: &[release(34, "v2.8.1", false), release(35, "v2.8.1", false), release(36, "v2.8.1", false)],
+    files: &[("weave", "https://github.com/weaveworks/weave/releases/download/{version}/weave-daemonset-k8s.yaml")],
+};
+
+/// A downloaded file hakube knows: its sha256 and the container images it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownFile {
+    /// The upstream URL.
+    pub url: &'static str,
+    /// Its sha256, lowercase hex.
+    pub sha256: &'static str,
+    /// The images the file names (a manifest's `image:` fields), `registry/name:tag`.
+    pub images: &'static [&'static str],
+}
+
+/// The files of the add-on releases hakube pairs, with their sha256:
+///
+/// - the cilium CLI's archives: the sums cilium-cli publishes beside each archive
+///   (`<archive>.sha256sum`), read from Kubespray's copy, kubernetes-sigs/kubespray
+///   `roles/kubespray_defaults/vars/main/checksums.yml` (`ciliumcli_binary_checksums`, commit
+///   46dbdd3994b32640bcd806b0097f50e8fdf1d514, 2026-08-21);
+/// - Calico's and flannel's manifests, which their projects publish without sums: the sha256
+///   of the file in the project's git repository at the release tag, which is what
+///   raw.githubusercontent.com serves (projectcalico/calico tag v3.32.1, commit
+///   0ca9d1b93644778cafdf1812f3dda02ac0c361e8, `manifests/`; flannel-io/flannel tag v0.28.9,
+///   commit 5cd0d52648e891d73a6dcb9bb2c67d7c365cf7aa, `Documentation/kube-flannel.yml`), with
+///   the images those files name.
+///
+/// Weave Net's manifest is a release asset with no source in git: unpinned (pin it with
+/// `downloads.sha256`).
+pub const KNOWN_FILES: &[KnownFile] = &[
+    KnownFile {
+        url: "https://github.com/cilium/cilium-cli/releases/download/v0.19.7/cilium-linux-amd64.tar.gz",
+        sha256: "cd15e0983bf0acc7946cd05d453d1e58376ea92dec2642e745212df2b07d8852",
+        images: &[],
+    },
+    KnownFile {
+        url: "https://github.com/cilium/cilium-cli/releases/download/v0.19.7/cilium-linux-arm64.tar.gz",
+        sha256: "9482937f14061fb239f2dbb2f97f4103de1b101f5d5defbff319f294f9bd540f",
+        images: &[],
+    },
+    KnownFile {
+        url: "https://raw.githubusercontent.com/projectcalico/calico/v3.32.1/manifests/operator-crds.yaml",
+        sha256: "192f8b2d934ef24b62e86b7e1a6e1762d1c8af26a916f78057bc13fa5ed60f71",
+        images: &[],
+    },
+    KnownFile {
+        url: "https://raw.githubusercontent.com/projectcalico/calico/v3.32.1/manifests/tigera-operator.yaml",
+        sha256: "f18e073794207d372606bc3ea6f8fd73972f86d6828f4ba666dfe0d4aa8ab07f",
+        images: &["quay.io/tigera/operator:v1.42.3"],
+    },
+    KnownFile {
+        url: "https://raw.githubusercontent.com/flannel-io/flannel/v0.28.9/Documentation/kube-flannel.yml",
+        sha256: "e875824be2f552b45711dbda91af81b17eb961d00025d914d9fef18fad8f09c0",
+        images: &["ghcr.io/flannel-io/flannel-cni-plugin:v1.9.1-flannel3", "ghcr.io/flannel-io/flannel:v0.28.9"],
+    },
+];
+
+/// What hakube knows of the file at upstream `url`, from [`KNOWN_FILES`].
+pub fn known_file(url: &str) -> Option<&'static KnownFile> {
+    KNOWN_FILES.iter().find(|f| f.url == url)
+}
+
+/// Published tags of a cloud provider's cloud controller manager image, per Kubernetes minor:
+/// `(provider, image without tag, [(minor, tag)])`. A cloud controller manager is compatible
+/// only with the Kubernetes minor of the same number (kubernetes/cloud-provider-aws
+/// docs/README.md: "compatibility is ONLY guaranteed between that release and the
+/// corresponding Kubernetes version").
+///
+/// AWS: the newest tag of each minor that the image promoter published
+/// (kubernetes/k8s.io `registry.k8s.io/images/k8s-staging-provider-aws/images.yaml`, commit
+/// 0137eda2; v1.36.1 added by kubernetes/k8s.io PR #9796, "v1.36.1 is currently the only
+/// usable release of the 1.36 branch": v1.36.0's image build failed, as did v1.33.3, v1.34.1
+/// and v1.35.1). Guessing `v<minor>.0` picks an image that may not exist.
+pub const CLOUD_CONTROLLER_MANAGERS: &[(&str, &str, &[(u32, &str)])] = &[(
+    "aws",
+    "registry.k8s.io/provider-aws/cloud-controller-manager",
+    &[(33, "v1.33.4"), (34, "v1.34.3"), (35, "v1.35.2"), (36, "v1.36.1")],
+)];
+
+/// The cloud controller manager image of cloud provider hook `provider` for `def`:
+/// `hooks.cloudProviderVersion` as the tag, else the published tag paired with
+/// kubernetesVersion's minor ([`CLOUD_CONTROLLER_MANAGERS`]); `None` when hakube knows no
+/// image for the provider, or no tag for the minor.
+pub fn cloud_controller_manager_image(provider: &str, def: &crate::ClusterDefinition) -> Option<String> {
+    let (_, image, tags) = CLOUD_CONTROLLER_MANAGERS.iter().find(|(p, _, _)| *p == provider)?;
+    let tag = match &def.hooks.cloud_provider_version {
+        Some(tag) => tag.clone(),
+        None => {
+            let minor = crate::Version::parse(&def.kubernetes_version)?.minor;
+            tags.iter().find(|(m, _)| *m == minor)?.1.to_string()
+        }
+    };
+    Some(format!("{image}:{tag}"))
+}
+
 /// The architectures hakube's boot scripts run on (Debian's names).
 pub const ARCHITECTURES: &[&str] = &["amd64", "arm64"];
 
@@ -74,6 +276,45 @@ mod tests {
         // downloads etcd instead of installing the distribution's.
         assert!(semver("3.4.23") < semver(min_external_etcd(36).unwrap()));
         assert!(semver("3.5.16") < semver(min_external_etcd(36).unwrap()));
+    }
+
+    #[test]
+    fn every_paired_add_on_release_is_pinned_except_weaves() {
+        for addon in NETWORK_ADDONS {
+            for r in addon.releases {
+                for (name, pattern) in addon.files {
+                    for arch in ARCHITECTURES {
+                        let url = fill_url(pattern, r.tag, arch);
+                        let known = known_file(&url);
+                        match addon.provider {
+                            // Weave's manifest is a release asset without a source in git.
+                            "weave" => assert!(known.is_none()),
+                            _ => {
+                                let known = known.unwrap_or_else(|| panic!("{name}: no sha256 of {url}"));
+                                assert!(
+                                    known.sha256.len() == 64 && known.sha256.bytes().all(|b| b.is_ascii_hexdigit())
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // No add-on downloads two files by one name.
+        let mut names: Vec<&str> = NETWORK_ADDONS.iter().flat_map(|a| a.files.iter().map(|(n, _)| *n)).collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all);
+    }
+
+    #[test]
+    fn cloud_controller_manager_tags_are_published_ones_not_guesses() {
+        let (_, image, tags) = CLOUD_CONTROLLER_MANAGERS[0];
+        assert_eq!(image, "registry.k8s.io/provider-aws/cloud-controller-manager");
+        // kubernetes/k8s.io PR #9796: v1.36.0's image build failed; v1.36.1 is the usable one.
+        assert!(tags.contains(&(36, "v1.36.1")));
+        assert!(tags.iter().all(|(minor, tag)| tag.starts_with(&format!("v1.{minor}."))), "a tag of its own minor");
     }
 
     #[test]

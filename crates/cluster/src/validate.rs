@@ -390,6 +390,103 @@ pub(crate) fn check(def: &ClusterDefinition, map: &SourceMap<'_>, hooks: &HookCa
     check_hooks(def, hooks, &mut c);
     check_ssh_and_misc(def, &mut c);
     check_etcd(def, &mut c);
+    check_downloads(def, &mut c);
+}
+
+/// Release tags (`hooks.networkProviderVersion`, `hooks.cloudProviderVersion`): they go into
+/// URLs and image references, so letters, digits and `.+_-` only, starting with a letter or
+/// digit.
+fn is_release_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b".+_-".contains(c))
+}
+
+/// Downloaded files: every pin well formed and for a file the cluster downloads; a warning
+/// for each file nothing pins; a release for every built-in add-on the cluster uses.
+fn check_downloads(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
+    use crate::releases::{cloud_controller_manager_image, network_addon, CLOUD_CONTROLLER_MANAGERS};
+    let hooks = root("hooks");
+    for (value, field, what) in [
+        (&def.hooks.network_provider_version, "networkProviderVersion", "the network add-on's release tag"),
+        (&def.hooks.cloud_provider_version, "cloudProviderVersion", "the cloud controller manager's image tag"),
+    ] {
+        if let Some(tag) = value {
+            if !is_release_tag(tag) {
+                c.error(
+                    &hooks.key(field),
+                    format!("{tag:?} is not a release tag"),
+                    Some(format!("give {what}, e.g. v1.2.3 (letters, digits and .+_- only)")),
+                );
+            }
+        }
+    }
+    let Some(minor) = Version::parse(&def.kubernetes_version).map(|v| v.minor) else { return };
+    let network = def.hooks.network_provider.as_deref().map(HookCatalog::normalise);
+    if let Some(addon) = network.and_then(network_addon) {
+        let path = hooks.key("networkProvider");
+        match (&def.hooks.network_provider_version, addon.release_for(minor)) {
+            (Some(_), _) => {}
+            (None, None) => c.error(
+                &path,
+                format!("hakube pairs no {} release with Kubernetes 1.{minor}", addon.provider),
+                Some(format!(
+                    "set hooks.networkProviderVersion to a {} release its project supports for Kubernetes 1.{minor}",
+                    addon.provider
+                )),
+            ),
+            (None, Some(r)) if !r.stated && addon.provider == "weave" => c.warn(
+                &path,
+                format!("Weave Net is unmaintained (Weaveworks closed in 2024): its last release {} states no support for Kubernetes 1.{minor}", r.tag),
+                Some("move to calico, cilium or flannel; weave stays accepted for definitions written for hakube-installer".into()),
+            ),
+            (None, Some(r)) if !r.stated => c.warn(
+                &path,
+                format!("no {} release states support for Kubernetes 1.{minor} yet; hakube installs {}, the newest it knows", addon.provider, r.tag),
+                Some("check the project's compatibility page, and set hooks.networkProviderVersion to a release it lists".into()),
+            ),
+            (None, Some(_)) => {}
+        }
+    }
+    if let Some(provider) = def.hooks.cloud_provider.as_deref().map(HookCatalog::normalise) {
+        let known = CLOUD_CONTROLLER_MANAGERS.iter().any(|(p, _, _)| *p == provider);
+        if known && cloud_controller_manager_image(provider, def).is_none() {
+            c.error(
+                &hooks.key("cloudProvider"),
+                format!("hakube knows no published {provider} cloud controller manager for Kubernetes 1.{minor}"),
+                Some("set hooks.cloudProviderVersion to a published image tag of that minor".into()),
+            );
+        }
+    }
+    let Ok(files) = crate::downloads::files(def) else { return };
+    let pins = root("downloads").key("sha256");
+    for (url, sha) in &def.downloads.sha256 {
+        let p = pins.key(url);
+        if !is_sha256(sha) {
+            c.error(&p, format!("{sha:?} is not a sha256 (64 lowercase hex digits)"), None);
+        }
+        if !files.iter().any(|f| &f.url == url) {
+            c.warn(
+                &p,
+                format!("this cluster downloads no {url}"),
+                Some("pin files by the URLs `hakube render --list-downloads` prints".into()),
+            );
+        }
+    }
+    for f in files.iter().filter(|f| f.sha256.is_none()) {
+        c.warn(
+            &pins,
+            format!("{} is not pinned: its project publishes no sha256, so the {} step cannot check what it downloads", f.url, f.step),
+            Some(format!("pin it: \"downloads\": {{\"sha256\": {{\"{}\": \"<sha256>\"}}}} with the sum of a copy you reviewed (curl -fsSL URL | sha256sum)", f.url)),
+        );
+    }
+}
+
+/// 64 lowercase hex digits.
+fn is_sha256(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The etcd release of the external topology: known, or pinned with its sums, and one that
@@ -446,7 +543,7 @@ fn check_etcd(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
                 format!("{arch:?} is not an architecture hakube installs on"),
                 Some(format!("use {}", ARCHITECTURES.join(" or "))),
             );
-        } else if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        } else if !is_sha256(sha) {
             c.error(&p, format!("{sha:?} is not a sha256 (64 lowercase hex digits)"), None);
         }
     }

@@ -69,6 +69,11 @@ enum Command {
         /// Write nothing; exit 1 when the assets are stale or were tampered with.
         #[arg(long)]
         check: bool,
+        /// Write nothing; print every file (with its pinned sha256), package repository and
+        /// container image the cluster's nodes fetch, at upstream URLs, for mirroring:
+        /// `file URL sha256:HEX|unpinned STEP`, `repo KIND URL PACKAGE...`, `image REF`.
+        #[arg(long, conflicts_with_all = ["check", "rotate_secrets"])]
+        list_downloads: bool,
     },
     /// Ship the assets to the nodes over SSH and run their boot scripts, in the order a
     /// HA control plane needs: prepare everywhere, init on the first master, join the
@@ -161,8 +166,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => ExitCode::from(1),
             })
         }
-        Command::Render { definition, assets_dir, templates, rotate_secrets, check } => {
-            render::run(&definition, &assets_dir, templates.as_deref(), rotate_secrets, check)
+        Command::Render { definition, assets_dir, templates, rotate_secrets, check, list_downloads } => {
+            match list_downloads {
+                true => render::list_downloads(&definition, templates.as_deref()),
+                false => render::run(&definition, &assets_dir, templates.as_deref(), rotate_secrets, check),
+            }
         }
         Command::Install { common, reset } => {
             let mode = if reset { Mode::ResetThenInstall } else { Mode::Install };

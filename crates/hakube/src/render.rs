@@ -60,3 +60,16 @@ pub fn run(
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `hakube render --list-downloads`: what the cluster's nodes fetch, on standard output.
+pub fn list_downloads(definition: &Path, templates: Option<&Path>) -> Result<ExitCode> {
+    let templates = Templates::new(templates).context("failed to load templates")?;
+    let Some(loaded) = crate::load_definition(definition, &templates.hook_catalog())? else {
+        return Ok(ExitCode::from(1));
+    };
+    let downloads = hakube_cluster::downloads::downloads(&loaded.definition)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("failed to list the downloads of {}", definition.display()))?;
+    print!("{}", downloads.listing());
+    Ok(ExitCode::SUCCESS)
+}

@@ -107,12 +107,21 @@ fn span(calls: &[Call], verb: &str) -> Option<(Duration, Duration)> {
 }
 
 fn setup() -> World {
-    setup_with("hkt", "hkbr7", [10, 252], "stacked", false, Distro::Debian12)
+    setup_with("hkt", "hkbr7", [10, 252], "stacked", false, Distro::Debian12, "calico")
 }
 
 /// A lab with its own names and network (tests run side by side), rendered for, and with
-/// `sudo_user`, logged into as the lab's non-root user with passwordless sudo.
-fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str, sudo_user: bool, distro: Distro) -> World {
+/// `sudo_user`, logged into as the lab's non-root user with passwordless sudo; `network` is
+/// the network add-on, whose files the lab's mirror serves.
+fn setup_with(
+    prefix: &str,
+    bridge: &str,
+    subnet_base: [u8; 2],
+    etcd: &str,
+    sudo_user: bool,
+    distro: Distro,
+    network: &str,
+) -> World {
     assert!(
         Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
         "the lab needs root (network namespaces, overlay mounts); CI runs as root"
@@ -124,6 +133,7 @@ fn setup_with(prefix: &str, bridge: &str, subnet_base: [u8; 2], etcd: &str, sudo
         bridge: bridge.into(),
         subnet_base,
         distro,
+        network_provider: network.into(),
         ..LabConfig::new(3, 2, dir.path().join("lab"))
     };
     if sudo_user {
@@ -172,7 +182,7 @@ fn install_reset_and_failures_on_the_lab() {
 /// the running cluster as a new member and joins.
 #[test]
 fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
-    let w = setup_with("hku", "hkbr6", [10, 254], "external", false, Distro::Debian12);
+    let w = setup_with("hku", "hkbr6", [10, 254], "external", false, Distro::Debian12, "calico");
     assert_code(&w.install(&[]), 0, "full install, external etcd");
     let version = w.lab.definition()["etcd"]["version"].as_str().unwrap().to_string();
     for node in ["master0", "master1", "master2"] {
@@ -200,26 +210,36 @@ fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
     assert_eq!(w.kubeadm_calls("master2").iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).count(), 2);
 }
 
-/// The whole cluster on Debian 13: its own image, its own containerd and systemd.
+/// The whole cluster on Debian 13: its own image, its own containerd and systemd; with
+/// flannel, whose manifest comes from the mirror, checked against its pin.
 #[test]
 fn a_full_install_on_debian_13() {
-    let w = setup_with("hkd", "hkbr4", [10, 248], "stacked", false, Distro::Debian13);
+    let w = setup_with("hkd", "hkbr4", [10, 248], "stacked", false, Distro::Debian13, "flannel");
     assert_code(&w.install(&[]), 0, "full install on Debian 13");
+    let calls = w.calls("master0");
+    assert!(
+        calls.iter().any(|c| c.name == "kubectl" && c.args.iter().any(|a| a.contains("FLANNELD_IFACE"))),
+        "flanneld is bound to each node's registered address"
+    );
     w.on_every_node(
         ". /etc/os-release; echo $VERSION_ID; systemctl is-active containerd kubelet; dpkg -S \"$(command -v systemctl)\"",
         "13\nactive\nactive\nsystemd: /usr/bin/systemctl\n",
     );
 }
 
-/// A login user other than root: every command goes through `sudo -n`.
+/// A login user other than root: every command goes through `sudo -n`; with Cilium, whose
+/// CLI the boot script downloads from the mirror (checked against its pin) into
+/// /usr/local/bin and calls by that path.
 #[test]
 fn a_non_root_login_user_installs_through_sudo() {
-    let w = setup_with("hks", "hkbr5", [10, 249], "stacked", true, Distro::Debian12);
+    let w = setup_with("hks", "hkbr5", [10, 249], "stacked", true, Distro::Debian12, "cilium");
     let definition = std::fs::read_to_string(&w.definition).unwrap();
     assert!(definition.contains(&format!("\"sshLoginUser\": \"{}\"", hakube_lab::SUDO_USER)), "{definition}");
     assert_code(&w.install(&[]), 0, "install as a sudo user");
     assert!(span(&w.kubeadm_calls("master0"), "init").is_some());
     assert!(span(&w.kubeadm_calls("worker1"), "join").is_some());
+    let cilium = w.calls("master0").into_iter().find(|c| c.name == "cilium").expect("the cilium CLI ran");
+    assert_eq!(cilium.args.first().map(String::as_str), Some("install"));
 }
 
 fn full_install_runs_in_ha_order(w: &World) {

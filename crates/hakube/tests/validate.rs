@@ -285,3 +285,89 @@ fn mirrors_must_be_urls_and_registries_hosts() {
         ],
     );
 }
+
+#[test]
+fn download_pins_and_add_on_releases_are_checked() {
+    let with = |fields: &str| VALID.replacen('{', &format!("{{ {fields},"), 1);
+    // A pin that is no sha256 is an error; one for a file the cluster never downloads warns.
+    let stderr = assert_invalid(
+        &with(
+            r#""downloads": { "sha256": { "https://example.com/other.yaml": "0000000000000000000000000000000000000000000000000000000000000000", "https://raw.githubusercontent.com/projectcalico/calico/v3.32.1/manifests/operator-crds.yaml": "ABC" } }"#,
+        ),
+        &["downloads.sha256", "\"ABC\" is not a sha256", "this cluster downloads no https://example.com/other.yaml"],
+    );
+    assert!(stderr.contains("warning"), "{stderr}");
+    // Weave's last release states no current Kubernetes: accepted, with a warning that says why.
+    let (code, stderr) = validate_text(&with(r#""hooks": { "networkProvider": "weave" }"#));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("hooks.networkProvider") && stderr.contains("Weave Net is unmaintained"), "{stderr}");
+    // Weave's manifest has no known sum: the download is unpinned, and validation says so.
+    assert!(stderr.contains("weave-daemonset-k8s.yaml is not pinned"), "{stderr}");
+    // No Cilium release states Kubernetes 1.36 (cilium/cilium compatibility.rst): a warning.
+    let (code, stderr) = validate_text(&with(r#""hooks": { "networkProvider": "cilium" }"#));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("no cilium release states support for Kubernetes 1.36"), "{stderr}");
+    // A minor hakube pairs no Calico with needs hooks.networkProviderVersion; a tag that could
+    // break a URL is refused.
+    assert_invalid(
+        &with(r#""kubernetesVersion": "1.33.5""#),
+        &["hooks.networkProvider", "hakube pairs no calico release with Kubernetes 1.33", "networkProviderVersion"],
+    );
+    assert_invalid(
+        &with(r#""hooks": { "networkProviderVersion": "v1/../../x" }"#),
+        &["hooks.networkProviderVersion", "is not a release tag"],
+    );
+    // AWS: published cloud controller manager tags per minor; none known for 1.32.
+    assert_invalid(
+        &with(
+            r#""kubernetesVersion": "1.32.3", "hooks": { "cloudProvider": "aws", "networkProviderVersion": "v3.29.7" }"#,
+        ),
+        &[
+            "hooks.cloudProvider",
+            "no published aws cloud controller manager for Kubernetes 1.32",
+            "cloudProviderVersion",
+        ],
+    );
+    // The default Calico of a supported minor validates clean: its manifests are pinned.
+    let (code, stderr) = validate_text(VALID);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("not pinned"), "{stderr}");
+}
+
+#[test]
+fn list_downloads_prints_every_file_with_its_pin_and_the_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.json");
+    let text = VALID.replacen(
+        '{',
+        r#"{ "etcd": { "topology": "external" }, "hooks": { "networkProvider": "flannel", "cloudProvider": "aws" }, "downloads": { "sha256": { "https://raw.githubusercontent.com/flannel-io/flannel/v0.28.9/Documentation/kube-flannel.yml": "1111111111111111111111111111111111111111111111111111111111111111" } },"#,
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = hakube(&[
+        "render",
+        "--list-downloads",
+        path.to_str().unwrap(),
+        "--assets-dir",
+        dir.path().join("assets").to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // etcd's archives with the sums of etcd's SHA256SUMS (kubespray checksums.yml).
+    assert!(stdout.contains("file https://github.com/etcd-io/etcd/releases/download/v3.6.14/etcd-v3.6.14-linux-amd64.tar.gz sha256:ffe840ff9295808e88cce2794a18a5ac87f12a5203c8314d0bf6aa119b41bac5 etcd\n"), "{stdout}");
+    // The definition's pin wins over hakube's table.
+    assert!(
+        stdout.contains(
+            "kube-flannel.yml sha256:1111111111111111111111111111111111111111111111111111111111111111 network\n"
+        ),
+        "{stdout}"
+    );
+    // The AWS controller at the tag that was published for 1.36 (v1.36.0's build failed,
+    // kubernetes/k8s.io PR #9796), never a guessed v1.36.0.
+    assert!(stdout.contains("image registry.k8s.io/provider-aws/cloud-controller-manager:v1.36.1\n"), "{stdout}");
+    assert!(!stdout.contains("cloud-controller-manager:v1.36.0"), "{stdout}");
+    assert!(stdout.contains("image registry.k8s.io/kube-apiserver:v1.36.4\n"), "{stdout}");
+    assert!(stdout.contains("repo apt https://pkgs.k8s.io/core:/stable:/v1.36/deb/ kubeadm=1.36.4-*"), "{stdout}");
+    // Nothing was written.
+    assert!(!dir.path().join("assets").exists());
+}

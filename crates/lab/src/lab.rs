@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::image::{self, generate_host_key, pub_path, write};
+use crate::network::{ensure_network_files, ServedFile};
 use crate::node::{self, NODE_PATH};
 use crate::sys::{self, alive, kill, run, wait_for, wait_for_within};
 use crate::{mirror, parse_calls, Call, LabConfig, LabError, LabNode, Role, MAX_NODES_PER_ROLE, SUDO_USER};
@@ -31,6 +32,8 @@ struct Saved {
     nodes: Vec<LabNode>,
     mirror_pid: u32,
     etcd: image::EtcdArchive,
+    #[serde(default)]
+    network: Vec<ServedFile>,
 }
 
 /// A process the lab started: our child (reaped by us), or one found in `lab.json`.
@@ -47,6 +50,7 @@ pub struct Lab {
     nspawns: Mutex<Vec<Option<Proc>>>,
     mirror: Option<Proc>,
     etcd: image::EtcdArchive,
+    network: Vec<ServedFile>,
     detached: bool,
 }
 
@@ -79,7 +83,8 @@ impl Lab {
         image::mkdir(&config.state_dir.join("cluster"))?;
         let image = image::ensure(&config.image_cache, config.distro)?;
         let etcd = image::ensure_etcd_archive(&config.image_cache)?;
-        let built = mirror::build(&config.state_dir, &image, &etcd)?;
+        let network = ensure_network_files(&config.image_cache, &etcd.arch)?;
+        let built = mirror::build(&config.state_dir, &image, &etcd, &network)?;
 
         let nodes = plan(&config);
         let mut lab = Lab {
@@ -88,6 +93,7 @@ impl Lab {
             mirror: None,
             config,
             etcd,
+            network,
             detached: false,
         };
         lab.create_network()?;
@@ -126,6 +132,7 @@ impl Lab {
             nspawns: Mutex::new(nspawns),
             mirror: (saved.mirror_pid != 0).then_some(Proc { pid: saved.mirror_pid, child: None }),
             etcd: saved.etcd,
+            network: saved.network,
             detached: false,
         }))
     }
@@ -148,7 +155,7 @@ impl Lab {
 
     /// The cluster definition of this lab; see [`definition`].
     pub fn definition(&self) -> serde_json::Value {
-        definition_of(&self.config, &self.nodes_mut(), &self.etcd)
+        definition_of(&self.config, &self.nodes_mut(), &self.etcd, &self.network)
     }
 
     /// Whether `node`'s sshd listens on port 22. Errors: [`LabError::UnknownNode`].
@@ -387,6 +394,7 @@ impl Lab {
             nodes: self.nodes(),
             mirror_pid: self.mirror.as_ref().map_or(0, |p| p.pid),
             etcd: self.etcd.clone(),
+            network: self.network.clone(),
         };
         let text = serde_json::to_string_pretty(&saved)
             .map_err(|source| LabError::State { path: self.config.state_dir.join("lab.json"), source })?;
@@ -706,10 +714,16 @@ fn veth_name(prefix: &str, node: &LabNode) -> String {
 pub fn definition(config: &LabConfig) -> Result<serde_json::Value, LabError> {
     check_config(config)?;
     let etcd = image::ensure_etcd_archive(&config.image_cache)?;
-    Ok(definition_of(config, &plan(config), &etcd))
+    let network = ensure_network_files(&config.image_cache, &etcd.arch)?;
+    Ok(definition_of(config, &plan(config), &etcd, &network))
 }
 
-fn definition_of(config: &LabConfig, nodes: &[LabNode], etcd: &image::EtcdArchive) -> serde_json::Value {
+fn definition_of(
+    config: &LabConfig,
+    nodes: &[LabNode],
+    etcd: &image::EtcdArchive,
+    network: &[ServedFile],
+) -> serde_json::Value {
     let of_role = |role: Role| {
         nodes
             .iter()
@@ -717,7 +731,7 @@ fn definition_of(config: &LabConfig, nodes: &[LabNode], etcd: &image::EtcdArchiv
             .map(|n| json!({ "nodeName": n.name, "privateIP": n.address.to_string() }))
             .collect::<Vec<_>>()
     };
-    json!({
+    let definition = json!({
         "clusterName": "lab",
         "masterLoadBalancerAddress": config.load_balancer().to_string(),
         "sshLoginUser": config.login_user,
@@ -728,9 +742,28 @@ fn definition_of(config: &LabConfig, nodes: &[LabNode], etcd: &image::EtcdArchiv
         "containerRuntime": { "registryMirrors": { "registry.k8s.io": format!("http://{}:5000", config.gateway()) } },
         "etcd": { "version": etcd.version, "sha256": { etcd.arch.clone(): etcd.sha256 } },
         "nodeNetworkCIDR": config.network(),
+        "hooks": { "networkProvider": config.network_provider },
         "masters": of_role(Role::Master),
         "workers": of_role(Role::Worker),
-    })
+    });
+    pin_network_files(definition, network)
+}
+
+/// `definition` with `downloads.sha256` pinning the files of its network add-on that the
+/// mirror serves (the stand-ins' sums, not the projects').
+fn pin_network_files(mut definition: serde_json::Value, network: &[ServedFile]) -> serde_json::Value {
+    let parsed: Option<hakube_cluster::ClusterDefinition> = serde_json::from_value(definition.clone()).ok();
+    let files = parsed.and_then(|d| hakube_cluster::downloads::files(&d).ok()).unwrap_or_default();
+    let pins: serde_json::Map<String, serde_json::Value> = files
+        .iter()
+        .filter(|f| f.step == "network")
+        .filter_map(|f| network.iter().find(|s| s.url == f.url))
+        .map(|s| (s.url.clone(), json!(s.sha256)))
+        .collect();
+    if !pins.is_empty() {
+        definition["downloads"]["sha256"] = serde_json::Value::Object(pins);
+    }
+    definition
 }
 
 /// `1.36` of `1.36.4`.
@@ -772,6 +805,10 @@ fn check_config(config: &LabConfig) -> Result<(), LabError> {
     }
     if config.masters + config.workers == 0 {
         return bad("no nodes: ask for at least one master or worker".into());
+    }
+    if hakube_cluster::releases::network_addon(&config.network_provider).is_none() {
+        let known: Vec<&str> = hakube_cluster::releases::NETWORK_ADDONS.iter().map(|a| a.provider).collect();
+        return bad(format!("network provider {:?}: the lab serves {}", config.network_provider, known.join(", ")));
     }
     if config.prefix.is_empty()
         || config.prefix.len() > 8

@@ -26,6 +26,7 @@ mod faults;
 pub mod image;
 mod lab;
 pub mod mirror;
+pub mod network;
 mod node;
 mod sys;
 
@@ -134,9 +135,17 @@ pub struct LabConfig {
     pub kubernetes_version: String,
     /// The Debian release of every node. Default Debian 12.
     pub distro: Distro,
+    /// `hooks.networkProvider` of [`Lab::definition`]: `calico`, `cilium`, `flannel` or
+    /// `weave`, whose files the mirror serves and the definition pins. Default `calico`.
+    #[serde(default = "default_network_provider")]
+    pub network_provider: String,
     /// Where built images are cached (one directory per distribution and recipe). Default
     /// [`default_image_cache`].
     pub image_cache: PathBuf,
+}
+
+fn default_network_provider() -> String {
+    "calico".into()
 }
 
 impl LabConfig {
@@ -157,6 +166,7 @@ impl LabConfig {
             sudo_user: false,
             kubernetes_version: hakube_cluster::definition::DEFAULT_KUBERNETES_VERSION.into(),
             distro: Distro::Debian12,
+            network_provider: default_network_provider(),
             image_cache: default_image_cache(),
         }
     }

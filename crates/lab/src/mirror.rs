@@ -10,6 +10,8 @@
 //!   stand-in `kubeadm`, `kubelet` and `kubectl` packages built here as real `.deb` files;
 //! - `github.com/etcd-io/etcd/releases/download/v<version>/`: an etcd release archive
 //!   ([`crate::image::ensure_etcd_archive`]), where `downloads.mirror` points boot scripts;
+//! - the network add-ons' files at their upstream paths (`raw.githubusercontent.com/...`,
+//!   `github.com/.../releases/download/...`; [`crate::network::ensure_network_files`]);
 //! - `hakube-lab-mirror.asc`: the signing key; `index.txt`: every file and where it came from.
 
 use std::fmt::Write as _;
@@ -38,7 +40,8 @@ pub const MODPROBE: &str = include_str!("../standins/modprobe");
 /// state.
 pub const STANDIN_LIBRARY: &str = include_str!("../standins/standin-lib.sh");
 
-/// The cilium CLI stand-in, inside the cilium CLI archive (not yet served by the mirror).
+/// The cilium CLI stand-in, inside the cilium CLI archives the mirror serves
+/// ([`crate::network::ensure_network_files`]).
 pub const CILIUM: &str = include_str!("../standins/cilium");
 
 /// The Kubernetes versions whose stand-in packages the mirror serves, one repository per
@@ -101,7 +104,12 @@ pub(crate) struct Mirror {
 ///
 /// Errors: [`LabError::Command`] when gpg, dpkg-deb, dpkg-scanpackages or apt-ftparchive
 /// fail (Debian packages gnupg, dpkg-dev, apt-utils), [`LabError::Io`].
-pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdArchive) -> Result<Mirror, LabError> {
+pub(crate) fn build(
+    state_dir: &Path,
+    image: &Image,
+    etcd: &crate::image::EtcdArchive,
+    network: &[crate::network::ServedFile],
+) -> Result<Mirror, LabError> {
     let root = state_dir.join("mirror");
     for dir in [root.clone(), state_dir.join("gnupg"), state_dir.join("packages")] {
         if dir.exists() {
@@ -193,6 +201,13 @@ pub(crate) fn build(state_dir: &Path, image: &Image, etcd: &crate::image::EtcdAr
         file.to_string_lossy(),
         etcd.sha256
     );
+    // The network add-ons' files, where their projects publish them.
+    for file in network {
+        let to = root.join(file.mirror_path());
+        mkdir(to.parent().expect("a URL path has a directory"))?;
+        link_or_copy(&file.path, &to)?;
+        let _ = writeln!(index, "{}\t{} (sha256 {})", file.mirror_path(), file.origin, file.sha256);
+    }
     write(&root.join("index.txt"), 0o644, index.as_bytes())?;
     Ok(Mirror { root, keyring })
 }

@@ -329,37 +329,6 @@ lab_cluster_scoped() {
 
 # --- manifests kubectl apply -f URL gets ---------------------------------------------------------
 
-# lab_url_content URL: the built-in dummy manifest kubectl's `apply -f URL` applies. Real kubectl
-# would fetch URL (k8s.io/cli-runtime resource.Builder, FilenameParam: an http(s) URL is
-# downloaded); the kubectl stand-in never does, so a node needs no route to the Internet and the
-# result does not depend on what the URL serves today.
-lab_url_content() {
-  local url=$1
-  case $url in
-    */tigera-operator.yaml)
-      printf '%s\n' '# hakube-lab: dummy stand-in for the Tigera operator manifest' \
-        'apiVersion: v1' 'kind: Namespace' 'metadata:' '  name: tigera-operator' '---' \
-        'apiVersion: apiextensions.k8s.io/v1' 'kind: CustomResourceDefinition' 'metadata:' '  name: installations.operator.tigera.io' '---' \
-        'apiVersion: apiextensions.k8s.io/v1' 'kind: CustomResourceDefinition' 'metadata:' '  name: apiservers.operator.tigera.io' '---' \
-        'apiVersion: apps/v1' 'kind: Deployment' 'metadata:' '  name: tigera-operator' '  namespace: tigera-operator'
-      ;;
-    */kube-flannel.yml)
-      printf '%s\n' '# hakube-lab: dummy stand-in for the flannel manifest' \
-        'apiVersion: v1' 'kind: Namespace' 'metadata:' '  name: kube-flannel' '---' \
-        'apiVersion: v1' 'kind: ConfigMap' 'metadata:' '  name: kube-flannel-cfg' '  namespace: kube-flannel' 'data:' \
-        '  net-conf.json: |' '    {' '      "Network": "10.244.0.0/16",' '      "Backend": { "Type": "vxlan" }' '    }' '---' \
-        'apiVersion: apps/v1' 'kind: DaemonSet' 'metadata:' '  name: kube-flannel-ds' '  namespace: kube-flannel'
-      ;;
-    */weave-daemonset-k8s.yaml)
-      printf '%s\n' '# hakube-lab: dummy stand-in for the Weave Net manifest' \
-        'apiVersion: apps/v1' 'kind: DaemonSet' 'metadata:' '  name: weave-net' '  namespace: kube-system'
-      ;;
-    *)
-      printf '# hakube-lab: dummy content for %s (the kubectl stand-in downloads nothing)\n' "$url"
-      ;;
-  esac
-}
-
 # lab_manifest_objects NAMESPACE: reads YAML documents on standard input and prints
 # "KIND NAMESPACE NAME" for each object (KIND lowercase; NAMESPACE - for cluster-scoped kinds,
 # else metadata.namespace or NAMESPACE). For a bootstrap token Secret it also records the

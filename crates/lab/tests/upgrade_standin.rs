@@ -3,7 +3,7 @@
 //! the stand-in, then kubeadm 1.36.4 from the v1.36 repository and the upgrade, failing where
 //! kubeadm fails. Needs root; the first run builds the Debian 12 image.
 //!
-//! The lab here uses prefix `hk7`, bridge `hkbr7` and 10.247.0.0/16, so it never collides with
+//! The lab here uses prefix `hk7`, bridge `hkbr3` and 10.247.0.0/16, so it never collides with
 //! another test binary's lab.
 
 use std::fs;
@@ -73,7 +73,7 @@ fn kubeadm_upgrade_fails_where_kubeadm_fails() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = LabConfig::new(2, 1, dir.path().join("state"));
     config.prefix = "hk7".into();
-    config.bridge = "hkbr7".into();
+    config.bridge = "hkbr3".into();
     config.subnet_base = [10, 247];
     config.kubernetes_version = "1.35.4".into();
     let mirror = config.mirror_url();

@@ -26,6 +26,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use hakube_cluster::definition::{EtcdTopology, Node};
+use hakube_cluster::downloads;
 use hakube_cluster::{ClusterDefinition, HookCatalog, HookKind, Role, Version};
 use minijinja::value::{Value, ValueKind};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
@@ -205,7 +206,18 @@ impl Templates {
             None => format!("https://pkgs.k8s.io/core:/stable:/v{}", version.minor_string()),
         };
         let external_etcd = def.etcd.topology == EtcdTopology::External;
-        let etcd_release = if external_etcd { Some(etcd_release(def, version.minor).map_err(invalid)?) } else { None };
+        let etcd_version =
+            if external_etcd { Some(downloads::etcd_version(def, version.minor).map_err(invalid)?) } else { None };
+        let downloads = downloads::files(def)
+            .map_err(invalid)?
+            .into_iter()
+            .filter(|f| steps.contains(&f.step))
+            .map(|f| Download { name: f.name, arch: f.arch, url: f.url, sha256: f.sha256 })
+            .collect();
+        let network_version = match steps.contains(&"network") {
+            true => downloads::network_release(def, version.minor).ok(),
+            false => None,
+        };
         let etcd_initial_cluster = def
             .masters
             .iter()
@@ -260,7 +272,15 @@ impl Templates {
                 })
                 .collect(),
             external_etcd,
-            etcd_release,
+            etcd_version,
+            downloads,
+            network_version,
+            needs_conntrack: version.minor < 32,
+            cloud_controller_manager_image: def
+                .hooks
+                .cloud_provider
+                .as_deref()
+                .and_then(|p| hakube_cluster::releases::cloud_controller_manager_image(HookCatalog::normalise(p), def)),
             etcd_initial_cluster,
             node_url_host: url_host(&node.private_ip),
             admin_labels,
@@ -333,8 +353,19 @@ struct BootContext<'a> {
     /// containerRuntime.registryMirrors, by registry.
     registry_mirrors: Vec<RegistryMirror>,
     external_etcd: bool,
-    /// External topology: the etcd release the masters download.
-    etcd_release: Option<EtcdRelease>,
+    /// External topology: the etcd release the masters download (`3.6.14`).
+    etcd_version: Option<String>,
+    /// The files this node's steps download (see hakube_cluster::downloads).
+    downloads: Vec<Download>,
+    /// The network add-on's release (hooks.networkProviderVersion, or the one hakube pairs
+    /// with the Kubernetes minor for a built-in add-on); `None` for a hook of its own
+    /// without hooks.networkProviderVersion.
+    network_version: Option<String>,
+    /// kubeadm's preflight wants conntrack in PATH before Kubernetes 1.32.
+    needs_conntrack: bool,
+    /// The cloud provider's controller image (hakube_cluster::releases), when hakube knows
+    /// one for the provider and minor.
+    cloud_controller_manager_image: Option<String>,
     /// `name=https://ip:2380,...` over every master.
     etcd_initial_cluster: String,
     /// privateIP as it goes into a URL.
@@ -368,45 +399,19 @@ fn registry_server(registry: &str) -> String {
     }
 }
 
-/// The etcd release of the external topology, as the etcd step downloads it.
+/// A file the boot script downloads, as its `download_source` table lists it.
 #[derive(Serialize)]
-struct EtcdRelease {
-    /// `3.6.14`.
-    version: String,
-    /// `(architecture, sha256)` of `etcd-vVERSION-linux-ARCH.tar.gz`, for every architecture
-    /// whose sum is known.
-    sha256: Vec<(String, String)>,
-}
-
-/// The etcd release `def` asks for, or pairs with Kubernetes minor `minor`, with its sums
-/// (the definition's, else those etcd published; see hakube_cluster::releases).
-///
-/// Errors: the problem, when validation was skipped and the definition names no release or
-/// no sum (validation reports it with its JSON path).
-fn etcd_release(def: &ClusterDefinition, minor: u32) -> Result<EtcdRelease, String> {
-    use hakube_cluster::releases::{etcd_archive_sha256, etcd_for_minor, ARCHITECTURES};
-    let version = def
-        .etcd
-        .version
-        .clone()
-        .or_else(|| etcd_for_minor(minor).map(str::to_string))
-        .ok_or_else(|| format!("no etcd release for Kubernetes 1.{minor}: set etcd.version and etcd.sha256"))?;
-    let sha256: Vec<(String, String)> = ARCHITECTURES
-        .iter()
-        .filter_map(|arch| {
-            let sum = def
-                .etcd
-                .sha256
-                .get(*arch)
-                .cloned()
-                .or_else(|| etcd_archive_sha256(&version, arch).map(str::to_string))?;
-            Some((arch.to_string(), sum))
-        })
-        .collect();
-    if sha256.is_empty() {
-        return Err(format!("no sha256 of etcd {version}'s archives: set etcd.sha256"));
-    }
-    Ok(EtcdRelease { version, sha256 })
+struct Download {
+    /// `etcd`, `network`.
+    name: &'static str,
+    /// `None`: the same file for every architecture.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arch: Option<&'static str>,
+    /// Upstream URL.
+    url: String,
+    /// Pinned sha256; `None`: unpinned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
 }
 
 #[derive(Serialize)]

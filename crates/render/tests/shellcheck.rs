@@ -148,7 +148,7 @@ fn every_option_passes_shellcheck() {
     let def = definition(&templates, variants[0].1);
     let m0 = templates.boot_script(&def, "m0").unwrap();
     assert!(m0.contains("readonly PACKAGE_REPOSITORY=https://mirror.example.com/core:/stable:/v1.36\n"));
-    assert!(m0.contains("cilium install"));
+    assert!(m0.contains(r#"KUBECONFIG=$ADMIN_CONF "$CILIUM" install"#));
     assert!(
         m0.contains("\n[Global]\nZone = m0\n$HOME `x`\nHAKUBE_CLOUD_CONFIG\n"),
         "the cloud-config sits in a quoted heredoc"
@@ -395,4 +395,58 @@ fn a_failing_step_is_marked_with_its_exit_code() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "::hakube:: step=join status=failed exit=1\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "boot.sh: error: no luck\n");
+}
+
+/// What the network and cloud-provider hooks render to, against the upstream facts they follow.
+#[test]
+fn network_and_cloud_hooks_follow_upstream() {
+    let templates = Templates::new(None).unwrap();
+    let script = |extra: &str| templates.boot_script(&definition(&templates, extra), "m0").unwrap();
+
+    // Cilium: installed to /usr/local/bin and called by that path, since sudo's secure_path on
+    // the RHEL family leaves /usr/local/bin out (sudoers in RHEL 9's sudo package).
+    let cilium = script(r#", "hooks": { "networkProvider": "cilium" }"#);
+    assert!(cilium.contains("readonly CILIUM=/usr/local/bin/cilium\n"));
+    for line in cilium.lines().map(str::trim_start) {
+        assert!(!line.starts_with("cilium ") && !line.contains(" cilium install"), "bare cilium call: {line}");
+    }
+    // The cilium CLI archive is checked against the sum cilium-cli publishes (kubespray
+    // checksums.yml ciliumcli_binary_checksums, 0.19.7 amd64).
+    assert!(cilium.contains("cd15e0983bf0acc7946cd05d453d1e58376ea92dec2642e745212df2b07d8852"));
+    assert!(cilium.contains("wait_rollout 600 kube-system daemonset/cilium\n"));
+
+    // flannel: every node's flanneld is bound to the interface of its registered address
+    // (flannel Documentation/troubleshooting.md: on Vagrant every node otherwise announces
+    // 10.0.2.15; configuration.md: flags as FLANNELD_ variables, --iface takes an address).
+    let flannel = script(r#", "hooks": { "networkProvider": "flannel" }"#);
+    assert!(
+        flannel.contains(r#""env":[{"name":"FLANNELD_IFACE","valueFrom":{"fieldRef":{"fieldPath":"status.podIP"}}}]"#)
+    );
+    assert!(flannel.contains("patch daemonset kube-flannel-ds --type=strategic"));
+    assert!(flannel.contains("wait_rollout 600 kube-flannel daemonset/kube-flannel-ds\n"));
+
+    // Calico 3.30 and later: the operator's resource types come from operator-crds.yaml,
+    // applied before tigera-operator.yaml (Calico 3.32 docs, onpremises.mdx); done when
+    // calico-node has rolled out, not when the DaemonSet object exists.
+    let calico = script("");
+    let crds = calico.find("fetch calico-crds").unwrap();
+    let operator = calico.find("fetch calico-operator").unwrap();
+    assert!(crds < operator);
+    assert!(calico.contains("rolled_out calico-system daemonset/calico-node"));
+    assert!(!calico.contains("get daemonset calico-node >/dev/null"));
+
+    // AWS: the published cloud controller manager of the minor (v1.36.0 was never published,
+    // kubernetes/k8s.io PR #9796), and done only when no node is tainted uninitialized
+    // (kubernetes/cloud-provider api/well_known_taints.go).
+    let aws = script(r#", "hooks": { "cloudProvider": "aws" }"#);
+    assert!(
+        aws.contains("readonly AWS_CCM_IMAGE=registry.k8s.io/provider-aws/cloud-controller-manager:v1.36.1\n"),
+        "{aws}"
+    );
+    assert!(aws
+        .contains("rolled_out kube-system daemonset/aws-cloud-controller-manager && [[ -z $(uninitialised_nodes) ]]"));
+    let w0 = templates.boot_script(&definition(&templates, r#", "hooks": { "cloudProvider": "aws" }"#), "w0").unwrap();
+    assert!(w0.contains("node_initialised"), "a joining node waits for the cloud controller manager");
+    let pinned = script(r#", "hooks": { "cloudProvider": "aws", "cloudProviderVersion": "v1.36.9" }"#);
+    assert!(pinned.contains("cloud-controller-manager:v1.36.9\n"));
 }
