@@ -433,7 +433,8 @@ fn kubeadm_fails_where_kubeadm_fails() {
 #[test]
 fn stand_ins_pass_shellcheck() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files: Vec<PathBuf> = fs::read_dir(root.join("standins")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> =
+        fs::read_dir(root.join("standins")).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
     files.sort();
     let out = Command::new("shellcheck")
         .args(["-x", "-s", "bash"])
@@ -448,16 +449,22 @@ fn stand_ins_pass_shellcheck() {
 fn every_stand_in_is_embedded_and_documented() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = fs::read_to_string(root.join("README.md")).unwrap();
-    let mut on_disk: Vec<String> = fs::read_dir(root.join("standins"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    on_disk.sort();
+    let names = |dir: &Path| {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
     assert_eq!(
-        on_disk,
-        ["cilium", "kubeadm", "kubectl", "kubelet", "modprobe", "standin-lib.sh"],
+        names(&root.join("standins")),
+        ["cilium", "kubeadm", "kubectl", "kubelet", "modprobe", "network", "standin-lib.sh"],
         "stand-ins only for what cannot run here"
     );
+    // The network add-ons' manifests stand in for files this machine cannot download.
+    let mut manifests: Vec<&str> = hakube_lab::network::NETWORK_MANIFESTS.iter().map(|(n, _)| *n).collect();
+    manifests.sort_unstable();
+    assert_eq!(names(&root.join("standins/network")), manifests);
+    assert!(readme.contains("standins/network/"), "README.md documents the manifest stand-ins");
     let packaged: Vec<&str> = PACKAGED_STANDINS.iter().map(|(n, _)| *n).collect();
     assert_eq!(packaged, ["kubeadm", "kubectl", "kubelet"]);
     for name in ["kubeadm", "kubectl", "kubelet", "modprobe", "cilium"] {
