@@ -74,6 +74,11 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
         );
     }
     let plan = plan::build(&manifest, &order, req.nodes, req.mode)?;
+    if req.mode != Mode::Reset {
+        for warning in expiring_certificates(req.assets_dir, &manifest, SystemTime::now()) {
+            eprintln!("hakube: warning: {warning}");
+        }
+    }
     if req.dry_run {
         println!("plan for {} node(s) of cluster {:?}:", plan.targets.len(), def.cluster_name);
         print!("{plan}");
@@ -116,6 +121,28 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_NODES_FAILED)
     })
+}
+
+/// The certificates in the assets (every `.crt` file the manifest lists, and the admin
+/// kubeconfig's client certificate) that are in the last third of their validity or
+/// expired at `now`, each as one line naming the file (under `assets_dir`), its dates
+/// (UTC, `YYYY-MM-DD`) and what to run. A file that cannot be read is skipped: shipping
+/// reports it.
+fn expiring_certificates(
+    assets_dir: &Path,
+    manifest: &hakube_render::manifest::Manifest,
+    now: SystemTime,
+) -> Vec<String> {
+    let files: Vec<(&str, Vec<u8>)> = manifest
+        .files
+        .keys()
+        .filter(|path| hakube_render::render::holds_certificate(path))
+        .filter_map(|path| Some((path.as_str(), std::fs::read(assets_dir.join(path)).ok()?)))
+        .collect();
+    hakube_render::render::expiring_certificates(files.iter().map(|(path, bytes)| (*path, bytes.as_slice())), now)
+        .iter()
+        .map(|warning| format!("{}/{warning}", assets_dir.display()))
+        .collect()
 }
 
 fn confirm_reset(targets: &[String]) -> Result<bool> {

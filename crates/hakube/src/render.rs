@@ -24,7 +24,14 @@ pub fn run(
     let set = render::render(&loaded.definition, &existing, &templates, &options)
         .with_context(|| format!("failed to render {}", definition.display()))?;
     let dir = assets_dir.display();
+    // CAs in their last third (render never renews one) and leaves that end with their CA.
+    for warning in &set.expiring {
+        eprintln!("warning: {dir}/{warning}");
+    }
     if check {
+        for renewal in &set.renewed {
+            eprintln!("would renew {dir}/{renewal}");
+        }
         let problems = assets::check(assets_dir, &set, &existing)?;
         if problems.is_empty() {
             println!("{dir}: up to date ({} files)", set.files.len() + 1);
@@ -46,6 +53,9 @@ pub fn run(
         for p in paths {
             println!("{label:>8} {dir}/{p}");
         }
+    }
+    for renewal in &set.renewed {
+        println!("{:>8} {dir}/{renewal}", "renewed");
     }
     println!(
         "{dir}: {} created, {} changed, {} kept, {} removed",

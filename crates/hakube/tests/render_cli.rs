@@ -111,3 +111,77 @@ fn install_refuses_a_concurrency_below_the_etcd_quorum() {
     assert!(text(&out).contains("needs 2 of them running their etcd steps at once"), "{}", text(&out));
     assert!(!dir.path().join("logs").exists(), "nothing ran");
 }
+
+/// The UTC date of `time`, by humantime (an implementation independent of hakube-render's).
+fn utc_day(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()[..10].to_string()
+}
+
+/// Time cannot be moved under the real binary, so the assets are: an etcd CA and master0's
+/// etcd server certificate as a render 300 days ago left them (a one-year leaf, now in its
+/// last third), and a front-proxy CA made eight years ago (ten-year CA, in its last third).
+#[test]
+fn install_warns_about_certificates_near_expiry_and_render_renews_the_leaf() {
+    use hakube_cluster::definition::KeyAlgorithm;
+    use hakube_render::pki::{etcd_member_spec, issue_leaf, new_ca, Validity, ETCD_CA, FRONT_PROXY_CA};
+    use std::time::{Duration, SystemTime};
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("lab-cluster.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    let assets = dir.path().join("assets");
+    let write = |path: &str, text: &str| std::fs::write(assets.join(path), text).unwrap();
+    let now = SystemTime::now();
+    let past = now - 300 * DAY;
+    let etcd_ca = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, 3650 * DAY, past - DAY).unwrap();
+    let spec = etcd_member_spec("master0", "10.250.0.11".parse().unwrap(), 365 * DAY);
+    let server = issue_leaf(&etcd_ca, &spec, KeyAlgorithm::EcdsaP256, past).unwrap();
+    let front_proxy = new_ca(FRONT_PROXY_CA, KeyAlgorithm::EcdsaP256, 3650 * DAY, now - 8 * 365 * DAY).unwrap();
+    write("pki/etcd/ca.crt", &etcd_ca.cert_pem);
+    write("pki/etcd/ca.key", &etcd_ca.key_pem);
+    write("pki/etcd/members/master0/server.crt", &server.cert_pem);
+    write("pki/etcd/members/master0/server.key", &server.key_pem);
+    write("pki/front-proxy-ca.crt", &front_proxy.cert_pem);
+    write("pki/front-proxy-ca.key", &front_proxy.key_pem);
+    let leaf_end = utc_day(Validity::of(&server.cert_pem).unwrap().not_after);
+    let ca_end = utc_day(Validity::of(&front_proxy.cert_pem).unwrap().not_after);
+    assert_eq!(leaf_end, utc_day(past + 365 * DAY));
+
+    let leaf_warning = format!(
+        "hakube: warning: assets/pki/etcd/members/master0/server.crt: certificate \"master0\" expires on {leaf_end} (valid from {}, in the last third of its validity since ",
+        utc_day(past - Duration::from_secs(300))
+    );
+    let ca_warning = format!(
+        "warning: assets/pki/front-proxy-ca.crt: CA certificate \"front-proxy-ca\" expires on {ca_end} (valid from "
+    );
+    let out = hakube(&["install", &lab, "--dry-run"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains(&leaf_warning), "{stderr}");
+    assert!(stderr.contains("run `hakube render` to renew it, then `hakube install` to ship it"), "{stderr}");
+    assert!(stderr.contains(&format!("hakube: {ca_warning}")), "{stderr}");
+    assert!(stderr.contains("a rotation, run `hakube render --rotate-secrets`"), "{stderr}");
+    assert_eq!(stderr.matches("warning: assets/").count(), 2, "only those two: {stderr}");
+
+    let out = hakube(&["render", &lab], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!(
+            " renewed assets/pki/etcd/members/master0/server.crt (it was to expire on {leaf_end}, within the last third of its validity)"
+        )),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("renewed").count(), 1, "the other etcd leaves were reissued (another CA), not renewed");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains(&ca_warning), "render warns about the CA too: {stderr}");
+    assert_eq!(std::fs::read_to_string(assets.join("pki/etcd/members/master0/server.key")).unwrap(), server.key_pem);
+    assert_eq!(std::fs::read_to_string(assets.join("pki/front-proxy-ca.crt")).unwrap(), front_proxy.cert_pem);
+
+    let again = hakube(&["render", &lab], dir.path());
+    assert!(text(&again).contains(" 0 created, 0 changed,") && !text(&again).contains("renewed"), "{}", text(&again));
+    let out = hakube(&["install", &lab, "--dry-run"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(stderr.matches("warning: assets/").count(), 1, "only the CA is left: {stderr}");
+}

@@ -12,6 +12,8 @@
 //! - Leaf: `basicConstraints` critical `CA:FALSE`, `keyUsage` critical digitalSignature
 //!   (plus keyEncipherment for an RSA key), extendedKeyUsage serverAuth and/or clientAuth,
 //!   subjectAltName, authorityKeyIdentifier; notAfter never past the CA's notAfter.
+//! - Renewal: a leaf in the last third of its validity is renewed with its key
+//!   ([`leaf_verdict`], [`renew_leaf`]); a CA never is.
 //! - Serial numbers: 128 random bits from OpenSSL's CSPRNG, top bit set (so always
 //!   positive and 16 bytes long).
 //! - Private keys: PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`); signatures SHA-256
@@ -199,79 +201,140 @@ pub fn new_ca(
 /// a CA key that does not match the CA certificate, or a CA that has expired at `now`;
 /// [`PkiError::OpenSsl`] when key generation or signing fails.
 pub fn issue_leaf(ca: &Issued, spec: &LeafSpec, algorithm: KeyAlgorithm, now: SystemTime) -> Result<Issued, PkiError> {
-    let cn = &spec.common_name;
-    let action = || format!("issue certificate {cn:?}");
-    if cn.is_empty() {
-        return Err(invalid(action(), "the common name is empty"));
-    }
-    let ca_cert = parse_cert(&ca.cert_pem, || format!("the CA certificate for {cn:?}"))?;
-    let ca_key = parse_key(&ca.key_pem, || format!("the CA key for {cn:?}"))?;
-    let ca_name = common_name_of(&ca_cert);
-    let ca_matches = ca_cert.public_key().map(|public| public.public_eq(&ca_key));
-    if !ca_matches.map_err(|source| PkiError::Parse { what: format!("the public key of CA {ca_name:?}"), source })? {
-        return Err(invalid(action(), format!("the key of CA {ca_name:?} does not match its certificate")));
-    }
-    let (ca_not_before, ca_not_after) = validity_of(&ca_cert)
-        .map_err(|source| PkiError::Parse { what: format!("the validity of CA {ca_name:?}"), source })?;
-    let now_secs = unix_seconds(Some(now), &action)?;
-    if ca_not_after <= now_secs {
-        return Err(invalid(action(), format!("CA {ca_name:?} has expired")));
-    }
-    let not_before = unix_seconds(now.checked_sub(BACKDATE), &action)?.max(ca_not_before);
-    let not_after = unix_seconds(now.checked_add(spec.validity), &action)?.min(ca_not_after);
+    let signer = LeafSigner::new(ca, spec, now)?;
+    let key = generate_key(algorithm).map_err(|source| signer.openssl_error(source))?;
+    let cert = signer.sign(&key)?;
+    encode(cert, &key).map_err(|source| signer.openssl_error(source))
+}
 
-    let build = || -> Result<Issued, ErrorStack> {
-        let key = generate_key(algorithm)?;
-        let mut name = X509NameBuilder::new()?;
-        for organization in &spec.organizations {
-            name.append_entry_by_nid(Nid::ORGANIZATIONNAME, organization)?;
-        }
-        name.append_entry_by_nid(Nid::COMMONNAME, cn)?;
-        let name: X509Name = name.build();
-
-        let mut builder = X509Builder::new()?;
-        builder.set_version(2)?;
-        let serial = random_serial()?.to_asn1_integer()?;
-        builder.set_serial_number(&serial)?;
-        builder.set_subject_name(&name)?;
-        builder.set_issuer_name(ca_cert.subject_name())?;
-        builder.set_pubkey(&key)?;
-        builder.set_not_before(Asn1Time::from_unix(not_before)?.as_ref())?;
-        builder.set_not_after(Asn1Time::from_unix(not_after)?.as_ref())?;
-        builder.append_extension(BasicConstraints::new().critical().build()?)?;
-        let mut usage = KeyUsage::new();
-        usage.critical().digital_signature();
-        if key.id() == Id::RSA {
-            usage.key_encipherment();
-        }
-        builder.append_extension(usage.build()?)?;
-        if !spec.usages.is_empty() {
-            let mut eku = ExtendedKeyUsage::new();
-            for usage in &spec.usages {
-                match usage {
-                    ExtendedUsage::ServerAuth => eku.server_auth(),
-                    ExtendedUsage::ClientAuth => eku.client_auth(),
-                };
-            }
-            builder.append_extension(eku.build()?)?;
-        }
-        if !spec.dns_names.is_empty() || !spec.ips.is_empty() {
-            let mut san = SubjectAlternativeName::new();
-            for dns in &spec.dns_names {
-                san.dns(dns);
-            }
-            for ip in &spec.ips {
-                san.ip(&ip.to_string());
-            }
-            let san = san.build(&builder.x509v3_context(Some(&ca_cert), None))?;
-            builder.append_extension(san)?;
-        }
-        let aki = AuthorityKeyIdentifier::new().keyid(false).build(&builder.x509v3_context(Some(&ca_cert), None))?;
-        builder.append_extension(aki)?;
-        builder.sign(&ca_key, digest_for(&ca_key))?;
-        encode(builder.build(), &key)
+/// Reissues `existing` (a leaf certificate and its key) from `ca` for `spec` at `now`, as
+/// `kubeadm certs renew` does: the same private key when `existing.key_pem` is an
+/// unencrypted key that belongs to `existing.cert_pem` (the returned `key_pem` is then
+/// `existing.key_pem` byte for byte, so the key file does not change), otherwise a new
+/// key of `algorithm`. Everything else as [`issue_leaf`]: a new serial, notBefore
+/// `now - 5 min`, notAfter `now + spec.validity` capped at the CA's.
+///
+/// # Errors
+///
+/// As [`issue_leaf`].
+pub fn renew_leaf(
+    ca: &Issued,
+    spec: &LeafSpec,
+    existing: &Issued,
+    algorithm: KeyAlgorithm,
+    now: SystemTime,
+) -> Result<Issued, PkiError> {
+    let kept = X509::from_pem(existing.cert_pem.as_bytes()).ok().and_then(|cert| {
+        let key = PKey::private_key_from_pem_callback(existing.key_pem.as_bytes(), |_passphrase| Ok(0)).ok()?;
+        cert.public_key().ok()?.public_eq(&key).then_some(key)
+    });
+    let Some(key) = kept else {
+        return issue_leaf(ca, spec, algorithm, now);
     };
-    build().map_err(|source| PkiError::OpenSsl { action: format!("{} with CA {ca_name:?}", action()), source })
+    let signer = LeafSigner::new(ca, spec, now)?;
+    let cert = signer.sign(&key)?;
+    let cert_pem = cert.to_pem().map(pem_string).map_err(|source| signer.openssl_error(source))?;
+    Ok(Issued { cert_pem, key_pem: existing.key_pem.clone() })
+}
+
+/// A CA checked and ready to sign one leaf for a spec: what [`issue_leaf`] and
+/// [`renew_leaf`] share.
+struct LeafSigner<'a> {
+    spec: &'a LeafSpec,
+    ca_cert: X509,
+    ca_key: PKey<Private>,
+    ca_name: String,
+    not_before: i64,
+    not_after: i64,
+}
+
+impl<'a> LeafSigner<'a> {
+    fn new(ca: &Issued, spec: &'a LeafSpec, now: SystemTime) -> Result<Self, PkiError> {
+        let cn = &spec.common_name;
+        let action = || format!("issue certificate {cn:?}");
+        if cn.is_empty() {
+            return Err(invalid(action(), "the common name is empty"));
+        }
+        let ca_cert = parse_cert(&ca.cert_pem, || format!("the CA certificate for {cn:?}"))?;
+        let ca_key = parse_key(&ca.key_pem, || format!("the CA key for {cn:?}"))?;
+        let ca_name = common_name_of(&ca_cert);
+        let ca_matches = ca_cert.public_key().map(|public| public.public_eq(&ca_key));
+        if !ca_matches
+            .map_err(|source| PkiError::Parse { what: format!("the public key of CA {ca_name:?}"), source })?
+        {
+            return Err(invalid(action(), format!("the key of CA {ca_name:?} does not match its certificate")));
+        }
+        let (ca_not_before, ca_not_after) = validity_of(&ca_cert)
+            .map_err(|source| PkiError::Parse { what: format!("the validity of CA {ca_name:?}"), source })?;
+        let now_secs = unix_seconds(Some(now), &action)?;
+        if ca_not_after <= now_secs {
+            return Err(invalid(action(), format!("CA {ca_name:?} has expired")));
+        }
+        let not_before = unix_seconds(now.checked_sub(BACKDATE), &action)?.max(ca_not_before);
+        let not_after = unix_seconds(now.checked_add(spec.validity), &action)?.min(ca_not_after);
+        Ok(LeafSigner { spec, ca_cert, ca_key, ca_name, not_before, not_after })
+    }
+
+    fn openssl_error(&self, source: ErrorStack) -> PkiError {
+        let (cn, ca_name) = (&self.spec.common_name, &self.ca_name);
+        PkiError::OpenSsl { action: format!("issue certificate {cn:?} with CA {ca_name:?}"), source }
+    }
+
+    /// The certificate for `key`'s public half.
+    fn sign(&self, key: &PKeyRef<Private>) -> Result<X509, PkiError> {
+        let (spec, ca_cert) = (self.spec, &self.ca_cert);
+        let build = || -> Result<X509, ErrorStack> {
+            let mut name = X509NameBuilder::new()?;
+            for organization in &spec.organizations {
+                name.append_entry_by_nid(Nid::ORGANIZATIONNAME, organization)?;
+            }
+            name.append_entry_by_nid(Nid::COMMONNAME, &spec.common_name)?;
+            let name: X509Name = name.build();
+
+            let mut builder = X509Builder::new()?;
+            builder.set_version(2)?;
+            let serial = random_serial()?.to_asn1_integer()?;
+            builder.set_serial_number(&serial)?;
+            builder.set_subject_name(&name)?;
+            builder.set_issuer_name(ca_cert.subject_name())?;
+            builder.set_pubkey(key)?;
+            builder.set_not_before(Asn1Time::from_unix(self.not_before)?.as_ref())?;
+            builder.set_not_after(Asn1Time::from_unix(self.not_after)?.as_ref())?;
+            builder.append_extension(BasicConstraints::new().critical().build()?)?;
+            let mut usage = KeyUsage::new();
+            usage.critical().digital_signature();
+            if key.id() == Id::RSA {
+                usage.key_encipherment();
+            }
+            builder.append_extension(usage.build()?)?;
+            if !spec.usages.is_empty() {
+                let mut eku = ExtendedKeyUsage::new();
+                for usage in &spec.usages {
+                    match usage {
+                        ExtendedUsage::ServerAuth => eku.server_auth(),
+                        ExtendedUsage::ClientAuth => eku.client_auth(),
+                    };
+                }
+                builder.append_extension(eku.build()?)?;
+            }
+            if !spec.dns_names.is_empty() || !spec.ips.is_empty() {
+                let mut san = SubjectAlternativeName::new();
+                for dns in &spec.dns_names {
+                    san.dns(dns);
+                }
+                for ip in &spec.ips {
+                    san.ip(&ip.to_string());
+                }
+                let san = san.build(&builder.x509v3_context(Some(ca_cert), None))?;
+                builder.append_extension(san)?;
+            }
+            let aki = AuthorityKeyIdentifier::new().keyid(false).build(&builder.x509v3_context(Some(ca_cert), None))?;
+            builder.append_extension(aki)?;
+            builder.sign(&self.ca_key, digest_for(&self.ca_key))?;
+            Ok(builder.build())
+        };
+        build().map_err(|source| self.openssl_error(source))
+    }
 }
 
 /// Whether an existing leaf certificate still says what `spec` asks, so that it can be
@@ -281,7 +344,8 @@ pub fn issue_leaf(ca: &Issued, spec: &LeafSpec, algorithm: KeyAlgorithm, now: Sy
 /// signature verifies with the CA's key); its subject CN equals `spec.common_name`; its
 /// O entries, DNS SANs and IP SANs equal the spec's as sets (and it has no SAN of another
 /// kind); its extendedKeyUsage holds exactly the spec's usages (none: no extension); and
-/// its notAfter is after `now`. `spec.validity` is not compared.
+/// its notAfter is after `now`. `spec.validity` is not compared, nor is how much of the
+/// validity is left: [`leaf_verdict`] decides renewal.
 ///
 /// # Errors
 ///
@@ -290,18 +354,83 @@ pub fn leaf_matches(cert_pem: &str, ca: &Issued, spec: &LeafSpec, now: SystemTim
     let cn = &spec.common_name;
     let cert = parse_cert(cert_pem, || format!("the existing certificate for {cn:?}"))?;
     let ca_cert = parse_cert(&ca.cert_pem, || format!("the CA certificate for {cn:?}"))?;
-    let parse_error = |source| PkiError::Parse { what: format!("the existing certificate for {cn:?}"), source };
-
-    if ca_cert.issued(&cert) != X509VerifyResult::OK {
+    if !fits(&cert, &ca_cert, spec)? {
         return Ok(false);
     }
-    let ca_public = ca_cert.public_key().map_err(parse_error)?;
+    let (_, not_after) = validity_of(&cert)
+        .map_err(|source| PkiError::Parse { what: format!("the existing certificate for {cn:?}"), source })?;
+    Ok(not_after > unix_seconds(Some(now), &|| format!("check certificate {cn:?}"))?)
+}
+
+/// What render does with an existing leaf certificate (see [`leaf_verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafVerdict {
+    /// It says what the spec asks and is not yet in the last third of its validity: keep
+    /// it, byte for byte.
+    Keep,
+    /// It says what the spec asks but is in the last third of its validity or has
+    /// expired, and a certificate issued now would end later: renew it from the same CA
+    /// ([`renew_leaf`]). Holds the old certificate's validity, for the report.
+    Renew(Validity),
+    /// It no longer says what the spec asks, or `ca` did not issue it: issue a new one.
+    Reissue,
+}
+
+/// Decides whether an existing leaf is kept, renewed or reissued.
+///
+/// - [`LeafVerdict::Reissue`] when [`leaf_matches`]' checks other than the date fail
+///   (subject, SANs, usages, issuing CA).
+/// - [`LeafVerdict::Renew`] when `now` is at or past notBefore + 2/3 of
+///   (notAfter − notBefore) ([`Validity::renew_from`]; this includes an expired leaf) and
+///   a leaf issued at `now` (notAfter `now + spec.validity`, capped at the CA's notAfter)
+///   would end later than this one. A leaf just issued is never due (its last third
+///   starts a good while after its notBefore), so re-rendering stays byte-stable; nor is
+///   one that already ends with its CA (renewing could not extend it: only rotating the
+///   CA can, and [`Validity::expiry`] of the CA tells when to).
+/// - [`LeafVerdict::Keep`] otherwise.
+///
+/// The last-third rule: kubeadm renews the certificates it manages only when told to
+/// (`kubeadm certs renew`, or automatically during `kubeadm upgrade apply`), keeping their
+/// keys, and does not renew the certificates of an external etcd at all; `admin.conf` in
+/// the assets is hakube's own (`kubeadm certs renew admin.conf` renews the node's copy
+/// only). See "Certificate Management with kubeadm",
+/// <https://kubernetes.io/docs/tasks/administer-cluster/kubeadm/kubeadm-certs/>. So
+/// render renews hakube's leaves itself, a third of their lifetime ahead of expiry
+/// (four months for kubeadm's default of one year).
+///
+/// # Errors
+///
+/// [`PkiError::Parse`] when `cert_pem` or the CA certificate does not parse;
+/// [`PkiError::Invalid`] when `now + spec.validity` is not a representable time.
+pub fn leaf_verdict(cert_pem: &str, ca: &Issued, spec: &LeafSpec, now: SystemTime) -> Result<LeafVerdict, PkiError> {
+    let cn = &spec.common_name;
+    let cert = parse_cert(cert_pem, || format!("the existing certificate for {cn:?}"))?;
+    let ca_cert = parse_cert(&ca.cert_pem, || format!("the CA certificate for {cn:?}"))?;
+    if !fits(&cert, &ca_cert, spec)? {
+        return Ok(LeafVerdict::Reissue);
+    }
+    let validity = Validity::of_x509(&cert)
+        .map_err(|source| PkiError::Parse { what: format!("the existing certificate for {cn:?}"), source })?;
+    let ca_validity = Validity::of_x509(&ca_cert)
+        .map_err(|source| PkiError::Parse { what: format!("the CA certificate for {cn:?}"), source })?;
+    let Some(renewed_not_after) = now.checked_add(spec.validity).map(|end| end.min(ca_validity.not_after)) else {
+        return Err(invalid(format!("check certificate {cn:?}"), "the validity period is outside 1970..9999"));
+    };
+    let due = now >= validity.renew_from();
+    Ok(if due && renewed_not_after > validity.not_after { LeafVerdict::Renew(validity) } else { LeafVerdict::Keep })
+}
+
+/// Whether `cert` says what `spec` asks and `ca_cert` issued it; dates are not looked at.
+fn fits(cert: &X509Ref, ca_cert: &X509Ref, spec: &LeafSpec) -> Result<bool, PkiError> {
+    let cn = &spec.common_name;
+    if ca_cert.issued(cert) != X509VerifyResult::OK {
+        return Ok(false);
+    }
+    let ca_public = ca_cert
+        .public_key()
+        .map_err(|source| PkiError::Parse { what: format!("the CA certificate for {cn:?}"), source })?;
     // A key of another type fails with an error rather than `false`: both mean "not signed by it".
     if !cert.verify(&ca_public).unwrap_or(false) {
-        return Ok(false);
-    }
-    let (_, not_after) = validity_of(&cert).map_err(parse_error)?;
-    if not_after <= unix_seconds(Some(now), &|| format!("check certificate {cn:?}"))? {
         return Ok(false);
     }
 
@@ -342,6 +471,131 @@ pub fn leaf_matches(cert_pem: &str, ca: &Issued, spec: &LeafSpec, now: SystemTim
         })
     });
     Ok(cert.extended_key_usage() == wanted)
+}
+
+/// A certificate's validity period, to the second (X.509 holds no finer time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// notBefore.
+    pub not_before: SystemTime,
+    /// notAfter (the certificate is expired from this instant on).
+    pub not_after: SystemTime,
+}
+
+/// Where `now` falls in a certificate's validity (see [`Validity::expiry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Expiry {
+    /// Before the last third of its validity.
+    Valid,
+    /// In the last third: at or after [`Validity::renew_from`], before notAfter.
+    LastThird,
+    /// At or after notAfter.
+    Expired,
+}
+
+impl Validity {
+    /// The validity of a PEM certificate.
+    ///
+    /// # Errors
+    ///
+    /// [`PkiError::Parse`] when `cert_pem` is not a certificate or its dates cannot be read.
+    pub fn of(cert_pem: &str) -> Result<Validity, PkiError> {
+        let what = || "a certificate's validity".to_owned();
+        let cert = parse_cert(cert_pem, what)?;
+        Validity::of_x509(&cert).map_err(|source| PkiError::Parse { what: what(), source })
+    }
+
+    fn of_x509(cert: &X509Ref) -> Result<Validity, ErrorStack> {
+        let (not_before, not_after) = validity_of(cert)?;
+        Ok(Validity { not_before: system_time(not_before), not_after: system_time(not_after) })
+    }
+
+    /// notAfter − notBefore (zero when notAfter is not after notBefore).
+    pub fn lifetime(&self) -> Duration {
+        self.not_after.duration_since(self.not_before).unwrap_or_default()
+    }
+
+    /// The instant the last third of the validity begins: notBefore + 2/3 of
+    /// [`Validity::lifetime`], rounded down to the second. From then on render renews a
+    /// leaf and render and install warn.
+    pub fn renew_from(&self) -> SystemTime {
+        let secs = self.lifetime().as_secs();
+        self.not_before + Duration::from_secs(secs / 3 * 2 + secs % 3 * 2 / 3)
+    }
+
+    /// Where `now` falls: [`Expiry::Expired`] at or after notAfter, [`Expiry::LastThird`]
+    /// at or after [`Validity::renew_from`], [`Expiry::Valid`] before.
+    pub fn expiry(&self, now: SystemTime) -> Expiry {
+        if now >= self.not_after {
+            Expiry::Expired
+        } else if now >= self.renew_from() {
+            Expiry::LastThird
+        } else {
+            Expiry::Valid
+        }
+    }
+}
+
+/// What [`inspect`] reads off a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The subject CN (empty when it has none).
+    pub common_name: String,
+    /// Whether it is a CA (`basicConstraints` `CA:TRUE`).
+    pub is_ca: bool,
+    /// Its validity period.
+    pub validity: Validity,
+}
+
+/// The subject CN, CA flag and validity of a PEM certificate.
+///
+/// # Errors
+///
+/// [`PkiError::Parse`] when `cert_pem` is not a certificate or its dates cannot be read.
+pub fn inspect(cert_pem: &str) -> Result<CertificateInfo, PkiError> {
+    let what = || "a certificate".to_owned();
+    let cert = parse_cert(cert_pem, what)?;
+    let validity = Validity::of_x509(&cert).map_err(|source| PkiError::Parse { what: what(), source })?;
+    Ok(CertificateInfo { common_name: common_name_of(&cert), is_ca: has_ca_flag(&cert), validity })
+}
+
+/// Whether the CA certificate `ca_cert_pem` issued `cert_pem` (issuer name and key
+/// identifier match, and the signature verifies with the CA's key). False when either
+/// does not parse.
+pub fn issued_by(cert_pem: &str, ca_cert_pem: &str) -> bool {
+    let (Ok(cert), Ok(ca)) = (X509::from_pem(cert_pem.as_bytes()), X509::from_pem(ca_cert_pem.as_bytes())) else {
+        return false;
+    };
+    ca.issued(&cert) == X509VerifyResult::OK
+        && ca.public_key().is_ok_and(|public| cert.verify(&public).unwrap_or(false))
+}
+
+/// `time` as a UTC calendar date, `YYYY-MM-DD` (proleptic Gregorian; years before 1 or
+/// after 9999 are not padded to four digits).
+pub fn utc_date(time: SystemTime) -> String {
+    let secs = match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    // Howard Hinnant's civil_from_days.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn system_time(unix: i64) -> SystemTime {
+    if unix >= 0 {
+        UNIX_EPOCH + Duration::from_secs(unix.unsigned_abs())
+    } else {
+        UNIX_EPOCH - Duration::from_secs(unix.unsigned_abs())
+    }
 }
 
 /// Whether `key_pem` is the private key of `cert_pem` and that certificate is a CA

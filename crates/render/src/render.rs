@@ -4,21 +4,25 @@
 //! has to create: given the same definition and the secrets it produced last time, it
 //! returns byte-identical files. It never replaces an existing CA, key, token or SSH
 //! key unless asked to rotate; leaf certificates are reissued from the same CA only when
-//! their subject or SANs no longer match the definition (or they expired). Writing the
+//! their subject or SANs no longer match the definition (with a new key), or renewed
+//! (same key, new dates and serial) once they are in the last third of their validity
+//! or expired ([`pki::leaf_verdict`]). A CA is never renewed: render reports one in its
+//! last third ([`AssetSet::expiring`]) and `--rotate-secrets` replaces it. Writing the
 //! result to disk is [`crate::assets`]' job.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use hakube_cluster::definition::{EtcdTopology, KeyAlgorithm};
+use hakube_cluster::definition::EtcdTopology;
 use hakube_cluster::ClusterDefinition;
 
 use crate::kubeadm::url_host;
 use crate::kubeconfig;
 use crate::layout;
 use crate::manifest::{sha256_hex, Manifest, ManifestEntry, NodeEntry, FORMAT_VERSION};
-use crate::pki::{self, Issued, LeafSpec};
+use crate::pki::{self, Expiry, Issued, LeafSpec, LeafVerdict, Validity};
 use crate::sshkeys;
 use crate::templates::Templates;
 use crate::token::BootstrapToken;
@@ -66,6 +70,153 @@ pub struct AssetSet {
     pub nodes: BTreeMap<String, NodeEntry>,
     /// The files, in path order.
     pub files: BTreeMap<String, Asset>,
+    /// The leaf certificates this render renewed because of their dates, in the order
+    /// rendered (not part of the manifest).
+    pub renewed: Vec<Renewal>,
+    /// The certificates among [`AssetSet::files`] render could not help: CAs in the last
+    /// third of their validity (render never renews a CA) and leaves that already end
+    /// with their CA. See [`expiring_certificates`]; not part of the manifest.
+    pub expiring: Vec<ExpiryWarning>,
+}
+
+/// A leaf certificate render renewed from the same CA because it was in the last third
+/// of its validity or had expired (the definition still asks for it as it is).
+///
+/// Displays as `PATH (it was to expire on YYYY-MM-DD, within the last third of its
+/// validity)` or `PATH (it expired on YYYY-MM-DD)`, dates in UTC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// The file holding the certificate, relative to the assets directory
+    /// (`kubeconfig/admin.conf` for the admin client certificate).
+    pub path: String,
+    /// The old certificate's validity.
+    pub old: Validity,
+    /// Whether the old certificate had expired at [`Options::now`] (otherwise it was in
+    /// the last third of its validity).
+    pub expired: bool,
+    /// Whether the private key was kept (as `kubeadm certs renew` does); false when the
+    /// old key was missing or did not belong to the certificate, and a new one was made.
+    pub kept_key: bool,
+}
+
+impl fmt::Display for Renewal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let it = if self.path == layout::ADMIN_KUBECONFIG { "its client certificate" } else { "it" };
+        let date = pki::utc_date(self.old.not_after);
+        if self.expired {
+            write!(f, "{} ({it} expired on {date})", self.path)
+        } else {
+            write!(f, "{} ({it} was to expire on {date}, within the last third of its validity)", self.path)
+        }
+    }
+}
+
+/// A certificate in the assets that is in the last third of its validity or expired.
+///
+/// Displays as one line starting with the path, saying when it expires (UTC,
+/// `YYYY-MM-DD`) and what to run: `hakube render` for a leaf, `hakube render
+/// --rotate-secrets` for a CA or for a leaf that cannot outlive its CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryWarning {
+    /// The file, relative to the assets directory (`kubeconfig/admin.conf` for the admin
+    /// client certificate).
+    pub path: String,
+    /// The certificate's subject CN.
+    pub common_name: String,
+    /// Whether it is a CA.
+    pub is_ca: bool,
+    /// Its validity.
+    pub validity: Validity,
+    /// [`Expiry::LastThird`] or [`Expiry::Expired`].
+    pub expiry: Expiry,
+    /// For a leaf: the path of the CA among the files that issued it, when the leaf
+    /// already ends when that CA does (a renewed leaf could not end later).
+    pub bounded_by: Option<String>,
+}
+
+impl fmt::Display for ExpiryWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match (self.is_ca, self.path == layout::ADMIN_KUBECONFIG) {
+            (true, _) => "CA certificate",
+            (false, true) => "client certificate",
+            (false, false) => "certificate",
+        };
+        let (path, cn) = (&self.path, &self.common_name);
+        let end = pki::utc_date(self.validity.not_after);
+        match self.expiry {
+            Expiry::Expired => write!(f, "{path}: {kind} {cn:?} expired on {end}")?,
+            Expiry::LastThird | Expiry::Valid => write!(
+                f,
+                "{path}: {kind} {cn:?} expires on {end} (valid from {}, in the last third of its validity since {})",
+                pki::utc_date(self.validity.not_before),
+                pki::utc_date(self.validity.renew_from()),
+            )?,
+        }
+        match (&self.bounded_by, self.is_ca) {
+            (_, true) => write!(
+                f,
+                "; render never renews a CA: replacing it is a rotation, run `hakube render --rotate-secrets` (new CAs, and every certificate issued from them)"
+            ),
+            (Some(ca), false) => write!(
+                f,
+                "; it cannot outlive its CA ({ca}): run `hakube render --rotate-secrets` to replace the CAs"
+            ),
+            (None, false) => write!(f, "; run `hakube render` to renew it, then `hakube install` to ship it"),
+        }
+    }
+}
+
+/// Whether the file at `path` (relative to the assets directory) holds a certificate
+/// [`expiring_certificates`] looks at: a `.crt` file or the admin kubeconfig.
+pub fn holds_certificate(path: &str) -> bool {
+    path.ends_with(".crt") || path == layout::ADMIN_KUBECONFIG
+}
+
+/// The certificates among `files` (`(path relative to the assets directory, bytes)`)
+/// that are in the last third of their validity or expired at `now`, in the order given.
+///
+/// Looks at every file [`holds_certificate`] names: a `.crt` file's PEM certificate, the
+/// admin kubeconfig's client certificate. Files that do not parse are skipped (`render
+/// --check` reports tampered files). For a leaf, [`ExpiryWarning::bounded_by`] names the
+/// CA among `files` that issued it when the leaf ends no earlier than that CA.
+pub fn expiring_certificates<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    now: SystemTime,
+) -> Vec<ExpiryWarning> {
+    let certificates: Vec<(&str, String, pki::CertificateInfo)> = files
+        .into_iter()
+        .filter(|(path, _)| holds_certificate(path))
+        .filter_map(|(path, bytes)| {
+            let text = std::str::from_utf8(bytes).ok()?;
+            let pem = if path == layout::ADMIN_KUBECONFIG { client_of_kubeconfig(text)?.cert_pem } else { text.into() };
+            let info = pki::inspect(&pem).ok()?;
+            Some((path, pem, info))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (path, pem, info) in &certificates {
+        let expiry = info.validity.expiry(now);
+        if expiry == Expiry::Valid {
+            continue;
+        }
+        let bounded_by = (!info.is_ca)
+            .then(|| {
+                certificates.iter().find(|(_, ca_pem, ca)| {
+                    ca.is_ca && pki::issued_by(pem, ca_pem) && info.validity.not_after >= ca.validity.not_after
+                })
+            })
+            .flatten()
+            .map(|(ca_path, _, _)| ca_path.to_string());
+        out.push(ExpiryWarning {
+            path: path.to_string(),
+            common_name: info.common_name.clone(),
+            is_ca: info.is_ca,
+            validity: info.validity,
+            expiry,
+            bounded_by,
+        });
+    }
+    out
 }
 
 impl AssetSet {
@@ -125,7 +276,7 @@ pub enum RenderError {
     Node {
         /// The node.
         node: String,
-        /// `boot.sh`, `kubeadm.yaml` or `etcd certificates`.
+        /// `boot.sh`, `kubeadm.yaml`, `kubeadm-join.yaml` or `etcd certificates`.
         what: &'static str,
         /// The underlying error.
         #[source]
@@ -147,6 +298,7 @@ struct Builder<'a> {
     existing: &'a Existing,
     options: &'a Options,
     files: BTreeMap<String, Asset>,
+    renewed: Vec<Renewal>,
 }
 
 impl Builder<'_> {
@@ -240,15 +392,43 @@ impl Builder<'_> {
         }
     }
 
-    /// A leaf certificate reused when it still matches `spec` and chains to `ca`,
-    /// reissued otherwise.
-    fn leaf(&self, crt_path: &str, key_path: &str, ca: &Issued, spec: &LeafSpec) -> Result<Issued, RenderError> {
-        if let (Some(cert), Some(key)) = (self.reusable(crt_path), self.reusable(key_path)) {
-            if pki::leaf_matches(cert, ca, spec, self.options.now).unwrap_or(false) {
-                return Ok(Issued { cert_pem: cert.to_string(), key_pem: key.to_string() });
-            }
+    /// The existing certificate and key at `crt_path` and `key_path`, unless rotating.
+    fn reusable_pair(&self, crt_path: &str, key_path: &str) -> Option<Issued> {
+        match (self.reusable(crt_path), self.reusable(key_path)) {
+            (Some(cert), Some(key)) => Some(Issued { cert_pem: cert.to_string(), key_pem: key.to_string() }),
+            _ => None,
         }
-        pki::issue_leaf(ca, spec, self.def.pki.key_algorithm, self.options.now).map_err(|e| crypto(crt_path)(e.into()))
+    }
+
+    /// A leaf certificate for `spec` from `ca`, given the one at `path` (if any): kept
+    /// when it still matches and is not in the last third of its validity, renewed with
+    /// its key when it matches but is (recorded in `renewed`), issued with a new key
+    /// otherwise ([`pki::leaf_verdict`]).
+    fn leaf(
+        &mut self,
+        path: &str,
+        existing: Option<Issued>,
+        ca: &Issued,
+        spec: &LeafSpec,
+    ) -> Result<Issued, RenderError> {
+        let (algorithm, now) = (self.def.pki.key_algorithm, self.options.now);
+        let verdict = existing.as_ref().map_or(LeafVerdict::Reissue, |old| {
+            pki::leaf_verdict(&old.cert_pem, ca, spec, now).unwrap_or(LeafVerdict::Reissue)
+        });
+        match (verdict, existing) {
+            (LeafVerdict::Keep, Some(old)) => Ok(old),
+            (LeafVerdict::Renew(validity), Some(old)) => {
+                let renewed = pki::renew_leaf(ca, spec, &old, algorithm, now).map_err(|e| crypto(path)(e.into()))?;
+                self.renewed.push(Renewal {
+                    path: path.to_owned(),
+                    old: validity,
+                    expired: validity.expiry(now) == Expiry::Expired,
+                    kept_key: renewed.key_pem == old.key_pem,
+                });
+                Ok(renewed)
+            }
+            _ => pki::issue_leaf(ca, spec, algorithm, now).map_err(|e| crypto(path)(e.into())),
+        }
     }
 }
 
@@ -294,8 +474,7 @@ pub fn render(
     templates: &Templates,
     options: &Options,
 ) -> Result<AssetSet, RenderError> {
-    let mut b = Builder { def, existing, options, files: BTreeMap::new() };
-    let algorithm: KeyAlgorithm = def.pki.key_algorithm;
+    let mut b = Builder { def, existing, options, files: BTreeMap::new(), renewed: Vec::new() };
     let (_, leaf_validity) = def.pki.validities();
 
     // The CAs (kubeadm's names and common names; docs/upstream-facts.md "PKI kubeadm lays out") and
@@ -348,7 +527,8 @@ pub fn render(
     if def.etcd.topology == EtcdTopology::External {
         let client_spec = pki::apiserver_etcd_client_spec(leaf_validity);
         let (crt, key) = (layout::pki("apiserver-etcd-client.crt"), layout::pki("apiserver-etcd-client.key"));
-        let client = b.leaf(&crt, &key, &etcd_ca, &client_spec)?;
+        let old = b.reusable_pair(&crt, &key);
+        let client = b.leaf(&crt, old, &etcd_ca, &client_spec)?;
         b.add(crt.clone(), client.cert_pem, false, Ships::secret_tree(&crt, masters.clone()));
         b.add(key.clone(), client.key_pem, true, Ships::secret_tree(&key, masters.clone()));
         for master in &def.masters {
@@ -366,24 +546,19 @@ pub fn render(
                     layout::etcd_member(name, &format!("{kind}.crt")),
                     layout::etcd_member(name, &format!("{kind}.key")),
                 );
-                let issued = b.leaf(&crt, &key, &etcd_ca, &spec)?;
+                let old = b.reusable_pair(&crt, &key);
+                let issued = b.leaf(&crt, old, &etcd_ca, &spec)?;
                 b.add(crt.clone(), issued.cert_pem, false, Ships::secret_tree(&crt, vec![name.clone()]));
                 b.add(key.clone(), issued.key_pem, true, Ships::secret_tree(&key, vec![name.clone()]));
             }
         }
     }
 
-    // The admin kubeconfig, issued from the cluster CA (its client certificate is reused).
+    // The admin kubeconfig, issued from the cluster CA (its client certificate is reused,
+    // or renewed, like the other leaves).
     let admin_spec = kubeconfig::admin_client_spec(leaf_validity);
-    let reused_admin = b
-        .reusable(layout::ADMIN_KUBECONFIG)
-        .and_then(client_of_kubeconfig)
-        .filter(|client| pki::leaf_matches(&client.cert_pem, &cluster_ca, &admin_spec, options.now).unwrap_or(false));
-    let admin = match reused_admin {
-        Some(client) => client,
-        None => pki::issue_leaf(&cluster_ca, &admin_spec, algorithm, options.now)
-            .map_err(|e| crypto(layout::ADMIN_KUBECONFIG)(e.into()))?,
-    };
+    let old_admin = b.reusable(layout::ADMIN_KUBECONFIG).and_then(client_of_kubeconfig);
+    let admin = b.leaf(layout::ADMIN_KUBECONFIG, old_admin, &cluster_ca, &admin_spec)?;
     let host = def.control_plane_host().unwrap_or_default();
     let mut servers = vec![(String::new(), format!("https://{}:6443", url_host(host)))];
     servers.extend(def.master_fqdns.iter().map(|f| (f.clone(), format!("https://{}:6443", url_host(f)))));
@@ -472,7 +647,22 @@ pub fn render(
             false,
             Ships::To(vec![name.clone()], format!("{}/boot.sh", layout::REMOTE_DIR)),
         );
+        if first_master {
+            let join = crate::kubeadm::first_master_join_config(def, name, &hash, token.id())
+                .map_err(|e| RenderError::Node { node: name.clone(), what: "kubeadm-join.yaml", source: e.into() })?;
+            b.add(
+                layout::kubeadm_join_config(name),
+                join,
+                false,
+                Ships::To(vec![name.clone()], format!("{}/kubeadm-join.yaml", layout::REMOTE_DIR)),
+            );
+        }
     }
 
-    Ok(AssetSet { cluster_name: def.cluster_name.clone(), nodes, files: b.files })
+    // What render cannot fix by itself: a CA in its last third, a leaf that ends with its CA.
+    let expiring = expiring_certificates(b.files.iter().map(|(p, a)| (p.as_str(), a.bytes.as_slice())), options.now)
+        .into_iter()
+        .filter(|w| w.is_ca || w.bounded_by.is_some())
+        .collect();
+    Ok(AssetSet { cluster_name: def.cluster_name.clone(), nodes, files: b.files, renewed: b.renewed, expiring })
 }

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 use hakube_cluster::definition::KeyAlgorithm;
 use hakube_render::kubeconfig::admin_client_spec;
 use hakube_render::pki::{
-    apiserver_etcd_client_spec, discovery_token_ca_cert_hash, etcd_member_spec, is_ca_pair, issue_leaf, leaf_matches,
-    new_ca, public_key_pem_of, service_account_key_pair, ExtendedUsage, Issued, LeafSpec, PkiError, ETCD_CA,
-    FRONT_PROXY_CA, KUBERNETES_CA,
+    apiserver_etcd_client_spec, discovery_token_ca_cert_hash, etcd_member_spec, inspect, is_ca_pair, issue_leaf,
+    issued_by, leaf_matches, leaf_verdict, new_ca, public_key_pem_of, renew_leaf, service_account_key_pair, utc_date,
+    Expiry, ExtendedUsage, Issued, LeafSpec, LeafVerdict, PkiError, Validity, ETCD_CA, FRONT_PROXY_CA, KUBERNETES_CA,
 };
 use hakube_render::sshkeys::{generate_ed25519, known_hosts_line, public_line_of};
 use hakube_render::token::BootstrapToken;
@@ -281,6 +281,92 @@ fn leaf_matches_only_while_the_spec_ca_and_validity_hold() {
     assert!(!leaf_matches(&leaf.cert_pem, &ca, &spec, now + YEAR).unwrap(), "expires at notAfter");
 
     assert!(matches!(leaf_matches("not a cert", &ca, &spec, now), Err(PkiError::Parse { .. })));
+}
+
+#[test]
+fn a_leaf_is_due_for_renewal_from_two_thirds_of_its_validity_on() {
+    let now = unix_time(1_790_000_000);
+    let ca = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, TEN_YEARS, now).unwrap();
+    let spec = etcd_member_spec("master-1", "10.0.0.11".parse().unwrap(), YEAR);
+    let leaf = issue_leaf(&ca, &spec, KeyAlgorithm::EcdsaP256, now).unwrap();
+    let validity = Validity::of(&leaf.cert_pem).unwrap();
+    let lifetime = YEAR + Duration::from_secs(BACKDATE_SECS as u64);
+    assert_eq!(validity.lifetime(), lifetime);
+    // notBefore + 2/3 of the lifetime, independently: notBefore is now - 5 min.
+    let third = now - Duration::from_secs(BACKDATE_SECS as u64) + Duration::from_secs(lifetime.as_secs() * 2 / 3);
+    assert_eq!(validity.renew_from(), third);
+
+    let verdict = |at| leaf_verdict(&leaf.cert_pem, &ca, &spec, at).unwrap();
+    assert_eq!(verdict(now), LeafVerdict::Keep, "a fresh leaf is kept");
+    assert_eq!(verdict(third - Duration::from_secs(1)), LeafVerdict::Keep);
+    assert_eq!(verdict(third), LeafVerdict::Renew(validity), "due at the start of the last third");
+    assert_eq!(verdict(validity.not_after + YEAR), LeafVerdict::Renew(validity), "expired");
+    assert_eq!(validity.expiry(third - Duration::from_secs(1)), Expiry::Valid);
+    assert_eq!(validity.expiry(third), Expiry::LastThird);
+    assert_eq!(validity.expiry(validity.not_after), Expiry::Expired);
+
+    let mut moved = spec.clone();
+    moved.ips[0] = "10.0.0.12".parse().unwrap();
+    assert_eq!(leaf_verdict(&leaf.cert_pem, &ca, &moved, now).unwrap(), LeafVerdict::Reissue, "a changed SAN");
+    let other = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, TEN_YEARS, now).unwrap();
+    assert_eq!(leaf_verdict(&leaf.cert_pem, &other, &spec, third).unwrap(), LeafVerdict::Reissue, "another CA");
+    assert!(matches!(leaf_verdict("junk", &ca, &spec, now), Err(PkiError::Parse { .. })));
+}
+
+#[test]
+fn a_leaf_that_ends_with_its_ca_is_never_due() {
+    let now = unix_time(1_790_000_000);
+    let ca = new_ca(ETCD_CA, KeyAlgorithm::EcdsaP256, YEAR / 2, now).unwrap();
+    let spec = apiserver_etcd_client_spec(YEAR);
+    let leaf = issue_leaf(&ca, &spec, KeyAlgorithm::EcdsaP256, now).unwrap();
+    let validity = Validity::of(&leaf.cert_pem).unwrap();
+    assert_eq!(validity.not_after, Validity::of(&ca.cert_pem).unwrap().not_after);
+    assert_eq!(validity.expiry(validity.renew_from()), Expiry::LastThird);
+    assert_eq!(leaf_verdict(&leaf.cert_pem, &ca, &spec, validity.renew_from()).unwrap(), LeafVerdict::Keep);
+}
+
+#[test]
+fn renewing_keeps_the_key_and_subject_and_moves_the_dates() {
+    let now = unix_time(1_790_000_000);
+    let ca = new_ca(KUBERNETES_CA, KeyAlgorithm::EcdsaP256, TEN_YEARS, now).unwrap();
+    let spec = admin_client_spec(YEAR);
+    let old = issue_leaf(&ca, &spec, KeyAlgorithm::Rsa2048, now).unwrap();
+    let later = now + YEAR * 3 / 4;
+    let renewed = renew_leaf(&ca, &spec, &old, KeyAlgorithm::EcdsaP256, later).unwrap();
+    assert_eq!(renewed.key_pem, old.key_pem, "the same key, byte for byte (kubeadm certs renew keeps it)");
+    assert_key_is(
+        &Issued { cert_pem: renewed.cert_pem.clone(), key_pem: renewed.key_pem.clone() },
+        KeyAlgorithm::Rsa2048,
+    );
+    let (before, after) = (cert(&old.cert_pem), cert(&renewed.cert_pem));
+    assert_ne!(before.serial_number().to_bn().unwrap(), after.serial_number().to_bn().unwrap());
+    assert_eq!(unix(after.not_before()), unix_of(later) - BACKDATE_SECS);
+    assert_eq!(unix(after.not_after()), unix_of(later + YEAR));
+    assert_eq!(before.subject_name().to_der().unwrap(), after.subject_name().to_der().unwrap());
+    assert!(leaf_matches(&renewed.cert_pem, &ca, &spec, later).unwrap());
+    assert!(issued_by(&renewed.cert_pem, &ca.cert_pem));
+    assert!(!inspect(&renewed.cert_pem).unwrap().is_ca && inspect(&ca.cert_pem).unwrap().is_ca);
+
+    // A key that is not the certificate's is replaced by a new one of the given algorithm.
+    let stranger = issue_leaf(&ca, &spec, KeyAlgorithm::EcdsaP256, now).unwrap();
+    let mixed = Issued { cert_pem: old.cert_pem.clone(), key_pem: stranger.key_pem.clone() };
+    let fresh = renew_leaf(&ca, &spec, &mixed, KeyAlgorithm::EcdsaP256, later).unwrap();
+    assert_ne!(fresh.key_pem, stranger.key_pem);
+    assert_key_is(&fresh, KeyAlgorithm::EcdsaP256);
+}
+
+#[test]
+fn dates_are_utc_calendar_days() {
+    assert_eq!(utc_date(unix_time(0)), "1970-01-01");
+    assert_eq!(utc_date(unix_time(86_399)), "1970-01-01");
+    assert_eq!(utc_date(unix_time(951_782_400)), "2000-02-29");
+    assert_eq!(utc_date(unix_time(1_790_000_000)), "2026-09-21");
+    assert_eq!(utc_date(unix_time(253_402_300_799)), "9999-12-31");
+    assert_eq!(utc_date(SystemTime::UNIX_EPOCH - Duration::from_secs(1)), "1969-12-31");
+}
+
+fn unix_time(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
 }
 
 /// kubeadm's pubkeypin, recomputed with the openssl CLI as an independent implementation:
