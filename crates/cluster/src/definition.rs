@@ -121,6 +121,13 @@ pub struct ClusterDefinition {
     /// and tools) come from.
     #[serde(default)]
     pub downloads: Downloads,
+    /// What the prepare step does on a node where firewalld runs: `open` opens exactly the
+    /// ports the node's role and network add-on need (permanently, in firewalld's default
+    /// zone, then reloads it), `refuse` stops with an error that lists the closed ones (for
+    /// sites whose firewall is managed elsewhere). Nodes without a running firewalld are left
+    /// alone. Default `open`.
+    #[serde(default)]
+    pub firewall: FirewallMode,
 
     /// The control-plane nodes. The first one runs `kubeadm init`; the others join it
     /// one at a time. Three or another odd number keeps etcd's quorum.
@@ -263,6 +270,27 @@ pub enum HostKeyPolicy {
     /// A host not yet in known_hosts is trusted on first contact and its key recorded, so
     /// it is pinned from then on. A changed key is still refused.
     AcceptNew,
+}
+
+/// The prepare step's handling of firewalld (see `firewall`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirewallMode {
+    /// Open the ports the node needs.
+    #[default]
+    Open,
+    /// Stop with an error naming the closed ports.
+    Refuse,
+}
+
+impl FirewallMode {
+    /// `open` or `refuse`, as the definition spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FirewallMode::Open => "open",
+            FirewallMode::Refuse => "refuse",
+        }
+    }
 }
 
 /// Where etcd runs.

@@ -14,6 +14,7 @@
 pub mod definition;
 mod diagnostic;
 pub mod downloads;
+pub mod ports;
 mod locate;
 pub mod releases;
 mod validate;

@@ -495,6 +495,13 @@ fn check_etcd(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     use crate::definition::EtcdTopology;
     use crate::releases::{etcd_archive_sha256, etcd_for_minor, min_external_etcd, semver, ARCHITECTURES};
     let etcd = &def.etcd;
+    if def.firewall == crate::definition::FirewallMode::Open && !crate::ports::add_on_ports_known(def) {
+        c.warn(
+            &hooks.key("networkProvider"),
+            "hakube does not know the ports of this network hook: on nodes where firewalld runs, the prepare step opens only Kubernetes' own".into(),
+            Some("open the add-on's ports in the hook itself (firewall-cmd --permanent --add-port=PORT/PROTOCOL)".into()),
+        );
+    }
     let path = root("etcd");
     // Stacked: kubeadm picks etcd's image; etcd.version and etcd.sha256 are not used (a
     // definition may carry them for the day it moves to the external topology).

@@ -210,6 +210,98 @@ fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
     assert_eq!(w.kubeadm_calls("master2").iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).count(), 2);
 }
 
+    // The first master too: reset and installed alone, it joins the running cluster through
+    // master1 (its member removed and added back, the token re-armed there) instead of
+    // creating a second cluster with kubeadm init.
+    let inits =
+        |w: &World| w.kubeadm_calls("master0").iter().filter(|c| c.args.first().is_some_and(|v| v == "init")).count();
+    let inits_before = inits(&w);
+    let out = w.install(&["master0", "--reset"]);
+    assert_code(&out, 0, "install master0 --reset");
+    assert_eq!(inits(&w), inits_before, "kubeadm init ran again on the first master");
+    let join = w.kubeadm_calls("master0").into_iter().rev().find(|c| c.args.first().is_some_and(|v| v == "join"));
+    let join = join.expect("master0 joined the running cluster");
+    assert_eq!(join.exit, Some(0));
+    let log = std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
+    assert!(log.contains("joining it instead of creating one"), "{log}");
+    let members = w.etcdctl(&["member", "list"]);
+    assert!(members.contains(", started, master0, ") && members.lines().count() == 3, "{members}");
+    assert_eq!(w.etcdctl(&["endpoint", "health"]).matches("is healthy").count(), 3);
+    let log = std::fs::read_to_string(w.logs().join("master1.log")).unwrap();
+    assert!(log.contains("::hakube:: step=token status=done"), "the token was re-armed on master1:\n{log}");
+}
+
+/// Retries finish what an interrupted install left, and never skip it: a `kubeadm init` that
+/// failed at wait-control-plane (where admin.conf already exists) is reset and run again; a
+/// control-plane join that failed in control-plane-join (its etcd phase; kubelet.conf exists
+/// and controlPlaneEndpoint answers through the other masters) is reset and joined again; a
+/// full install long after the bootstrap token expired re-arms it before a worker joins.
+#[test]
+fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
+    let w = setup_with("hkr", "hkbr1", [10, 246], "stacked", false, Distro::Debian12, "calico");
+    let verbs = |node: &str| -> Vec<(String, Option<i32>)> {
+        w.kubeadm_calls(node)
+            .into_iter()
+            .filter(|c| c.args.first().is_some_and(|v| v != "version" && v != "config"))
+            .map(|c| (c.args[0].clone(), c.exit))
+            .collect()
+    };
+    let fault = |text: &str| hakube_lab::Fault::parse(text).unwrap();
+    w.lab.add_fault("master0", &fault("kubeadm.init@wait-control-plane fail")).unwrap();
+    w.lab.add_fault("master2", &fault("kubeadm.join@control-plane-join fail")).unwrap();
+    let out = w.install(&[]);
+    assert_code(&out, 3, "install with init failing at wait-control-plane");
+    assert!(
+        w.on_node("master0", "test -f /etc/kubernetes/admin.conf").0 == 0,
+        "kubeadm wrote admin.conf before failing"
+    );
+    assert_eq!(verbs("master0"), [("init".to_string(), Some(1))]);
+    assert!(verbs("worker0").is_empty(), "nothing joined a cluster whose init failed");
+
+    // The same command again: init is not taken as done; the half-done one is undone first.
+    w.lab.clear_faults("master0").unwrap();
+    let out = w.install(&[]);
+    assert_code(&out, 3, "install with master2's join failing in control-plane-join");
+    let expected: Vec<(String, Option<i32>)> =
+        [("init", Some(1)), ("reset", Some(0)), ("init", Some(0))].map(|(v, e)| (v.to_string(), e)).to_vec();
+    assert_eq!(verbs("master0"), expected);
+    let log = std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
+    assert!(log.contains("stopped before its control plane came up"), "{log}");
+    assert_eq!(verbs("master2"), [("join".to_string(), Some(1))]);
+
+    // Again: master2's half-done join is reset and joined again, not accepted because the
+    // load balancer's other masters answer.
+    w.lab.clear_faults("master2").unwrap();
+    let out = w.install(&[]);
+    assert_code(&out, 0, "install after the faults are gone");
+    let expected: Vec<(String, Option<i32>)> =
+        [("join", Some(1)), ("reset", Some(0)), ("join", Some(0))].map(|(v, e)| (v.to_string(), e)).to_vec();
+    assert_eq!(verbs("master2"), expected);
+    for node in ["worker0", "worker1"] {
+        assert!(span(&w.kubeadm_calls(node), "join").is_some(), "{node} joined the finished cluster");
+    }
+
+    // Months later: the token has expired (the token cleaner deleted it) and worker1 is
+    // reset; a full install re-arms the token before worker1 joins again.
+    let tokens = w.dir.path().join("lab/cluster/tokens");
+    let expired: String = std::fs::read_to_string(&tokens)
+        .unwrap()
+        .lines()
+        .map(|l| format!("{} 1000000000\n", l.split_whitespace().next().unwrap()))
+        .collect();
+    std::fs::write(&tokens, expired).unwrap();
+    assert_code(&w.hakube(&["reset", w.definition.to_str().unwrap(), "worker1", "--yes"]), 0, "reset worker1");
+    let joins_before =
+        w.kubeadm_calls("worker1").iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).count();
+    let out = w.install(&[]);
+    assert_code(&out, 0, "full install after the token expired");
+    let log = std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
+    assert!(log.contains("is missing or expiring: creating it again"), "{log}");
+    let joins: Vec<Call> =
+        w.kubeadm_calls("worker1").into_iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).collect();
+    assert_eq!(joins.len(), joins_before + 1);
+    assert_eq!(joins.last().unwrap().exit, Some(0), "worker1 joined with the re-armed token");
+
 /// The whole cluster on Debian 13: its own image, its own containerd and systemd; with
 /// flannel, whose manifest comes from the mirror, checked against its pin.
 #[test]

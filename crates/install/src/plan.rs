@@ -109,10 +109,6 @@ pub enum PlanError {
         /// The names that exist.
         known: String,
     },
-    /// The first master cannot be reset and reinstalled alone: its boot script runs
-    /// `kubeadm init`, which would start a second cluster.
-    #[error("cannot reset and reinstall the first master {0} while other masters keep running: its boot script runs `kubeadm init`, which would start a new cluster")]
-    FirstMasterRejoin(String),
 }
 
 fn run(node: &str, step: &str) -> Run {
@@ -133,7 +129,7 @@ fn split_steps(entry: &NodeEntry) -> (Vec<&str>, Option<&str>, Vec<&str>) {
 ///
 /// # Errors
 ///
-/// [`PlanError`] for an unknown node name, or for resetting the first master alone.
+/// [`PlanError`] for an unknown node name.
 pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mode) -> Result<Plan, PlanError> {
     let nodes: &BTreeMap<String, NodeEntry> = &manifest.nodes;
     for t in targets {
@@ -168,13 +164,6 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     );
 
     if matches!(mode, Mode::Reset | Mode::ResetThenInstall) {
-        if mode == Mode::ResetThenInstall {
-            if let (Some(first), Some(_)) = (first, helper) {
-                if is_target(first) {
-                    return Err(PlanError::FirstMasterRejoin(first.into()));
-                }
-            }
-        }
         if let Some(helper) = helper {
             let leaving: Vec<Run> = targeted
                 .iter()
@@ -216,7 +205,12 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
         let (before, middle, after) = split_steps(entry);
         prepare.push(before.iter().map(|s| run(n, s)).collect());
         match (middle, entry.role) {
-            (Some(s @ "init"), _) => init.push(vec![run(n, s)]),
+            // With a master outside the targets the cluster exists: the first master joins
+            // it (`boot.sh init --existing`) instead of creating one.
+            (Some(s @ "init"), _) => init.push(vec![Run {
+                args: helper.map(|_| vec!["--existing".to_string()]).unwrap_or_default(),
+                ..run(n, s)
+            }]),
             (Some(s), Role::Master) => join_masters.push(run(n, s)),
             (Some(s), Role::Worker) => join_workers.push(vec![run(n, s)]),
             (None, _) => {}
@@ -228,18 +222,43 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
         post.push(after[cut..].iter().map(|s| run(n, s)).collect());
     }
     push(PhaseKind::Prepare, "prepare nodes", Order::Parallel, prepare);
+    // Every run that joins a node first makes sure the rendered bootstrap token exists and is
+    // not about to expire (it may have, long after init). The first master's init step joins
+    // too when the cluster already exists: before it, the token is re-armed on another master
+    // (one outside the targets, else the next master, where `boot.sh token` does nothing
+    // while no cluster runs there yet); after a fresh init, on the first master.
     let joins = !join_masters.is_empty() || !join_workers.is_empty();
-    if init.is_empty() && joins {
-        // Joining an existing cluster: the rendered token may have expired since init.
-        let host = helper.or(first).unwrap_or_default();
+    let token =
+        |host: &str| vec![vec![Run { node: host.into(), host: host.into(), step: "token".into(), args: Vec::new() }]];
+    let other_master = helper.or_else(|| masters.iter().map(|n| n.as_str()).find(|n| Some(*n) != first));
+    match (init.is_empty(), other_master) {
+        (false, Some(host)) => push(
+            PhaseKind::Token,
+            &format!("make sure the bootstrap token exists where a cluster runs, on {host}"),
+            Order::Sequential,
+            token(host),
+        ),
+        (true, _) if joins => {
+            let host = helper.or(first).unwrap_or_default();
+            push(
+                PhaseKind::Token,
+                &format!("make sure the bootstrap token exists, on {host}"),
+                Order::Sequential,
+                token(host),
+            );
+        }
+        _ => {}
+    }
+    push(PhaseKind::Init, "kubeadm init on the first master", Order::Sequential, init.clone());
+    if !init.is_empty() && joins && helper.is_none() {
+        let host = first.unwrap_or_default();
         push(
             PhaseKind::Token,
             &format!("make sure the bootstrap token exists, on {host}"),
             Order::Sequential,
-            vec![vec![Run { node: host.into(), host: host.into(), step: "token".into(), args: Vec::new() }]],
+            token(host),
         );
     }
-    push(PhaseKind::Init, "kubeadm init on the first master", Order::Sequential, init);
     // One group per master: the runner starts the next only when the previous finished.
     push(
         PhaseKind::JoinMasters,
@@ -319,8 +338,14 @@ mod tests {
         let (m, order) = manifest();
         let plan = build(&m, &order, &[], Mode::Install).unwrap();
         use PhaseKind::*;
-        assert_eq!(kinds(&plan), vec![Ship, Prepare, Init, JoinMasters, JoinWorkers, Network, Post]);
-        let joins = &plan.phases[3];
+        // The token is re-armed before init where a cluster may already run (m1: a fresh
+        // one has none, and `boot.sh token` does nothing there), and after init on m0,
+        // before anything joins: it may have expired since the cluster was made.
+        assert_eq!(kinds(&plan), vec![Ship, Prepare, Token, Init, Token, JoinMasters, JoinWorkers, Network, Post]);
+        assert_eq!(plan.phases[2].runs, vec![vec![run("m1", "token")]]);
+        assert_eq!(plan.phases[3].runs, vec![vec![run("m0", "init")]], "a full install lets init decide");
+        assert_eq!(plan.phases[4].runs, vec![vec![run("m0", "token")]]);
+        let joins = &plan.phases[5];
         assert_eq!(joins.order, Order::Sequential);
         assert_eq!(joins.runs, vec![vec![run("m1", "join")], vec![run("m2", "join")]]);
         assert_eq!(
@@ -358,14 +383,23 @@ mod tests {
     }
 
     #[test]
-    fn the_first_master_cannot_be_reset_and_reinstalled_alone() {
+    fn the_first_master_reset_alone_rejoins_through_a_running_master() {
         let (m, order) = manifest();
+        let plan = build(&m, &order, &["m0".into()], Mode::ResetThenInstall).unwrap();
+        use PhaseKind::*;
+        assert_eq!(kinds(&plan), vec![Ship, Forget, Reset, Prepare, Token, Init, Network, Post]);
+        // Its etcd member leaves through m1, the token is re-armed there, and its init step
+        // joins the running cluster instead of creating one.
         assert_eq!(
-            build(&m, &order, &["m0".into()], Mode::ResetThenInstall),
-            Err(PlanError::FirstMasterRejoin("m0".into()))
+            plan.phases[1].runs[0][0],
+            Run { node: "m0".into(), host: "m1".into(), step: "forget".into(), args: vec!["m0".into()] }
         );
-        // Resetting everything and installing again is fine.
-        assert!(build(&m, &order, &[], Mode::ResetThenInstall).is_ok());
+        assert_eq!(plan.phases[4].runs, vec![vec![run("m1", "token")]]);
+        assert_eq!(plan.phases[5].runs, vec![vec![Run { args: vec!["--existing".into()], ..run("m0", "init") }]]);
+        // Resetting everything and installing again creates the cluster anew.
+        let all = build(&m, &order, &[], Mode::ResetThenInstall).unwrap();
+        let init = all.phases.iter().find(|p| p.kind == Init).unwrap();
+        assert_eq!(init.runs, vec![vec![run("m0", "init")]]);
     }
 
     #[test]

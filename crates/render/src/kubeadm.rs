@@ -399,6 +399,38 @@ pub fn kubeadm_config(
     discovery_hash: &str,
     token_id: &str,
 ) -> Result<String, KubeadmError> {
+    config_of(def, node, discovery_hash, token_id, false)
+}
+
+/// The first master's `JoinConfiguration` with `controlPlane`, the YAML text of
+/// `nodes/<node>/kubeadm-join.yaml`: a first master reset and installed again while the
+/// cluster runs joins it through a running master, as any other master does, instead of
+/// creating a new cluster with `kubeadm init`. Arguments as [`kubeadm_config`].
+///
+/// # Errors
+///
+/// As [`kubeadm_config`], and [`KubeadmError::Invalid`] when `node` is not the first master.
+pub fn first_master_join_config(
+    def: &ClusterDefinition,
+    node: &str,
+    discovery_hash: &str,
+    token_id: &str,
+) -> Result<String, KubeadmError> {
+    if !def.first_master().is_some_and(|m| m.node_name == node) {
+        return Err(KubeadmError::Invalid { node: node.to_string(), problem: "not the first master".into() });
+    }
+    config_of(def, node, discovery_hash, token_id, true)
+}
+
+/// The configuration of `node`: kubeadm init's for the first master unless `join_existing`,
+/// else the JoinConfiguration of its role.
+fn config_of(
+    def: &ClusterDefinition,
+    node: &str,
+    discovery_hash: &str,
+    token_id: &str,
+    join_existing: bool,
+) -> Result<String, KubeadmError> {
     let invalid = |problem: String| KubeadmError::Invalid { node: node.to_string(), problem };
     let (role, n) = def.node(node).ok_or_else(|| KubeadmError::UnknownNode { node: node.to_string() })?;
     if node.chars().any(char::is_control) {
@@ -412,7 +444,7 @@ pub fn kubeadm_config(
     }
     let host = def.control_plane_host().ok_or_else(|| invalid("the definition has no master".into()))?;
     let endpoint = format!("{}:{API_SERVER_PORT}", url_host(host));
-    let first = role == Role::Master && def.first_master().is_some_and(|m| m.node_name == node);
+    let first = role == Role::Master && def.first_master().is_some_and(|m| m.node_name == node) && !join_existing;
 
     let mut kubelet_args = vec![Arg { name: "node-ip".into(), value: n.private_ip.clone() }];
     let labels: Vec<String> =
@@ -440,6 +472,8 @@ pub fn kubeadm_config(
          # in on the node (from /etc/hakube/secrets/bootstrap-token), into /etc/hakube/secrets/kubeadm.yaml.\n",
         if first {
             "first master: kubeadm init"
+        } else if join_existing {
+            "first master: kubeadm join --control-plane, when the cluster already exists"
         } else if role == Role::Master {
             "master: kubeadm join --control-plane"
         } else {

@@ -16,6 +16,7 @@
 //! ssh/id_ed25519 ssh/id_ed25519.pub  ssh/known_hosts
 //! ssh/host-keys/<node>/ssh_host_ed25519_key .pub
 //! nodes/<node>/boot.sh  nodes/<node>/kubeadm.yaml
+//! nodes/<first master>/kubeadm-join.yaml
 //! ```
 
 /// The manifest listing every other file.
@@ -60,6 +61,11 @@ pub fn boot_script(node: &str) -> String {
 /// The kubeadm configuration of `node`.
 pub fn kubeadm_config(node: &str) -> String {
     format!("nodes/{node}/kubeadm.yaml")
+}
+
+/// The first master's JoinConfiguration, for joining an existing cluster after a reset.
+pub fn kubeadm_join_config(node: &str) -> String {
+    format!("nodes/{node}/kubeadm-join.yaml")
 }
 
 /// Directory on a node that install ships files into.

@@ -281,6 +281,9 @@ impl Templates {
                 .cloud_provider
                 .as_deref()
                 .and_then(|p| hakube_cluster::releases::cloud_controller_manager_image(HookCatalog::normalise(p), def)),
+            firewall: def.firewall.as_str(),
+            firewall_ports: hakube_cluster::ports::node_ports(def, role).iter().map(|p| p.spec()).collect(),
+            network_manager_unmanaged: hakube_cluster::ports::network_manager_unmanaged(def),
             etcd_initial_cluster,
             node_url_host: url_host(&node.private_ip),
             admin_labels,
@@ -288,6 +291,12 @@ impl Templates {
             hooks: Hooks {
                 preinstall: hook(HookKind::Preinstall, "preinstall", &hooks.preinstall)?,
                 cloud_provider: hook(HookKind::CloudProvider, "cloudProvider", &hooks.cloud_provider)?,
+            other_master_hosts: def
+                .masters
+                .iter()
+                .filter(|m| m.node_name != node.node_name)
+                .map(|m| url_host(&m.private_ip))
+                .collect(),
                 cloud_config: hook(HookKind::CloudConfig, "cloudProviderConfig", &hooks.cloud_provider_config)?,
                 network: hook(HookKind::Network, "networkProvider", &hooks.network_provider)?,
             },
@@ -377,6 +386,12 @@ struct BootContext<'a> {
     /// The rendered cloud-config hook (masters only).
     cloud_config: Option<String>,
 }
+    /// The definition's `firewall`: `open` or `refuse`.
+    firewall: &'static str,
+    /// `PORT/PROTOCOL` of every port this node needs open (hakube_cluster::ports).
+    firewall_ports: Vec<String>,
+    /// NetworkManager's `unmanaged-devices` for the network add-on, if it documents one.
+    network_manager_unmanaged: Option<&'static str>,
 
 /// One registry's pull-through mirror, as containerd's `hosts.toml` names them.
 #[derive(Serialize)]
@@ -384,6 +399,8 @@ struct RegistryMirror {
     /// `registry.k8s.io`: the directory under `/etc/containerd/certs.d/`.
     registry: String,
     /// The registry's own URL (`server` in hosts.toml), the fallback.
+    /// The other masters' privateIPs as they go into a URL.
+    other_master_hosts: Vec<String>,
     server: String,
     /// The mirror's URL (a `[host."..."]` table).
     mirror: String,
