@@ -13,7 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::layout;
-use crate::manifest::{sha256_hex, Manifest};
+use crate::manifest::{sha256_hex, Manifest, ManifestError};
 use crate::render::{AssetSet, Existing};
 
 /// Why reading or writing the assets directory failed.
@@ -34,6 +34,16 @@ pub enum AssetsError {
     /// itself, so this is a file someone else put there).
     #[error("failed to read {0}: its name is not UTF-8")]
     NonUtf8(PathBuf),
+    /// The manifest on disk lists something render never produces
+    /// ([`Manifest::validate`]): render refuses before writing anything, so that a
+    /// tampered manifest cannot make it remove (or install ship) a file of its choosing.
+    #[error("{path}: {problem}; it was edited or is not hakube's: restore it (e.g. from git), or delete it and run `hakube render` again (which rewrites it, but then cannot remove the files of nodes no longer in the definition)")]
+    Manifest {
+        /// The manifest's path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: ManifestError,
+    },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AssetsError {
@@ -101,6 +111,8 @@ pub struct WriteSummary {
 /// [`AssetsError`] naming the file; files written before the failure are complete.
 pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSummary, AssetsError> {
     let mut summary = WriteSummary::default();
+    // The previous manifest says what to remove: untrusted, so checked before anything is written.
+    let old = previous_manifest(dir, existing)?;
     create_dir(dir, 0o700)?;
     let manifest = set.manifest();
     // Every directory that holds a secret, up to the assets directory, is 0700.
@@ -176,9 +188,7 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
             fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io("set permissions of", d))?;
         }
     }
-    if let Some(old) =
-        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok())
-    {
+    if let Some(old) = old {
         for rel in old.files.keys().filter(|p| !set.files.contains_key(*p)) {
             let path = dir.join(rel);
             match fs::remove_file(&path) {
@@ -201,6 +211,22 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
         write_atomic(&dir.join(layout::MANIFEST), 0o644, &bytes)?;
     }
     Ok(summary)
+}
+
+/// The manifest among `existing`, when it parses (one that does not is rewritten and
+/// names nothing to remove).
+///
+/// # Errors
+///
+/// [`AssetsError::Manifest`] when it lists anything [`Manifest::validate`] refuses.
+fn previous_manifest(dir: &Path, existing: &Existing) -> Result<Option<Manifest>, AssetsError> {
+    let Some(old) =
+        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok())
+    else {
+        return Ok(None);
+    };
+    old.validate().map_err(|problem| AssetsError::Manifest { path: dir.join(layout::MANIFEST), problem })?;
+    Ok(Some(old))
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), AssetsError> {

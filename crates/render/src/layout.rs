@@ -72,3 +72,155 @@ pub fn kubeadm_join_config(node: &str) -> String {
 pub const REMOTE_DIR: &str = "/etc/hakube";
 /// Directory (mode 0700) on a node for secret files.
 pub const REMOTE_SECRETS_DIR: &str = "/etc/hakube/secrets";
+
+/// What the layout says about one file of the assets directory: what [`file`] returns for
+/// a path render itself produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutFile {
+    /// Secret material (private keys, the bootstrap token, the admin kubeconfig): mode
+    /// 0600 in 0700 directories, and only read from places no other user can write.
+    pub secret: bool,
+    /// The Unix permission bits render gives it: 0600 for a secret, 0755 for a boot
+    /// script, 0644 otherwise.
+    pub mode: u32,
+    /// Where it goes on the nodes it ships to (always below [`REMOTE_DIR`]); `None` when
+    /// it stays on the workstation.
+    pub destination: Option<String>,
+    /// The node the path names (`nodes/<node>/...`, `ssh/host-keys/<node>/...`,
+    /// `pki/etcd/members/<node>/...`).
+    pub node: Option<String>,
+}
+
+/// The files directly under `pki/` (and `pki/etcd/`), with kubeadm's names; each ships
+/// to the masters below [`REMOTE_SECRETS_DIR`] under the same relative path.
+const PKI_FILES: &[&str] = &[
+    "ca.crt",
+    "ca.key",
+    "front-proxy-ca.crt",
+    "front-proxy-ca.key",
+    "sa.key",
+    "sa.pub",
+    "etcd/ca.crt",
+    "etcd/ca.key",
+    "apiserver-etcd-client.crt",
+    "apiserver-etcd-client.key",
+];
+
+/// The files of an external-etcd member, `pki/etcd/members/<node>/<file>`.
+const ETCD_MEMBER_FILES: &[&str] = &["server.crt", "server.key", "peer.crt", "peer.key"];
+
+/// Whether `name` is a node name the definition accepts: an RFC 1123 subdomain as
+/// Kubernetes checks it (at most 253 characters, dot-separated labels of lowercase
+/// letters, digits and `-`, each 1 to 63 characters, not starting or ending with `-`),
+/// the rule hakube-cluster's validation applies to `nodeName`. Such a name is one path
+/// component: never empty, `.`, `..`, nor containing `/`.
+pub fn is_node_name(name: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label)
+}
+
+/// Recognises exactly the paths of the layout above, as render spells them (relative,
+/// `/`-separated, normalised: no empty, `.` or `..` component, no leading `/`, node
+/// names that [`is_node_name`] accepts), and says what the layout makes of each.
+///
+/// `None` for anything else, [`MANIFEST`] and [`KNOWN_HOSTS_ACCEPTED`] included (they
+/// are not entries of the manifest). This is the rule for untrusted lists of paths:
+/// render removes, and install ships, only files this function recognises.
+pub fn file(path: &str) -> Option<LayoutFile> {
+    let secret_tree = || Some(format!("{REMOTE_SECRETS_DIR}/{path}"));
+    let make = |secret: bool, destination: Option<String>, node: Option<&str>| {
+        let mode = if secret {
+            0o600
+        } else if path.ends_with(".sh") {
+            0o755
+        } else {
+            0o644
+        };
+        Some(LayoutFile { secret, mode, destination, node: node.map(str::to_owned) })
+    };
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["pki", "etcd", "members", node, file] if is_node_name(node) && ETCD_MEMBER_FILES.contains(file) => {
+            make(file.ends_with(".key"), secret_tree(), Some(node))
+        }
+        ["pki", rest @ ..] if PKI_FILES.contains(&rest.join("/").as_str()) => {
+            make(path.ends_with(".key"), secret_tree(), None)
+        }
+        _ if path == ADMIN_KUBECONFIG => make(true, None, None),
+        _ if path == BOOTSTRAP_TOKEN => make(true, Some(format!("{REMOTE_SECRETS_DIR}/bootstrap-token")), None),
+        _ if path == DISCOVERY_HASH => make(false, None, None),
+        _ if path == LOGIN_KEY => make(true, None, None),
+        _ if path == LOGIN_KEY_PUB || path == KNOWN_HOSTS => make(false, None, None),
+        ["ssh", "host-keys", node, "ssh_host_ed25519_key"] if is_node_name(node) => make(true, None, Some(node)),
+        ["ssh", "host-keys", node, "ssh_host_ed25519_key.pub"] if is_node_name(node) => make(false, None, Some(node)),
+        ["nodes", node, file @ ("boot.sh" | "kubeadm.yaml" | "kubeadm-join.yaml")] if is_node_name(node) => {
+            make(false, Some(format!("{REMOTE_DIR}/{file}")), Some(node))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spelled_paths_are_recognised() {
+        for (path, secret, dest) in [
+            (pki("ca.key"), true, Some("/etc/hakube/secrets/pki/ca.key")),
+            (pki("etcd/ca.crt"), false, Some("/etc/hakube/secrets/pki/etcd/ca.crt")),
+            (etcd_member("m-0.x", "peer.key"), true, Some("/etc/hakube/secrets/pki/etcd/members/m-0.x/peer.key")),
+            (host_key("w1"), true, None),
+            (format!("{}.pub", host_key("w1")), false, None),
+            (boot_script("w1"), false, Some("/etc/hakube/boot.sh")),
+            (kubeadm_config("w1"), false, Some("/etc/hakube/kubeadm.yaml")),
+            (kubeadm_join_config("w1"), false, Some("/etc/hakube/kubeadm-join.yaml")),
+            (ADMIN_KUBECONFIG.into(), true, None),
+            (BOOTSTRAP_TOKEN.into(), true, Some("/etc/hakube/secrets/bootstrap-token")),
+            (LOGIN_KEY.into(), true, None),
+            (KNOWN_HOSTS.into(), false, None),
+        ] {
+            let f = file(&path).unwrap_or_else(|| panic!("{path} not recognised"));
+            assert_eq!((f.secret, f.destination.as_deref()), (secret, dest), "{path}");
+        }
+        assert_eq!(file("nodes/w1/boot.sh").unwrap().mode, 0o755);
+    }
+
+    #[test]
+    fn anything_else_is_refused() {
+        for path in [
+            "../victim/x",
+            "/abs/path",
+            "/etc/cron.d/x",
+            "nodes/../boot.sh",
+            "nodes/./boot.sh",
+            "nodes/w1/../w2/boot.sh",
+            "nodes//boot.sh",
+            "nodes/w1/boot.sh/",
+            "nodes/W1/boot.sh",
+            "nodes/a b/boot.sh",
+            "nodes/w1/other.sh",
+            "pki/etcd/members/../ca.key",
+            "pki/x.key",
+            "pki/etcd",
+            "pki/etcd/members/m0/ca.key",
+            "ssh/host-keys/../ssh_host_ed25519_key",
+            "./pki/ca.key",
+            "pki/ca.key\0",
+            MANIFEST,
+            KNOWN_HOSTS_ACCEPTED,
+            "",
+        ] {
+            assert_eq!(file(path), None, "{path:?} recognised");
+        }
+        assert!(!is_node_name(".."));
+        assert!(!is_node_name(&"a".repeat(64)));
+        assert!(is_node_name("ip-10-1-0-10.ec2.internal"));
+    }
+}

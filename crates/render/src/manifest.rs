@@ -4,6 +4,10 @@
 //! Install reads only this to know what to ship; `hakube render --check` and install
 //! both compare file contents against the sha256 recorded here, so a tampered or stale
 //! file is noticed before it reaches a machine.
+//!
+//! A manifest read from disk is untrusted input: anyone who can write the assets
+//! directory can write it. Before render removes or install ships anything it names,
+//! [`Manifest::validate`] checks that it lists only what render itself produces.
 
 use std::collections::BTreeMap;
 
@@ -68,6 +72,73 @@ impl Manifest {
         serde_json::from_str(text)
     }
 
+    /// Checks that the manifest describes only files render itself produces, as
+    /// [`crate::layout::file`] recognises them: every key a relative, normalised path of
+    /// the layout; its `secret` and `mode` the layout's; a lowercase hex SHA-256; the nodes
+    /// it ships to valid node names listed in [`Manifest::nodes`] (a file of one node,
+    /// `nodes/<node>/...`, only to that node); and a destination exactly when it ships
+    /// somewhere, the one the layout gives it (always below [`crate::layout::REMOTE_DIR`]).
+    ///
+    /// # Errors
+    ///
+    /// The first [`ManifestError`], naming the entry (or node) and what is wrong with it.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.format != FORMAT_VERSION {
+            return Err(ManifestError::Format { found: self.format });
+        }
+        if let Some(name) = self.nodes.keys().find(|n| !crate::layout::is_node_name(n)) {
+            return Err(ManifestError::NodeName(name.clone()));
+        }
+        for (path, entry) in &self.files {
+            let Some(layout) = crate::layout::file(path) else {
+                return Err(ManifestError::UnknownFile(path.clone()));
+            };
+            let problem = |problem: String| Err(ManifestError::Entry { path: path.clone(), problem });
+            if entry.sha256.len() != 64
+                || !entry.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return problem(format!("sha256 {:?} is not 64 lowercase hex digits", entry.sha256));
+            }
+            if entry.secret != layout.secret {
+                return problem(format!(
+                    "it is {}marked secret, but hakube renders it as {}secret",
+                    if entry.secret { "" } else { "not " },
+                    if layout.secret { "" } else { "not " }
+                ));
+            }
+            if parse_mode(&entry.mode) != Some(layout.mode) {
+                return problem(format!("mode {:?}, but hakube renders it as {:04o}", entry.mode, layout.mode));
+            }
+            for (i, node) in entry.nodes.iter().enumerate() {
+                if !self.nodes.contains_key(node) {
+                    return problem(format!("it ships to {node:?}, which is not a node of the manifest"));
+                }
+                if entry.nodes[..i].contains(node) {
+                    return problem(format!("it lists node {node:?} twice"));
+                }
+                if layout.node.as_ref().is_some_and(|own| own != node) {
+                    return problem(format!(
+                        "it belongs to node {:?} but ships to {node:?}",
+                        layout.node.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+            match (&entry.destination, entry.nodes.is_empty()) {
+                (None, true) => {}
+                (Some(dest), false) if Some(dest) == layout.destination.as_ref() => {}
+                (Some(dest), false) => {
+                    return problem(match &layout.destination {
+                        Some(own) => format!("destination {dest:?}, but hakube ships it to {own:?}"),
+                        None => format!("destination {dest:?}, but hakube never ships it"),
+                    })
+                }
+                (Some(dest), true) => return problem(format!("destination {dest:?} without nodes to ship it to")),
+                (None, false) => return problem("it ships to nodes but has no destination".to_string()),
+            }
+        }
+        Ok(())
+    }
+
     /// The files that ship to `node`, as `(path, entry)`, in path order.
     pub fn files_for<'a>(&'a self, node: &'a str) -> impl Iterator<Item = (&'a str, &'a ManifestEntry)> + 'a {
         self.files.iter().filter(move |(_, e)| e.nodes.iter().any(|n| n == node)).map(|(p, e)| (p.as_str(), e))
@@ -79,6 +150,32 @@ impl Manifest {
         text.push('\n');
         text.into_bytes()
     }
+}
+
+/// Why a manifest read from disk cannot be trusted ([`Manifest::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Written by a hakube with another manifest format.
+    #[error("format {found} is not {FORMAT_VERSION}, the format this hakube writes")]
+    Format {
+        /// The manifest's `format`.
+        found: u32,
+    },
+    /// A key of `nodes` is not a valid node name.
+    #[error("node {0:?} is not a valid node name")]
+    NodeName(String),
+    /// A key of `files` is not a path of the layout (`../x`, `/etc/cron.d/x`, a file
+    /// render never writes).
+    #[error("entry {0:?} is not a file hakube renders")]
+    UnknownFile(String),
+    /// An entry of the layout whose fields are not what render writes.
+    #[error("entry {path:?}: {problem}")]
+    Entry {
+        /// The entry's key.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 /// Lowercase hex SHA-256 of `bytes`.

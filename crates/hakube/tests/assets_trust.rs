@@ -1,0 +1,51 @@
+//! The assets directory as untrusted input (issue 11, "Trust nothing that is read"),
+//! through the real binary: a tampered manifest, links inside the assets, secrets other
+//! users can write, and what install refuses before it connects to anything.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn hakube(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hakube"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("failed to run hakube")
+}
+
+fn sample(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples").join(name).to_str().unwrap().to_string()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn edit_manifest(assets: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = assets.join("manifest.json");
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+}
+
+/// Item 2: `../victim/x` added to manifest.json (as if a removed node's file); render
+/// refuses, naming the entry and what to do, and the file outside the assets survives.
+#[test]
+fn render_refuses_a_manifest_entry_outside_the_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("single-master.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    std::fs::create_dir(dir.path().join("victim")).unwrap();
+    std::fs::write(dir.path().join("victim/x"), "keep me").unwrap();
+    let assets = dir.path().join("assets");
+    edit_manifest(&assets, |m| m["files"]["../victim/x"] = m["files"]["ssh/known_hosts"].clone());
+    let out = hakube(&["render", &lab], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = text(&out);
+    assert!(
+        err.contains("hakube: error: assets/manifest.json: entry \"../victim/x\" is not a file hakube renders; it was edited or is not hakube's: restore it (e.g. from git), or delete it and run `hakube render` again"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(dir.path().join("victim/x")).unwrap(), "keep me");
+}

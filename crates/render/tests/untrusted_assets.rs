@@ -1,0 +1,143 @@
+//! The assets directory as untrusted input (issue 11, "Trust nothing that is read"): a
+//! tampered manifest cannot make render remove or write anything outside the layout.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use hakube_cluster::{ClusterDefinition, HookCatalog};
+use hakube_render::assets::{self, AssetsError};
+use hakube_render::manifest::Manifest;
+use hakube_render::render::{self, AssetSet, Options};
+use hakube_render::{layout, Templates};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn templates() -> Templates {
+    Templates::new(None).expect("built-in templates load")
+}
+
+fn catalog() -> HookCatalog {
+    templates().hook_catalog()
+}
+
+fn load(text: &str) -> ClusterDefinition {
+    match hakube_cluster::load(text, "test.json", &catalog()) {
+        Ok(loaded) => loaded.definition,
+        Err(report) => panic!("definition invalid:\n{report}"),
+    }
+}
+
+fn options() -> Options {
+    Options { rotate_secrets: false, now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000) }
+}
+
+/// A small cluster with ECDSA keys (fast to render).
+const SMALL: &str = r#"{
+  "clusterName": "t",
+  "pki": { "keyAlgorithm": "ECDSA-P256" },
+  "masters": [ { "nodeName": "m0", "privateIP": "10.0.0.10" } ],
+  "workers": [ { "nodeName": "w0", "privateIP": "10.0.0.20" } ]
+}"#;
+
+fn try_render(dir: &Path) -> Result<(AssetSet, assets::WriteSummary), AssetsError> {
+    let existing = assets::read_existing(dir)?;
+    let set = render::render(&load(SMALL), &existing, &templates(), &options()).expect("render");
+    let summary = assets::write(dir, &set, &existing)?;
+    Ok((set, summary))
+}
+
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join(layout::MANIFEST);
+    let mut value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(&path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+}
+
+/// Every file render writes, as `(path, bytes)`, following nothing.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let rel = entry.path().strip_prefix(dir).unwrap().to_str().unwrap().to_string();
+                out.push((rel, std::fs::read(entry.path()).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Item 2: entries `../victim/x` and `/abs/path` (both existing files outside the
+/// assets directory, each the only file of its directory) added to manifest.json, with
+/// the fields of a real entry. Render refuses before writing anything, naming the entry;
+/// both files and their directories survive.
+#[test]
+fn a_tampered_manifest_cannot_make_render_remove_files_outside_the_assets() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("assets");
+    try_render(&dir).unwrap();
+    let outside = temp.path().join("abs/path");
+    std::fs::create_dir_all(temp.path().join("victim")).unwrap();
+    std::fs::create_dir_all(outside.parent().unwrap()).unwrap();
+    let victim = temp.path().join("victim/x");
+    std::fs::write(&victim, "keep me").unwrap();
+    std::fs::write(&outside, "keep me too").unwrap();
+    for key in ["../victim/x".to_string(), outside.to_str().unwrap().to_string(), "nodes/../../victim/x".into()] {
+        edit_manifest(&dir, |m| {
+            let entry = m["files"][layout::DISCOVERY_HASH].clone();
+            m["files"][key.as_str()] = entry;
+        });
+        let before = snapshot(&dir);
+        let err = try_render(&dir).expect_err("render accepted a manifest entry outside the layout").to_string();
+        assert!(err.contains(&format!("entry {key:?} is not a file hakube renders")), "{err}");
+        assert!(err.contains("manifest.json") && err.contains("restore it"), "{err}");
+        assert_eq!(snapshot(&dir), before, "render wrote something after refusing");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+        assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me too");
+        edit_manifest(&dir, |m| {
+            m["files"].as_object_mut().unwrap().remove(&key);
+        });
+    }
+    // Repaired, render is happy again and nothing was removed.
+    let (_, summary) = try_render(&dir).unwrap();
+    assert!(summary.removed.is_empty(), "{summary:?}");
+}
+
+/// The rule and render agree: every file of every sample is a path of the layout with
+/// the layout's secrecy, mode and destination, and render's manifest validates.
+#[test]
+fn the_layout_recognises_exactly_what_render_produces() {
+    let mut samples: Vec<PathBuf> = std::fs::read_dir(repo_root().join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    samples.sort();
+    assert!(samples.len() >= 3, "{samples:?}");
+    let external = SMALL.replace(r#""pki""#, r#""etcd": { "topology": "external" }, "pki""#);
+    let defs = samples.iter().map(|p| load(&std::fs::read_to_string(p).unwrap())).chain([load(&external)]);
+    for def in defs {
+        let set = render::render(&def, &Default::default(), &templates(), &options()).unwrap();
+        for (path, asset) in &set.files {
+            let file = layout::file(path).unwrap_or_else(|| panic!("{path} of {} not in the layout", def.cluster_name));
+            assert_eq!(
+                (file.secret, file.mode, file.destination.as_ref()),
+                (asset.secret, asset.mode, asset.destination.as_ref().filter(|_| !asset.nodes.is_empty())),
+                "{path}"
+            );
+            if let Some(node) = &file.node {
+                assert!(asset.nodes.iter().all(|n| n == node), "{path} ships to {:?}", asset.nodes);
+            }
+        }
+        let manifest = Manifest::parse(std::str::from_utf8(&set.manifest().to_bytes()).unwrap()).unwrap();
+        manifest.validate().unwrap_or_else(|e| panic!("{}: {e}", def.cluster_name));
+    }
+}
