@@ -82,6 +82,19 @@ impl World {
             assert_eq!(out, expected, "{}", node.name);
         }
     }
+    /// Changes the definition's kubernetesVersion (and the package repository to its minor,
+    /// as the lab's mirror lays them out) and renders again.
+    fn set_version(&self, version: &str) {
+        let mut definition: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&self.definition).unwrap()).unwrap();
+        let minor = version.rsplit_once('.').unwrap().0;
+        let repo = definition["packageRepository"]["url"].as_str().unwrap().to_string();
+        let base = repo.rsplit_once("/v").unwrap().0;
+        definition["kubernetesVersion"] = version.into();
+        definition["packageRepository"]["url"] = format!("{base}/v{minor}").into();
+        std::fs::write(&self.definition, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
+        assert_code(&self.hakube(&["render", self.definition.to_str().unwrap()]), 0, "render");
+    }
     /// Runs a bash script on `node` as root without SSH; (exit code, stdout + stderr).
     fn on_node(&self, node: &str, script: &str) -> (i32, String) {
         let out = self.lab.command(node, "bash").unwrap().arg("-c").arg(script).output().unwrap();
@@ -239,6 +252,8 @@ fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
 #[test]
 fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
     let w = setup_with("hkr", "hkbr1", [10, 246], "stacked", false, Distro::Debian12, "calico");
+    // This cluster runs the mirror's 1.35 release, so that a later bump can be refused.
+    w.set_version("1.35.4");
     let verbs = |node: &str| -> Vec<(String, Option<i32>)> {
         w.kubeadm_calls(node)
             .into_iter()
@@ -301,6 +316,24 @@ fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
         w.kubeadm_calls("worker1").into_iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).collect();
     assert_eq!(joins.len(), joins_before + 1);
     assert_eq!(joins.last().unwrap().exit, Some(0), "worker1 joined with the re-armed token");
+
+    // Bumping kubernetesVersion and installing again changes no node's version: that would
+    // upgrade kubelets before the API servers (the version skew policy). Nor is any node
+    // downgraded.
+    let kubeadm_before: Vec<usize> = w.lab.nodes().iter().map(|n| w.kubeadm_calls(&n.name).len()).collect();
+    w.set_version("1.36.4");
+    let out = w.install(&[]);
+    assert_code(&out, 3, "install after bumping kubernetesVersion");
+    assert!(text(&out).contains("5 of 5 node(s) did not finish"), "{}", text(&out));
+    let log = std::fs::read_to_string(w.logs().join("worker0.log")).unwrap();
+    assert!(
+        log.contains("this node runs Kubernetes v1.35.4 in a cluster and kubernetesVersion is v1.36.4: hakube install never changes a running node's version"),
+        "{log}"
+    );
+    w.on_every_node("kubelet --version; apt-mark showhold | grep -c kube", "Kubernetes v1.35.4\n3\n");
+    let kubeadm_after: Vec<usize> = w.lab.nodes().iter().map(|n| w.kubeadm_calls(&n.name).len()).collect();
+    assert_eq!(kubeadm_before, kubeadm_after, "kubeadm ran on a node whose version was refused");
+}
 
 /// The whole cluster on Debian 13: its own image, its own containerd and systemd; with
 /// flannel, whose manifest comes from the mirror, checked against its pin.

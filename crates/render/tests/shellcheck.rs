@@ -450,3 +450,66 @@ fn network_and_cloud_hooks_follow_upstream() {
     let pinned = script(r#", "hooks": { "cloudProvider": "aws", "cloudProviderVersion": "v1.36.9" }"#);
     assert!(pinned.contains("cloud-controller-manager:v1.36.9\n"));
 }
+
+/// firewalld, SELinux and NetworkManager, as the RHEL family runs them by default.
+#[test]
+fn the_prepare_step_opens_exactly_the_ports_a_node_needs() {
+    let templates = Templates::new(None).unwrap();
+    let def = definition(&templates, r#", "hooks": { "networkProvider": "flannel" }"#);
+    let m0 = templates.boot_script(&def, "m0").unwrap();
+    let w0 = templates.boot_script(&def, "w0").unwrap();
+    // kubernetes.io "Ports and Protocols": the control plane's on masters only; kubelet,
+    // kube-proxy and NodePorts everywhere; flannel's VXLAN (UDP 8472, flannel backends.md).
+    assert!(m0.contains("readonly -a FIREWALL_PORTS=(6443/tcp 2379-2380/tcp 10250/tcp 10259/tcp 10257/tcp 10256/tcp 30000-32767/tcp 30000-32767/udp 8472/udp)\n"), "{m0}");
+    assert!(w0.contains("readonly -a FIREWALL_PORTS=(10250/tcp 10256/tcp 30000-32767/tcp 30000-32767/udp 8472/udp)\n"));
+    assert!(w0.contains(r#"firewall-cmd --permanent --add-port="$p""#) && w0.contains("firewall-cmd --reload"));
+    // SELinux permissive, as kubeadm's install guide does it.
+    assert!(w0.contains("setenforce 0") && w0.contains("s/^SELINUX=enforcing$/SELINUX=permissive/"));
+    // flannel documents no NetworkManager settings; Calico does (tigera/docs troubleshooting).
+    assert!(w0.contains("network_manager_run() { true; }"));
+    let calico = templates.boot_script(&definition(&templates, ""), "w0").unwrap();
+    assert!(calico.contains("unmanaged-devices=%s"));
+    assert!(calico.contains("interface-name:cali*;interface-name:tunl*;interface-name:vxlan.calico;"));
+    assert!(calico.contains("179/tcp 4789/udp 5473/tcp)"));
+    // refuse: no port is opened; the step stops and names what to do.
+    let refuse = templates.boot_script(&definition(&templates, r#", "firewall": "refuse""#), "w0").unwrap();
+    assert!(!refuse.contains("firewall-cmd --permanent --add-port=\"$p\""));
+    assert!(refuse.contains(r#"or set \"firewall\": \"open\" in the definition"#));
+}
+
+/// No node is downgraded, and the same version stays (the version skew policy; a running
+/// node's version is refused in the lab test, where kubelet.conf exists).
+#[test]
+fn the_version_guard_refuses_a_downgrade_and_allows_the_same_version() {
+    let templates = Templates::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let script = write_script(dir.path(), "w0", &templates.boot_script(&definition(&templates, ""), "w0").unwrap());
+    let guard = |kubelet_says: &str| {
+        bash(
+            &[
+                "-c",
+                r#"source "$1"; says=$2; kubelet() { printf '%s\n' "$says"; }; version_guard"#,
+                "bash",
+                script.to_str().unwrap(),
+                kubelet_says,
+            ],
+            dir.path(),
+        )
+    };
+    let out = guard("Kubernetes v1.37.0");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "this node has Kubernetes v1.37.0, newer than kubernetesVersion v1.36.4: hakube never downgrades a node"
+        ),
+        "{out:?}"
+    );
+    // 1.36.10 is newer than 1.36.4 (versions compare as numbers, not text).
+    assert_eq!(guard("Kubernetes v1.36.10").status.code(), Some(1));
+    assert!(guard("Kubernetes v1.36.4").status.success());
+    // An older kubelet on a node outside any cluster (no kubelet.conf) is upgraded by the
+    // packages step as on a fresh machine.
+    assert!(
+        guard("Kubernetes v1.35.4").status.success() || std::path::Path::new("/etc/kubernetes/kubelet.conf").exists()
+    );
+}
