@@ -17,6 +17,7 @@ pub mod downloads;
 pub mod ports;
 mod locate;
 pub mod releases;
+pub mod ssh;
 mod validate;
 
 pub use definition::{ClusterDefinition, Node, Role};

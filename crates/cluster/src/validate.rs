@@ -944,26 +944,24 @@ fn check_hooks(def: &ClusterDefinition, hooks: &HookCatalog, c: &mut Checker<'_,
     }
 }
 
+/// A login user, by the rule every value reaching ssh's command line follows (crate::ssh).
 fn check_user(user: &str, path: &JsonPath, c: &mut Checker<'_, '_>) {
-    if user.is_empty()
-        || user.starts_with('-')
-        || !user.chars().all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '-' | '.'))
-    {
-        c.error(
-            path,
-            format!("{user:?} is not a valid login name"),
-            Some("use letters, digits, '_', '-' and '.'".into()),
-        );
+    if let Err(e) = crate::ssh::check_login_user(user) {
+        c.error(path, e.to_string(), Some(crate::ssh::USER_HELP.into()));
     }
 }
 
+/// A private key path for ssh's `-i` (crate::ssh::check_key_path).
 fn check_key_path(key: Option<&str>, path: &JsonPath, c: &mut Checker<'_, '_>) {
-    if key.is_some_and(str::is_empty) {
-        c.error(
+    let Some(key) = key else { return };
+    match crate::ssh::check_key_path(key) {
+        Ok(()) => {}
+        Err(_) if key.is_empty() => c.error(
             path,
             "an empty path names no key".into(),
             Some("leave sshLoginKey out to use the cluster's key, or the login key hakube render generates".into()),
-        );
+        ),
+        Err(e) => c.error(path, e.to_string(), Some(crate::ssh::KEY_PATH_HELP.into())),
     }
 }
 
@@ -976,11 +974,11 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         c.error(&root("installConcurrency"), "installConcurrency must be at least 1".into(), None);
     }
     if let Some(bastion) = &def.ssh_bastion {
-        if bastion.is_empty() || bastion.chars().any(|ch| ch.is_whitespace()) || bastion.starts_with('-') {
+        if let Err(e) = crate::ssh::parse_jump_hosts(bastion) {
             c.error(
                 &root("sshBastion"),
-                format!("{bastion:?} is not a ProxyJump destination"),
-                Some("write [user@]host[:port], several separated by commas".into()),
+                format!("{bastion:?} is not a ProxyJump destination: {e}"),
+                Some(crate::ssh::JUMP_HOSTS_HELP.into()),
             );
         }
     }

@@ -371,3 +371,52 @@ fn list_downloads_prints_every_file_with_its_pin_and_the_images() {
     // Nothing was written.
     assert!(!dir.path().join("assets").exists());
 }
+
+/// Issue 11, item 1: OpenSSH clients before 10.3 build a ProxyCommand from `-J` and run it
+/// through /bin/sh, so a bastion value with shell syntax ran commands on the operator's
+/// machine. Every value that reaches ssh's command line is parsed by one rule and refused
+/// at validate time with its JSON path.
+#[test]
+fn a_bastion_or_ssh_value_with_shell_syntax_is_refused_at_validate_time() {
+    let with = |fields: &str| VALID.replacen('{', &format!("{{ {fields},"), 1);
+    let stderr = assert_invalid(
+        &with(r#""sshBastion": "x$(cd;cd${IFS}..;id>canary)""#),
+        &["cluster.json:1:17: error: sshBastion: ", "ProxyJump", "[user@]host[:port]"],
+    );
+    assert!(stderr.contains("x$(cd;cd${IFS}..;id>canary)"), "{stderr}");
+    // Well-formed hops pass: user, RFC 1123 names, IPv4 and bracketed IPv6, ports.
+    let (code, stderr) =
+        validate_text(&with(r#""sshBastion": "jump@bastion.example.com:2222,10.0.0.5,admin@[2001:db8::1]:22""#));
+    assert_eq!(code, 0, "{stderr}");
+    // Each bad hop is named, with what to write instead.
+    for (bastion, why) in [
+        ("bastion,,other", "hop 2 is empty"),
+        ("bastion:0", "port"),
+        ("bastion:+22", "port"),
+        ("bastion:99999", "port"),
+        ("-oProxyCommand=id", "host"),
+        ("us;er@bastion", "user"),
+        ("2001:db8::1", "brackets"),
+        ("ssh://bastion", "host"),
+        ("bastion\n", "host"),
+    ] {
+        let stderr =
+            assert_invalid(&with(&format!("\"sshBastion\": {}", serde_json::json!(bastion))), &["sshBastion: "]);
+        assert!(stderr.contains(why), "{bastion:?}: lacks {why:?}:\n{stderr}");
+    }
+    // Key paths must not start with `-` nor hold a NUL or a newline.
+    for key in ["-oProxyCommand=id", "/home/me/key\nProxyCommand id", "/home/me/\u{0}key"] {
+        assert_invalid(&with(&format!("\"sshLoginKey\": {}", serde_json::json!(key))), &["sshLoginKey: "]);
+        let node = VALID.replace(
+            r#""nodeName": "w0", "privateIP": "10.0.0.20""#,
+            &format!(r#""nodeName": "w0", "privateIP": "10.0.0.20", "sshLoginKey": {}"#, serde_json::json!(key)),
+        );
+        assert_invalid(&node, &["workers[0].sshLoginKey: "]);
+    }
+    // A node's login user follows the cluster's rule.
+    let node = VALID.replace(
+        r#""nodeName": "w0", "privateIP": "10.0.0.20""#,
+        r#""nodeName": "w0", "privateIP": "10.0.0.20", "sshLoginUser": "-oProxyCommand=id""#,
+    );
+    assert_invalid(&node, &["workers[0].sshLoginUser: \"-oProxyCommand=id\" is not a valid login name"]);
+}

@@ -108,10 +108,21 @@ pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str) -> Option<
         user: n.ssh_login_user.clone().unwrap_or_else(|| def.ssh_login_user.clone()),
         port: n.ssh_port.unwrap_or(def.ssh_port),
         key,
-        jump_hosts: def.ssh_bastion.iter().flat_map(|b| b.split(',')).map(str::to_string).collect(),
+        jump_hosts: jump_hosts(def.ssh_bastion.as_deref()),
         known_hosts,
         policy: def.host_key_policy,
     })
+}
+
+/// sshBastion's hops, each `[user@]host[:port]` as `hakube_cluster::ssh` parses it. A value
+/// that does not parse (validation refuses it) is passed on whole, for the transport to
+/// refuse with the reason before ssh runs.
+fn jump_hosts(bastion: Option<&str>) -> Vec<String> {
+    match bastion.map(hakube_cluster::ssh::parse_jump_hosts) {
+        None => Vec::new(),
+        Some(Ok(hops)) => hops.iter().map(ToString::to_string).collect(),
+        Some(Err(_)) => bastion.into_iter().map(str::to_string).collect(),
+    }
 }
 
 fn expand_home(path: &str) -> PathBuf {

@@ -83,6 +83,19 @@ pub enum TransportError {
         /// The login user.
         user: String,
     },
+    /// A value of the target would reach ssh's command line in a shape ssh could misread
+    /// (an option, shell syntax in a ProxyJump hop, a split path): refused before ssh runs
+    /// (the rule of `hakube_cluster::ssh`, which validation applies to the definition).
+    /// Never retried.
+    #[error("refusing to run ssh for {node}: its {what} {detail}")]
+    Refused {
+        /// The node.
+        node: String,
+        /// Which value (`host`, `user`, `port`, `key`, `ProxyJump`, `known_hosts`).
+        what: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// A command could not be run or its output read.
     #[error("failed to run {what} on {node}: {detail}")]
     Command {
@@ -128,6 +141,49 @@ fn error_text(err: &openssh::Error) -> String {
     text
 }
 
+impl Target {
+    /// Checks every value that goes onto ssh's command line by the rule validation applies
+    /// to the definition (`hakube_cluster::ssh`): the destination is an IP address or an RFC
+    /// 1123 name, the user a login name, the port 1-65535, each ProxyJump hop
+    /// `[user@]host[:port]`, the key and known_hosts paths free of what ssh would read as an
+    /// option, a token or a second argument. Returns the known_hosts file as the quoted
+    /// ssh_config argument to pass.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Refused`] naming the value.
+    pub fn checked(&self) -> Result<String, TransportError> {
+        use hakube_cluster::ssh;
+        let refuse =
+            |what: &'static str, detail: String| TransportError::Refused { node: self.node.clone(), what, detail };
+        ssh::check_host(&self.host).map_err(|e| refuse("host", e.to_string()))?;
+        ssh::check_login_user(&self.user).map_err(|e| refuse("user", e.to_string()))?;
+        ssh::check_port(self.port).map_err(|e| refuse("port", e.to_string()))?;
+        for hop in &self.jump_hosts {
+            match ssh::parse_jump_hosts(hop) {
+                Ok(hops) if hops.len() == 1 => {}
+                Ok(_) => return Err(refuse("ProxyJump", format!("hop {hop:?} holds more than one hop"))),
+                Err(e) => return Err(refuse("ProxyJump", format!("hop {hop:?}: {e}"))),
+            }
+        }
+        if let Some(key) = &self.key {
+            let text = key.to_str().ok_or_else(|| refuse("key", format!("{} is not UTF-8", key.display())))?;
+            ssh::check_key_path(text).map_err(|e| refuse("key", e.to_string()))?;
+        }
+        known_hosts_argument(&self.known_hosts).map_err(|detail| refuse("known_hosts", detail))
+    }
+}
+
+/// `path` as the value of ssh's `-o UserKnownHostsFile=`: made absolute (ssh would expand a
+/// leading `~`), then quoted as ssh_config(5) requires for an argument with spaces
+/// (`hakube_cluster::ssh::quote_config_path`).
+fn known_hosts_argument(path: &Path) -> Result<String, String> {
+    let absolute = std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = absolute.to_str().ok_or_else(|| format!("{} is not UTF-8", absolute.display()))?;
+    hakube_cluster::ssh::quote_config_path(text)
+        .map_err(|e| format!("{e}: use an assets directory whose path has none of them"))
+}
+
 impl Connection {
     /// Opens the control connection; `control_dir` holds its socket (keep the path short:
     /// Unix sockets allow ~100 bytes).
@@ -135,8 +191,10 @@ impl Connection {
     /// # Errors
     ///
     /// A [`TransportError`] that says whether it was the host key, the login or the
-    /// network; only the last is worth retrying.
+    /// network; only the last is worth retrying. [`TransportError::Refused`], before ssh runs, when a value of the target is not one
+    /// ssh may be given ([`Target::checked`]).
     pub async fn connect(target: &Target, control_dir: &Path) -> Result<Connection, TransportError> {
+        let known_hosts = target.checked()?;
         let mut builder = SessionBuilder::default();
         builder
             .user(target.user.clone())
@@ -145,7 +203,7 @@ impl Connection {
                 HostKeyPolicy::Strict => KnownHosts::Strict,
                 HostKeyPolicy::AcceptNew => KnownHosts::Add,
             })
-            .user_known_hosts_file(&target.known_hosts)
+            .user_known_hosts_file(Path::new(&known_hosts))
             .connect_timeout(std::time::Duration::from_secs(10))
             .server_alive_interval(std::time::Duration::from_secs(15))
             .control_directory(control_dir);
@@ -286,5 +344,69 @@ fn classify(target: &Target, err: &openssh::Error) -> TransportError {
             port: target.port,
             detail: text,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> Target {
+        Target {
+            node: "w0".into(),
+            host: "10.0.0.20".into(),
+            user: "ubuntu".into(),
+            port: 22,
+            key: Some(PathBuf::from("/home/me/.ssh/id_ed25519")),
+            jump_hosts: vec!["jump@bastion.example.com:2222".into()],
+            known_hosts: PathBuf::from("/home/me/assets/ssh/known_hosts"),
+            policy: HostKeyPolicy::Strict,
+        }
+    }
+
+    /// Every value that reaches ssh's command line follows hakube_cluster::ssh's rule, checked
+    /// again here before ssh runs, whatever built the target (issue 11, item 1).
+    #[tokio::test]
+    async fn a_target_with_a_value_ssh_would_misread_is_refused_before_ssh_runs() {
+        let control = tempfile::tempdir().unwrap();
+        let canary = control.path().join("canary");
+        type Change<'a> = Box<dyn Fn(&mut Target) + 'a>;
+        let bad: Vec<(&str, Change<'_>)> = vec![
+            ("ProxyJump", Box::new(|t| t.jump_hosts = vec![format!("x$(touch {})", canary.display())])),
+            ("ProxyJump", Box::new(|t| t.jump_hosts = vec!["a,b".into()])),
+            ("host", Box::new(|t| t.host = "-oProxyCommand=id".into())),
+            ("user", Box::new(|t| t.user = "-oProxyCommand=id".into())),
+            ("port", Box::new(|t| t.port = 0)),
+            ("key", Box::new(|t| t.key = Some(PathBuf::from("-oProxyCommand=id")))),
+            ("key", Box::new(|t| t.key = Some(PathBuf::from("/k\nProxyCommand id")))),
+            ("known_hosts", Box::new(|t| t.known_hosts = PathBuf::from("/a\"b/known_hosts"))),
+            ("known_hosts", Box::new(|t| t.known_hosts = PathBuf::from("/a%d/known_hosts"))),
+        ];
+        for (what, change) in bad {
+            let mut t = target();
+            change(&mut t);
+            let err = Connection::connect(&t, control.path()).await.err().expect("connected");
+            assert!(matches!(err, TransportError::Refused { .. }), "{what}: {err}");
+            assert!(!err.is_retryable(), "{err}");
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        }
+        assert!(!canary.exists(), "a shell ran the jump host");
+    }
+
+    /// An assets directory with a space (issue 11): the known_hosts option is one
+    /// double-quoted ssh_config argument (unquoted, ssh_config(5) takes each word of
+    /// UserKnownHostsFile as a file of its own), and the system's ssh accepts it.
+    #[test]
+    fn a_known_hosts_path_with_a_space_reaches_ssh_as_one_quoted_argument() {
+        let path = Path::new("/tmp/my assets/ssh/known_hosts");
+        let argument = known_hosts_argument(path).unwrap();
+        assert_eq!(argument, "\"/tmp/my assets/ssh/known_hosts\"");
+        let option = format!("UserKnownHostsFile={argument}");
+        let out = std::process::Command::new("ssh").args(["-G", "-o", &option, "10.0.0.20"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let config = String::from_utf8_lossy(&out.stdout);
+        assert!(config.contains("\nuserknownhostsfile /tmp/my assets/ssh/known_hosts\n"), "{config}");
+        // A relative path is made absolute first (ssh would expand a leading `~`).
+        assert!(known_hosts_argument(Path::new("~x/known_hosts")).unwrap().starts_with("\"/"));
     }
 }
