@@ -132,6 +132,48 @@ fn expand_home(path: &str) -> PathBuf {
     }
 }
 
+/// Creates the logs directory (and its parents) and makes it mode 0700 whatever the umask,
+/// an existing one included: the logs hold everything the boot scripts print.
+///
+/// # Errors
+///
+/// When it cannot be created or its mode set.
+pub fn create_log_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Opens a log file for appending, created with mode 0600; one left by an earlier run with
+/// a wider mode is made 0600.
+///
+/// # Errors
+///
+/// When it cannot be opened or its mode set.
+pub async fn open_log(path: &Path) -> std::io::Result<tokio::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = tokio::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path).await?;
+    if file.metadata().await?.permissions().mode() & 0o7777 != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).await?;
+    }
+    Ok(file)
+}
+
+/// Creates `path` empty with mode 0600 unless it exists, and makes an existing one 0600;
+/// its contents are kept (`known_hosts.accepted`, which ssh then appends to).
+///
+/// # Errors
+///
+/// When it cannot be created or its mode set.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    if file.metadata()?.permissions().mode() & 0o7777 != 0o600 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 struct Shared {
     def: ClusterDefinition,
     manifest: Manifest,
@@ -151,7 +193,7 @@ impl Shared {
 
     async fn append_log(&self, node: &str, text: &str) {
         let path = self.log_path(node);
-        if let Ok(mut f) = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await {
+        if let Ok(mut f) = open_log(&path).await {
             let _ = f.write_all(text.as_bytes()).await;
         }
     }
@@ -165,8 +207,12 @@ impl Shared {
             what: "connect".into(),
             detail: "the node is not in the definition".into(),
         })?;
-        if target.policy == HostKeyPolicy::AcceptNew && !target.known_hosts.exists() {
-            let _ = std::fs::write(&target.known_hosts, b"");
+        if target.policy == HostKeyPolicy::AcceptNew {
+            create_private_file(&target.known_hosts).map_err(|e| TransportError::Command {
+                node: node.into(),
+                what: "connect".into(),
+                detail: format!("failed to create {}: {e}", target.known_hosts.display()),
+            })?;
         }
         let attempt = std::sync::atomic::AtomicU32::new(1);
         let _ = self.events.send(Event::Connecting { node: node.into(), attempt: 1, last_error: None });
@@ -334,7 +380,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
             args.extend(run.args.iter().cloned());
             let script = format!("{}/boot.sh", layout::REMOTE_DIR);
             // Lines go to the log file as they arrive; nothing is kept in memory.
-            let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&host_log).await.ok();
+            let file = open_log(&host_log).await.ok();
             let file = std::sync::Arc::new(tokio::sync::Mutex::new(file));
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
             let writer = {
@@ -412,12 +458,10 @@ pub async fn execute(
         }
     }
     check_local_assets(&settings.assets_dir, manifest, &plan.targets)?;
-    std::fs::create_dir_all(&settings.log_dir).map_err(|e| {
-        InstallError::Assets(format!("failed to create log directory {}: {e}", settings.log_dir.display()))
+    create_log_dir(&settings.log_dir).map_err(|e| {
+        InstallError::Assets(format!("failed to create log directory {} (mode 0700): {e}", settings.log_dir.display()))
     })?;
-    let control_dir = tempfile::Builder::new()
-        .prefix("hk")
-        .tempdir_in("/tmp")
+    let control_dir = crate::transport::control_directory(std::env::var_os("XDG_RUNTIME_DIR").as_deref())
         .map_err(|e| InstallError::Assets(format!("failed to create a directory for SSH control sockets: {e}")))?;
     let shared = Arc::new(Shared {
         def: def.clone(),

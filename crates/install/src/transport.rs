@@ -141,6 +141,52 @@ fn error_text(err: &openssh::Error) -> String {
     text
 }
 
+/// The longest runtime directory the control directory goes into: the socket is
+/// `DIR/hkXXXXXX/.ssh-connectionXXXXXX/master` (about 40 more bytes), and a Unix socket's
+/// path has at most 108 bytes on Linux and 104 on macOS (`sun_path`, unix(7)).
+const MAX_RUNTIME_DIR_LEN: usize = 60;
+
+/// A new directory for the ControlMaster sockets: mode 0700 whatever the umask, owned by
+/// the caller, in `runtime_dir` (pass `$XDG_RUNTIME_DIR`) when that is a usable private
+/// directory (absolute, short enough for a socket path, a path ssh takes as it is, owned by
+/// the caller and not open to group or others, as the XDG Base Directory Specification
+/// requires of it), else in /tmp. Removed when the returned value is dropped.
+///
+/// Whoever can write to the directory can replace the socket and read or feed everything
+/// sent over the connection, the files install ships included.
+///
+/// # Errors
+///
+/// When the directory cannot be created, or is not ours with mode 0700 afterwards.
+pub fn control_directory(runtime_dir: Option<&std::ffi::OsStr>) -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let private = |path: &Path| {
+        std::fs::metadata(path)
+            .is_ok_and(|m| m.is_dir() && m.uid() == rustix::process::getuid().as_raw() && m.mode() & 0o077 == 0)
+    };
+    let base = runtime_dir
+        .map(Path::new)
+        .filter(|dir| {
+            dir.is_absolute()
+                && dir.as_os_str().len() <= MAX_RUNTIME_DIR_LEN
+                && dir.to_str().is_some_and(|t| hakube_cluster::ssh::check_key_path(t).is_ok())
+                && private(dir)
+        })
+        .unwrap_or(Path::new("/tmp"));
+    let dir =
+        tempfile::Builder::new().prefix("hk").permissions(std::fs::Permissions::from_mode(0o700)).tempdir_in(base)?;
+    // mkdir's mode is masked by the umask, never widened: set it exactly, then check.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    let meta = std::fs::symlink_metadata(dir.path())?;
+    if !meta.is_dir() || meta.uid() != rustix::process::getuid().as_raw() || meta.mode() & 0o7777 != 0o700 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory of mode 0700 owned by this user",
+            dir.path().display()
+        )));
+    }
+    Ok(dir)
+}
+
 impl Target {
     /// Checks every value that goes onto ssh's command line by the rule validation applies
     /// to the definition (`hakube_cluster::ssh`): the destination is an IP address or an RFC
