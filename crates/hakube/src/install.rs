@@ -126,18 +126,19 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
 /// The certificates in the assets (every `.crt` file the manifest lists, and the admin
 /// kubeconfig's client certificate) that are in the last third of their validity or
 /// expired at `now`, each as one line naming the file (under `assets_dir`), its dates
-/// (UTC, `YYYY-MM-DD`) and what to run. A file that cannot be read is skipped: shipping
-/// reports it.
+/// (UTC, `YYYY-MM-DD`) and what to run. A file that cannot be read (a link below the
+/// assets directory is never followed) is skipped: shipping reports it.
 fn expiring_certificates(
     assets_dir: &Path,
     manifest: &hakube_render::manifest::Manifest,
     now: SystemTime,
 ) -> Vec<String> {
+    let Ok(Some(assets)) = hakube_render::assets::AssetsDir::open(assets_dir) else { return Vec::new() };
     let files: Vec<(&str, Vec<u8>)> = manifest
         .files
         .keys()
         .filter(|path| hakube_render::render::holds_certificate(path))
-        .filter_map(|path| Some((path.as_str(), std::fs::read(assets_dir.join(path)).ok()?)))
+        .filter_map(|path| Some((path.as_str(), assets.read(path).ok()?)))
         .collect();
     hakube_render::render::expiring_certificates(files.iter().map(|(path, bytes)| (*path, bytes.as_slice())), now)
         .iter()

@@ -49,3 +49,33 @@ fn render_refuses_a_manifest_entry_outside_the_layout() {
     );
     assert_eq!(std::fs::read_to_string(dir.path().join("victim/x")).unwrap(), "keep me");
 }
+
+/// Item 3: `assets/ssh -> ../home/.ssh`, as the audit found it. Render refuses, naming the
+/// link; the operator's key and known_hosts keep their bytes and modes.
+#[test]
+fn render_refuses_a_symlinked_directory_in_the_assets() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = dir.path().join("home/.ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("id_ed25519"), "mine\n").unwrap();
+    std::fs::set_permissions(ssh.join("id_ed25519"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(ssh.join("known_hosts"), "my hosts\n").unwrap();
+    std::fs::set_permissions(ssh.join("known_hosts"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::create_dir(dir.path().join("assets")).unwrap();
+    std::os::unix::fs::symlink("../home/.ssh", dir.path().join("assets/ssh")).unwrap();
+    let out = hakube(&["render", &sample("single-master.json")], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "hakube: error: assets/ssh is a symbolic link; hakube never follows links inside the assets directory"
+        ),
+        "{}",
+        text(&out)
+    );
+    let mode = |name: &str| std::fs::metadata(ssh.join(name)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(std::fs::read_to_string(ssh.join("id_ed25519")).unwrap(), "mine\n");
+    assert_eq!(std::fs::read_to_string(ssh.join("known_hosts")).unwrap(), "my hosts\n");
+    assert_eq!((mode("id_ed25519"), mode("known_hosts")), (0o600, 0o644));
+    assert_eq!(std::fs::read_dir(&ssh).unwrap().count(), 2);
+}

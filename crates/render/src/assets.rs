@@ -5,12 +5,22 @@
 //! `manifest.json` is written last, so an interruption leaves the old manifest, which
 //! `hakube render --check` then reports as stale. Secret files are 0600 and every
 //! directory holding one is 0700.
+//!
+//! Nothing below the assets directory is trusted ([`AssetsDir`]): every path under it
+//! is opened one component at a time from the directory's file descriptor without
+//! following symbolic links (`openat` with `O_NOFOLLOW`), so a link such as
+//! `assets/ssh -> ~/.ssh` is refused by name instead of letting render write the
+//! operator's own files; and the previous manifest names files to remove only after
+//! [`Manifest::validate`] accepted it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::layout;
 use crate::manifest::{sha256_hex, Manifest, ManifestError};
@@ -44,6 +54,27 @@ pub enum AssetsError {
         /// What is wrong with it.
         problem: ManifestError,
     },
+    /// A directory or file below the assets directory is a symbolic link. hakube never
+    /// follows one there: `assets/ssh -> ~/.ssh` would have it overwrite the operator's
+    /// own key.
+    #[error("{0} is a symbolic link; hakube never follows links inside the assets directory (one could make it read or overwrite files elsewhere): replace it with the real directory or file (e.g. `rm {0}`, then run `hakube render` again)")]
+    Symlink(PathBuf),
+    /// Something below the assets directory is not what the layout has there (a file
+    /// where a directory belongs, a device or a FIFO where a file belongs).
+    #[error("{path} is not {expected}; move it out of the assets directory and run `hakube render` again")]
+    NotKind {
+        /// The path.
+        path: PathBuf,
+        /// `a directory` or `a regular file`.
+        expected: &'static str,
+    },
+    /// A relative path that is not one component after another (empty, `.`, `..`, or
+    /// with a NUL byte): never produced by the layout, so never opened.
+    #[error("{0:?} is not a path inside the assets directory")]
+    BadPath(String),
+    /// Another render holds the assets directory's lock.
+    #[error("{0} is being written by another `hakube render` right now; wait for it to finish and run this one again")]
+    Locked(PathBuf),
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> AssetsError {
@@ -51,41 +82,288 @@ fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Asset
     move |source| AssetsError::Io { action, path, source }
 }
 
+fn errno(action: &'static str, path: &Path) -> impl FnOnce(Errno) -> AssetsError {
+    let f = io(action, path);
+    move |e| f(e.into())
+}
+
+/// Splits a relative `/`-separated path into its components.
+///
+/// # Errors
+///
+/// [`AssetsError::BadPath`] for an empty, `.` or `..` component, or a NUL byte.
+fn components(rel: &str) -> Result<Vec<&str>, AssetsError> {
+    let parts: Vec<&str> = rel.split('/').collect();
+    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0')) {
+        return Err(AssetsError::BadPath(rel.to_string()));
+    }
+    Ok(parts)
+}
+
+/// Prefix of the temporary files render stages its writes in.
+const TEMP_PREFIX: &str = ".hakube-";
+
+/// A fresh temporary file name: [`TEMP_PREFIX`] and 16 random hex digits.
+fn temp_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    format!("{TEMP_PREFIX}{:016x}", h.finish())
+}
+
+/// What an open of a name in a directory found instead of what was asked for: a link
+/// ([`AssetsError::Symlink`]) or something else ([`AssetsError::NotKind`]).
+fn wrong_kind(parent: BorrowedFd<'_>, name: &str, shown: &Path, expected: &'static str) -> AssetsError {
+    match rfs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => AssetsError::Symlink(shown.to_path_buf()),
+        _ => AssetsError::NotKind { path: shown.to_path_buf(), expected },
+    }
+}
+
+/// Opens directory `name` in `parent` without following a link; `None` when missing.
+fn open_dir_at(parent: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<Option<OwnedFd>, AssetsError> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rfs::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(Errno::LOOP | Errno::NOTDIR) => Err(wrong_kind(parent, name, shown, "a directory")),
+        Err(e) => Err(errno("open directory", shown)(e)),
+    }
+}
+
+/// Opens regular file `name` in `parent` for reading without following a link; `None`
+/// when missing. Never blocks on a FIFO.
+fn open_file_at(parent: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<Option<fs::File>, AssetsError> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = match rfs::openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP) => return Err(AssetsError::Symlink(shown.to_path_buf())),
+        Err(e) => return Err(errno("open", shown)(e)),
+    };
+    let st = rfs::fstat(&fd).map_err(errno("inspect", shown))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(AssetsError::NotKind { path: shown.to_path_buf(), expected: "a regular file" });
+    }
+    Ok(Some(fs::File::from(fd)))
+}
+
+/// The assets directory, opened once: every path below it is opened from this file
+/// descriptor, one component at a time, never following a symbolic link (a link is
+/// refused with [`AssetsError::Symlink`] naming it). The directory itself may be a link:
+/// the operator names it.
+#[derive(Debug)]
+pub struct AssetsDir {
+    /// The directory as the operator named it, for messages (`assets/ssh`).
+    path: PathBuf,
+    root: OwnedFd,
+}
+
+impl AssetsDir {
+    /// Opens the assets directory at `path`; `None` when it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`AssetsError::Io`] when it cannot be opened (or is not a directory).
+    pub fn open(path: &Path) -> Result<Option<AssetsDir>, AssetsError> {
+        match rfs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(root) => Ok(Some(AssetsDir { path: path.to_path_buf(), root })),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(errno("open directory", path)(e)),
+        }
+    }
+
+    /// Opens the assets directory at `path`, creating it (and its parents) mode 0700 when
+    /// it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`AssetsError::Io`] when it cannot be created or opened.
+    pub fn create(path: &Path) -> Result<AssetsDir, AssetsError> {
+        if let Some(dir) = AssetsDir::open(path)? {
+            return Ok(dir);
+        }
+        fs::create_dir_all(path).map_err(io("create directory", path))?;
+        let dir =
+            AssetsDir::open(path)?.ok_or_else(|| io("open directory", path)(std::io::ErrorKind::NotFound.into()))?;
+        rfs::fchmod(&dir.root, Mode::from_raw_mode(0o700)).map_err(errno("set permissions of", path))?;
+        Ok(dir)
+    }
+
+    /// The path of `rel` as the operator would type it (`assets/ssh/known_hosts`).
+    pub fn shown(&self, rel: &str) -> PathBuf {
+        if rel.is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(rel)
+        }
+    }
+
+    /// Opens directory `rel` (`""` is the assets directory itself), never following a
+    /// link. With `create`, missing directories are made with the mode it gives for
+    /// their relative path; without, a missing one is `None`.
+    fn dir(&self, rel: &str, create: Option<&dyn Fn(&str) -> u32>) -> Result<Option<OwnedFd>, AssetsError> {
+        let mut fd = rfs::openat(&self.root, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(errno("open directory", &self.path))?;
+        if rel.is_empty() {
+            return Ok(Some(fd));
+        }
+        let parts = components(rel)?;
+        for i in 0..parts.len() {
+            let sub = parts[..=i].join("/");
+            let shown = self.shown(&sub);
+            fd = match (open_dir_at(fd.as_fd(), parts[i], &shown)?, create) {
+                (Some(next), _) => next,
+                (None, None) => return Ok(None),
+                (None, Some(mode)) => {
+                    match rfs::mkdirat(&fd, parts[i], Mode::from_raw_mode(mode(&sub))) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(errno("create directory", &shown)(e)),
+                    }
+                    open_dir_at(fd.as_fd(), parts[i], &shown)?
+                        .ok_or_else(|| io("open directory", &shown)(std::io::ErrorKind::NotFound.into()))?
+                }
+            };
+        }
+        Ok(Some(fd))
+    }
+
+    /// The directory holding `rel` and `rel`'s last component.
+    fn parent_of<'r>(&self, rel: &'r str) -> Result<(Option<OwnedFd>, &'r str), AssetsError> {
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        components(rel)?;
+        Ok((self.dir(parent, None)?, name))
+    }
+
+    /// Reads file `rel`; `None` when it (or a directory on the way) does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`AssetsError::Symlink`] when it or a directory on the way is a link,
+    /// [`AssetsError::NotKind`] when it is not a regular file, [`AssetsError::Io`] when
+    /// it cannot be read.
+    pub fn read_optional(&self, rel: &str) -> Result<Option<Vec<u8>>, AssetsError> {
+        let (Some(parent), name) = self.parent_of(rel)? else { return Ok(None) };
+        let shown = self.shown(rel);
+        let Some(mut file) = open_file_at(parent.as_fd(), name, &shown)? else { return Ok(None) };
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io("read", &shown))?;
+        Ok(Some(bytes))
+    }
+
+    /// Reads file `rel`, which must exist (see [`AssetsDir::read_optional`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`AssetsDir::read_optional`], and [`AssetsError::Io`] (not found) when missing.
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>, AssetsError> {
+        self.read_optional(rel)?.ok_or_else(|| io("read", &self.shown(rel))(std::io::ErrorKind::NotFound.into()))
+    }
+
+    /// The permission bits of regular file `rel`; `None` when missing.
+    ///
+    /// # Errors
+    ///
+    /// [`AssetsError::Symlink`] or [`AssetsError::NotKind`] when it is not a regular
+    /// file, [`AssetsError::Io`] when it cannot be inspected.
+    pub fn mode(&self, rel: &str) -> Result<Option<u32>, AssetsError> {
+        let (Some(parent), name) = self.parent_of(rel)? else { return Ok(None) };
+        let shown = self.shown(rel);
+        match rfs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+                Ok(Some(Mode::from_raw_mode(st.st_mode).bits() & 0o7777))
+            }
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => Err(AssetsError::Symlink(shown)),
+            Ok(_) => Err(AssetsError::NotKind { path: shown, expected: "a regular file" }),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(errno("inspect", &shown)(e)),
+        }
+    }
+
+    /// Every regular file below the directory (hidden entries such as `.git` skipped)
+    /// by relative path.
+    fn read_all(&self) -> Result<Existing, AssetsError> {
+        let mut out = BTreeMap::new();
+        let root = self.dir("", None)?.expect("the root exists");
+        let mut stack = vec![(String::new(), root)];
+        while let Some((rel, fd)) = stack.pop() {
+            for (name, kind) in list(&fd, &self.shown(&rel))? {
+                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let shown = self.shown(&child);
+                if name.starts_with('.') {
+                    continue;
+                }
+                match kind {
+                    FileType::Directory => {
+                        let sub = open_dir_at(fd.as_fd(), &name, &shown)?
+                            .ok_or_else(|| io("open directory", &shown)(std::io::ErrorKind::NotFound.into()))?;
+                        stack.push((child, sub));
+                    }
+                    FileType::Symlink => return Err(AssetsError::Symlink(shown)),
+                    FileType::RegularFile => {
+                        let Some(mut file) = open_file_at(fd.as_fd(), &name, &shown)? else { continue };
+                        let mut bytes = Vec::new();
+                        file.read_to_end(&mut bytes).map_err(io("read", &shown))?;
+                        out.insert(child, bytes);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes the directory's lock for this render (released when `self` is dropped).
+    fn lock(&self) -> Result<(), AssetsError> {
+        match rfs::flock(&self.root, rfs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(()),
+            Err(Errno::WOULDBLOCK) => Err(AssetsError::Locked(self.path.clone())),
+            Err(e) => Err(errno("lock", &self.path)(e)),
+        }
+    }
+}
+
+/// The entries of directory `fd` (without `.` and `..`), names and types, the type from
+/// `lstat` when the directory listing does not say.
+fn list(fd: &OwnedFd, shown: &Path) -> Result<Vec<(String, FileType)>, AssetsError> {
+    let mut out = Vec::new();
+    let mut dir = rfs::Dir::read_from(fd).map_err(errno("read directory", shown))?;
+    while let Some(entry) = dir.read() {
+        let entry = entry.map_err(errno("read directory", shown))?;
+        let bytes = entry.file_name().to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let name = std::str::from_utf8(bytes)
+            .map_err(|_| {
+                AssetsError::NonUtf8(shown.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes)))
+            })?
+            .to_string();
+        let kind = match entry.file_type() {
+            FileType::Unknown => rfs::statat(fd, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| FileType::from_raw_mode(st.st_mode))
+                .map_err(errno("inspect", &shown.join(&name)))?,
+            kind => kind,
+        };
+        out.push((name, kind));
+    }
+    Ok(out)
+}
+
 /// Reads every file of the assets directory (hidden entries such as `.git` skipped) by
 /// relative `/`-separated path. A missing directory reads as empty.
 ///
 /// # Errors
 ///
-/// [`AssetsError`] naming the file that could not be read.
+/// [`AssetsError`] naming the file that could not be read; [`AssetsError::Symlink`]
+/// naming any link below the directory (render would otherwise write through it).
 pub fn read_existing(dir: &Path) -> Result<Existing, AssetsError> {
-    let mut out = BTreeMap::new();
-    if !dir.exists() {
-        return Ok(out);
+    match AssetsDir::open(dir)? {
+        Some(assets) => assets.read_all(),
+        None => Ok(BTreeMap::new()),
     }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(current) = stack.pop() {
-        for entry in fs::read_dir(&current).map_err(io("read directory", &current))? {
-            let entry = entry.map_err(io("read directory", &current))?;
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
-            }
-            let kind = entry.file_type().map_err(io("inspect", &path))?;
-            if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                let rel = path
-                    .strip_prefix(dir)
-                    .expect("walked from dir")
-                    .to_str()
-                    .ok_or_else(|| AssetsError::NonUtf8(path.clone()))?
-                    .to_string();
-                let bytes = fs::read(&path).map_err(io("read", &path))?;
-                out.insert(rel, bytes);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// What a write did, by relative path.
@@ -102,42 +380,117 @@ pub struct WriteSummary {
     pub removed: Vec<String>,
 }
 
+/// A file staged under a temporary name in its directory; removed when dropped
+/// unpersisted, so a failed write leaves no temporary behind.
+struct Staged<'a> {
+    dir: BorrowedFd<'a>,
+    temp: String,
+    name: &'a str,
+    shown: PathBuf,
+    persisted: bool,
+}
+
+impl Staged<'_> {
+    /// Renames the temporary file over its target (a link there is replaced, never followed).
+    fn persist(mut self) -> Result<(), AssetsError> {
+        rfs::renameat(self.dir, self.temp.as_str(), self.dir, self.name).map_err(errno("replace", &self.shown))?;
+        self.persisted = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = rfs::unlinkat(self.dir, self.temp.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+/// Writes a temporary file in `dir` (created 0600 with `O_EXCL | O_NOFOLLOW`, so a
+/// secret is never readable by others and nothing existing is opened, then set to
+/// `mode`) for `name`, and closes it.
+fn stage<'a>(
+    dir: BorrowedFd<'a>,
+    name: &'a str,
+    shown: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+) -> Result<Staged<'a>, AssetsError> {
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut attempts = 0;
+    let (fd, temp) = loop {
+        let temp = temp_name();
+        match rfs::openat(dir, temp.as_str(), flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => break (fd, temp),
+            Err(Errno::EXIST) if attempts < 16 => attempts += 1,
+            Err(e) => return Err(errno("create a temporary file for", shown)(e)),
+        }
+    };
+    let staged = Staged { dir, temp, name, shown: shown.to_path_buf(), persisted: false };
+    let mut file = fs::File::from(fd);
+    fill(&mut file).map_err(io("write", shown))?;
+    rfs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(errno("set permissions of", shown))?;
+    Ok(staged)
+}
+
 /// Writes `set` and its manifest into `dir`, atomically per file, touching only files
 /// whose bytes or mode differ; deletes files the previous manifest listed that are no
-/// longer rendered. Files render never wrote are left alone.
+/// longer rendered. Files render never wrote are left alone. Every path below `dir` is
+/// opened through [`AssetsDir`], never following a link.
 ///
 /// # Errors
 ///
 /// [`AssetsError`] naming the file; files written before the failure are complete.
+/// [`AssetsError::Manifest`] (before anything is written) when the previous manifest
+/// lists a file outside the layout; [`AssetsError::Symlink`] for a link on the way to a
+/// file; [`AssetsError::Locked`] while another render writes the same directory.
 pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSummary, AssetsError> {
     let mut summary = WriteSummary::default();
     // The previous manifest says what to remove: untrusted, so checked before anything is written.
     let old = previous_manifest(dir, existing)?;
-    create_dir(dir, 0o700)?;
+    let assets = AssetsDir::create(dir)?;
+    assets.lock()?;
     let manifest = set.manifest();
     // Every directory that holds a secret, up to the assets directory, is 0700.
-    let mut secret_dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    for rel in set.files.iter().filter(|(_, a)| a.secret).map(|(rel, _)| rel) {
-        let mut p = dir.join(rel).parent().map(Path::to_path_buf);
-        while let Some(d) = p.filter(|d| d != dir) {
-            p = d.parent().map(Path::to_path_buf);
-            secret_dirs.insert(d);
+    let mut secret_dirs: BTreeSet<&str> = BTreeSet::new();
+    for rel in set.files.iter().filter(|(_, a)| a.secret).map(|(rel, _)| rel.as_str()) {
+        let mut d = rel;
+        while let Some((parent, _)) = d.rsplit_once('/') {
+            secret_dirs.insert(parent);
+            d = parent;
+        }
+    }
+    let dir_mode = |rel: &str| if secret_dirs.contains(rel) { 0o700 } else { 0o755 };
+    // Each file's directory, opened (and created) once.
+    let mut dirs: BTreeMap<&str, OwnedFd> = BTreeMap::new();
+    for rel in set.files.keys() {
+        components(rel)?;
+        let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
+        if !dirs.contains_key(parent) {
+            let fd = assets.dir(parent, Some(&dir_mode))?.expect("created");
+            dirs.insert(parent, fd);
         }
     }
     let mut pending = Vec::new();
     for (rel, asset) in &set.files {
-        let path = dir.join(rel);
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let fd = dirs[parent].as_fd();
         let same_bytes = existing.get(rel) == Some(&asset.bytes);
-        let same_mode = same_bytes && fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == asset.mode);
+        let same_mode = same_bytes
+            && rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && Mode::from_raw_mode(st.st_mode).bits() & 0o7777 == asset.mode
+            });
         match (existing.contains_key(rel), same_mode) {
             (_, true) => summary.kept.push(rel.clone()),
             (false, false) => {
                 summary.created.push(rel.clone());
-                pending.push((path, asset));
+                pending.push((fd, name, assets.shown(rel), asset));
             }
             (true, false) => {
                 summary.changed.push(rel.clone());
-                pending.push((path, asset));
+                pending.push((fd, name, assets.shown(rel), asset));
             }
         }
     }
@@ -147,70 +500,89 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
     // Creating inodes is latency-bound, so a few threads stage side by side.
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = pending.len().clamp(1, 8);
-    let staged: Vec<(&PathBuf, tempfile::TempPath)> = std::thread::scope(|s| {
+    let staged: Vec<Staged<'_>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
-                s.spawn(|| -> Result<Vec<(&PathBuf, tempfile::TempPath)>, AssetsError> {
+                s.spawn(|| -> Result<Vec<Staged<'_>>, AssetsError> {
                     let mut mine = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((path, asset)) = pending.get(i) else { return Ok(mine) };
-                        let parent = path.parent().expect("files live below dir");
-                        if !parent.is_dir() {
-                            let mode = if secret_dirs.contains(parent) { 0o700 } else { 0o755 };
-                            fs::DirBuilder::new()
-                                .recursive(true)
-                                .mode(mode)
-                                .create(parent)
-                                .map_err(io("create directory", parent))?;
-                        }
-                        mine.push((path, stage(path, asset.mode, |f| f.write_all(&asset.bytes))?));
+                        let Some((fd, name, shown, asset)) = pending.get(i) else { return Ok(mine) };
+                        mine.push(stage(*fd, name, shown, asset.mode, |f| f.write_all(&asset.bytes))?);
                     }
                 })
             })
             .collect();
         let mut all = Vec::new();
+        let mut first_error = None;
         for h in handles {
-            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))?);
+            match h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
+                Ok(mine) => all.extend(mine),
+                Err(e) => first_error = first_error.or(Some(e)),
+            }
         }
-        Ok::<_, AssetsError>(all)
+        first_error.map_or(Ok(all), Err)
     })?;
     if !staged.is_empty() {
-        let handle = fs::File::open(dir).map_err(io("open", dir))?;
-        rustix::fs::syncfs(&handle).map_err(|e| io("sync the file system of", dir)(e.into()))?;
+        rfs::syncfs(&assets.root).map_err(errno("sync the file system of", dir))?;
     }
-    for (path, temp) in staged {
-        temp.persist(path).map_err(|e| io("replace", path)(e.error))?;
+    for temp in staged {
+        temp.persist()?;
     }
     for d in &secret_dirs {
-        let mode = fs::metadata(d).map_err(io("inspect", d))?.permissions().mode() & 0o7777;
+        let shown = assets.shown(d);
+        let fd =
+            assets.dir(d, None)?.ok_or_else(|| io("open directory", &shown)(std::io::ErrorKind::NotFound.into()))?;
+        let mode = Mode::from_raw_mode(rfs::fstat(&fd).map_err(errno("inspect", &shown))?.st_mode).bits() & 0o7777;
         if mode != 0o700 {
-            fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io("set permissions of", d))?;
+            rfs::fchmod(&fd, Mode::from_raw_mode(0o700)).map_err(errno("set permissions of", &shown))?;
         }
     }
     if let Some(old) = old {
         for rel in old.files.keys().filter(|p| !set.files.contains_key(*p)) {
-            let path = dir.join(rel);
-            match fs::remove_file(&path) {
-                Ok(()) => summary.removed.push(rel.clone()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io("remove", &path)(e)),
-            }
-            // Drop directories the removal emptied (e.g. nodes/<removed node>/).
-            let mut p = path.parent();
-            while let Some(d) = p.filter(|d| *d != dir) {
-                if fs::remove_dir(d).is_err() {
-                    break;
-                }
-                p = d.parent();
+            if remove(&assets, rel)? {
+                summary.removed.push(rel.clone());
             }
         }
     }
     let bytes = manifest.to_bytes();
     if existing.get(layout::MANIFEST) != Some(&bytes) {
-        write_atomic(&dir.join(layout::MANIFEST), 0o644, &bytes)?;
+        let root = assets.root.as_fd();
+        let shown = assets.shown(layout::MANIFEST);
+        let staged = stage(root, layout::MANIFEST, &shown, 0o644, |f| {
+            f.write_all(&bytes)?;
+            f.sync_all()
+        })?;
+        staged.persist()?;
     }
     Ok(summary)
+}
+
+/// Removes file `rel` (a path of the layout) and the directories the removal emptied
+/// (e.g. `nodes/<removed node>/`), never following a link; whether it existed.
+fn remove(assets: &AssetsDir, rel: &str) -> Result<bool, AssetsError> {
+    let parts = components(rel)?;
+    let mut chain = vec![assets.dir("", None)?.expect("the root exists")];
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let shown = assets.shown(&parts[..=i].join("/"));
+        match open_dir_at(chain[i].as_fd(), part, &shown)? {
+            Some(fd) => chain.push(fd),
+            None => return Ok(false),
+        }
+    }
+    let shown = assets.shown(rel);
+    let last = parts.len() - 1;
+    match rfs::unlinkat(&chain[last], parts[last], AtFlags::empty()) {
+        Ok(()) => {}
+        Err(Errno::NOENT) => return Ok(false),
+        Err(e) => return Err(errno("remove", &shown)(e)),
+    }
+    for i in (0..last).rev() {
+        if rfs::unlinkat(&chain[i], parts[i], AtFlags::REMOVEDIR).is_err() {
+            break;
+        }
+    }
+    Ok(true)
 }
 
 /// The manifest among `existing`, when it parses (one that does not is rewritten and
@@ -227,14 +599,6 @@ fn previous_manifest(dir: &Path, existing: &Existing) -> Result<Option<Manifest>
     };
     old.validate().map_err(|problem| AssetsError::Manifest { path: dir.join(layout::MANIFEST), problem })?;
     Ok(Some(old))
-}
-
-fn create_dir(dir: &Path, mode: u32) -> Result<(), AssetsError> {
-    if !dir.is_dir() {
-        fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(io("set permissions of", dir))?;
-    }
-    Ok(())
 }
 
 /// Replaces `path` with `bytes` at `mode`, atomically: the old file stays intact until
@@ -254,27 +618,18 @@ pub(crate) fn write_atomic_with(
     mode: u32,
     fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
 ) -> Result<(), AssetsError> {
-    let temp = stage(path, mode, |f| {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| AssetsError::NonUtf8(path.to_path_buf()))?;
+    let dir = rfs::open(parent, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(errno("open directory", parent))?;
+    let staged = stage(dir.as_fd(), name, path, mode, |f| {
         fill(f)?;
         f.sync_all()
     })?;
-    temp.persist(path).map_err(|e| io("replace", path)(e.error))?;
-    Ok(())
-}
-
-/// Writes a temporary file next to `path` (created 0600, so a secret is never readable
-/// by others, then set to `mode`) and closes it; it is deleted if dropped unpersisted.
-fn stage(
-    path: &Path,
-    mode: u32,
-    fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
-) -> Result<tempfile::TempPath, AssetsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp =
-        tempfile::Builder::new().prefix(".hakube-").tempfile_in(dir).map_err(io("create a temporary file in", dir))?;
-    fill(temp.as_file_mut()).map_err(io("write", path))?;
-    temp.as_file().set_permissions(fs::Permissions::from_mode(mode)).map_err(io("set permissions of", path))?;
-    Ok(temp.into_temp_path())
+    staged.persist()
 }
 
 /// One way the assets on disk differ from what render would write.
@@ -313,6 +668,7 @@ impl std::fmt::Display for Discrepancy {
 /// Only when file metadata cannot be read; differences are returned, not errors.
 pub fn check(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<Vec<Discrepancy>, AssetsError> {
     let mut out = Vec::new();
+    let assets = AssetsDir::open(dir)?;
     let on_disk_manifest =
         existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok());
     if let Some(m) = &on_disk_manifest {
@@ -333,9 +689,11 @@ pub fn check(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<Vec<Disc
                 }
             }
             Some(_) => {
-                let path = dir.join(rel);
-                let mode = fs::metadata(&path).map_err(io("inspect", &path))?.permissions().mode() & 0o7777;
-                if mode != asset.mode {
+                let mode = match &assets {
+                    Some(assets) => assets.mode(rel)?,
+                    None => None,
+                };
+                if let Some(mode) = mode.filter(|m| *m != asset.mode) {
                     out.push(Discrepancy::Mode(rel.clone(), asset.mode, mode));
                 }
             }
@@ -350,6 +708,7 @@ pub fn check(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<Vec<Disc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn an_interrupted_write_leaves_the_previous_file_intact() {

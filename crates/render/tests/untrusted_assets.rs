@@ -141,3 +141,87 @@ fn the_layout_recognises_exactly_what_render_produces() {
         manifest.validate().unwrap_or_else(|e| panic!("{}: {e}", def.cluster_name));
     }
 }
+
+/// The operator's `~/.ssh` as the audit found it: a key and known_hosts of their own.
+fn operators_ssh(home: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let ssh = home.join(".ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    std::fs::write(ssh.join("id_ed25519"), "the operator's own key\n").unwrap();
+    std::fs::set_permissions(ssh.join("id_ed25519"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(ssh.join("known_hosts"), "the operator's hosts\n").unwrap();
+    std::fs::set_permissions(ssh.join("known_hosts"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o750)).unwrap();
+    ssh
+}
+
+fn assert_untouched(ssh: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(std::fs::read_to_string(ssh.join("id_ed25519")).unwrap(), "the operator's own key\n");
+    assert_eq!(std::fs::read_to_string(ssh.join("known_hosts")).unwrap(), "the operator's hosts\n");
+    assert_eq!((mode(&ssh.join("id_ed25519")), mode(&ssh.join("known_hosts")), mode(ssh)), (0o600, 0o640, 0o750));
+    let mut names: Vec<_> = std::fs::read_dir(ssh).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["id_ed25519", "known_hosts"], "render wrote into the link's target");
+}
+
+/// Item 3: `assets/ssh -> ../home/.ssh`, as in the audit. Render refuses, naming the link,
+/// both when reading the assets and when the link appears between reading and writing;
+/// the operator's key, known_hosts and their modes are untouched.
+#[test]
+fn a_symlinked_directory_is_refused_not_followed() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("assets");
+    let ssh = operators_ssh(&temp.path().join("home"));
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink("../home/.ssh", dir.join("ssh")).unwrap();
+    let err = try_render(&dir).expect_err("render followed assets/ssh").to_string();
+    let link = dir.join("ssh").display().to_string();
+    assert!(err.contains(&format!("{link} is a symbolic link; hakube never follows links")), "{err}");
+    assert_untouched(&ssh);
+
+    // The link appears after render read the (empty) directory: the write refuses it too.
+    std::fs::remove_file(dir.join("ssh")).unwrap();
+    let existing = assets::read_existing(&dir).unwrap();
+    let set = render::render(&load(SMALL), &existing, &templates(), &options()).unwrap();
+    std::os::unix::fs::symlink("../home/.ssh", dir.join("ssh")).unwrap();
+    let err = assets::write(&dir, &set, &existing).expect_err("write followed assets/ssh").to_string();
+    assert!(err.contains(&format!("{link} is a symbolic link")), "{err}");
+    assert_untouched(&ssh);
+    let leftovers: Vec<_> = snapshot(&dir).into_iter().map(|(p, _)| p).filter(|p| p.contains(".hakube-")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// Item 3: a file of the assets replaced by a link (to a file outside, or to another
+/// asset) is refused by name; neither render nor `--check` reads through it, and the
+/// target keeps its bytes and mode.
+#[test]
+fn a_symlinked_file_is_refused_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("assets");
+    try_render(&dir).unwrap();
+    let ssh = operators_ssh(&temp.path().join("home"));
+    for (file, target) in [
+        (layout::KNOWN_HOSTS, "../../home/.ssh/known_hosts"),
+        (layout::LOGIN_KEY, "../../home/.ssh/id_ed25519"),
+        ("nodes/w0/boot.sh", "../m0/boot.sh"),
+        (layout::MANIFEST, "../home/.ssh/known_hosts"),
+    ] {
+        let path = dir.join(file);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(target, &path).unwrap();
+        let err = try_render(&dir).expect_err("render followed a link").to_string();
+        assert!(err.contains(&format!("{} is a symbolic link", path.display())), "{file}: {err}");
+        assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "{file} replaced");
+        assert_untouched(&ssh);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, saved).unwrap();
+        let mode = layout::file(file).map_or(0o644, |f| f.mode);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let (_, summary) = try_render(&dir).unwrap();
+    assert!(summary.created.is_empty() && summary.changed.is_empty(), "{summary:?}");
+}
