@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use hakube_cluster::definition::HostKeyPolicy;
 use hakube_cluster::ClusterDefinition;
-use hakube_render::assets::AssetsDir;
 use hakube_render::layout;
 use hakube_render::manifest::{sha256_hex, Manifest, ManifestEntry};
 use tokio::io::AsyncWriteExt;
@@ -92,27 +91,55 @@ impl Summary {
     }
 }
 
-/// The connection details of `node`, from the definition and the assets.
+/// The connection details of `node`, from the definition and the assets; its host key is
+/// checked as [`host_key_check`] decides.
 pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str) -> Option<Target> {
     let (_, n) = def.node(node)?;
     let key = n.ssh_login_key.clone().or_else(|| def.ssh_login_key.clone()).map(|k| expand_home(&k)).or_else(|| {
         let generated = assets_dir.join(layout::LOGIN_KEY);
         generated.exists().then_some(generated)
     });
-    let known_hosts = match def.host_key_policy {
+    let host = n.ssh_address().to_string();
+    let port = n.ssh_port.unwrap_or(def.ssh_port);
+    // A file that cannot be read pins nothing; under strict ssh then refuses the unknown key.
+    let rendered = std::fs::read_to_string(assets_dir.join(layout::KNOWN_HOSTS)).unwrap_or_default();
+    let policy = host_key_check(def.host_key_policy, &rendered, &host, port);
+    let known_hosts = match policy {
         HostKeyPolicy::Strict => assets_dir.join(layout::KNOWN_HOSTS),
         HostKeyPolicy::AcceptNew => assets_dir.join(layout::KNOWN_HOSTS_ACCEPTED),
     };
     Some(Target {
         node: node.to_string(),
-        host: n.ssh_address().to_string(),
+        host,
         user: n.ssh_login_user.clone().unwrap_or_else(|| def.ssh_login_user.clone()),
-        port: n.ssh_port.unwrap_or(def.ssh_port),
+        port,
         key,
         jump_hosts: jump_hosts(def.ssh_bastion.as_deref()),
         known_hosts,
-        policy: def.host_key_policy,
+        policy,
     })
+}
+
+/// The host key check a node gets: strict whenever `rendered` (the assets' known_hosts,
+/// render's pins) holds a key for the address and port ssh connects to, whatever `policy`
+/// says, so that `accept-new` can never trust another key for a node whose key render made
+/// (issue 11: it trusted an unrelated key on first contact and shipped the secrets);
+/// `policy` for a node render pinned no key for. Entries are matched as render writes them:
+/// unhashed patterns, `host` for port 22 and `[host]:port` otherwise (sshd(8), "SSH_KNOWN_HOSTS
+/// FILE FORMAT"); comment lines and marked lines (`@cert-authority`, `@revoked`) pin nothing.
+pub fn host_key_check(policy: HostKeyPolicy, rendered: &str, host: &str, port: u16) -> HostKeyPolicy {
+    let wanted = if port == 22 { host.to_string() } else { format!("[{host}]:{port}") };
+    let pinned =
+        rendered.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with(['#', '@'])).any(|line| {
+            let mut fields = line.split_whitespace();
+            let patterns = fields.next().unwrap_or_default();
+            fields.next().is_some() && fields.next().is_some() && patterns.split(',').any(|p| p == wanted)
+        });
+    if pinned {
+        HostKeyPolicy::Strict
+    } else {
+        policy
+    }
 }
 
 /// sshBastion's hops, each `[user@]host[:port]` as `hakube_cluster::ssh` parses it. A value
@@ -248,41 +275,27 @@ enum RunResult {
 }
 
 /// Checks every file that ships against the manifest before anything connects, so a
-/// stale or tampered asset never reaches a machine. Files are read through
-/// [`AssetsDir`], never following a link below the assets directory.
-///
-/// # Errors
-///
-/// [`InstallError::Assets`] naming the file and saying to run `hakube render`.
+/// stale or tampered asset never reaches a machine.
 pub fn check_local_assets(assets_dir: &Path, manifest: &Manifest, nodes: &[String]) -> Result<(), InstallError> {
-    let assets = open_assets(assets_dir)?;
     for (path, entry) in &manifest.files {
         if !entry.nodes.iter().any(|n| nodes.contains(n)) {
             continue;
         }
-        let bytes = assets.read(path).map_err(|e| InstallError::Assets(format!("{e}; run `hakube render`")))?;
+        let full = assets_dir.join(path);
+        let bytes = std::fs::read(&full)
+            .map_err(|e| InstallError::Assets(format!("failed to read {}: {e}", full.display())))?;
         if sha256_hex(&bytes) != entry.sha256 {
             return Err(InstallError::Assets(format!(
                 "{} does not match the sha256 in manifest.json; run `hakube render` again (or restore the assets from git)",
-                assets.shown(path).display()
+                full.display()
             )));
         }
     }
     Ok(())
 }
 
-/// Opens the assets directory for reading (see [`AssetsDir`]).
-fn open_assets(assets_dir: &Path) -> Result<AssetsDir, InstallError> {
-    AssetsDir::open(assets_dir).map_err(|e| InstallError::Assets(e.to_string()))?.ok_or_else(|| {
-        InstallError::Assets(format!("{} does not exist; run `hakube render` first", assets_dir.display()))
-    })
-}
-
 /// Builds the tar stream of `node`'s files at their destinations (directories 0700).
-/// Each file is read through [`AssetsDir`] (never following a link) and must still match
-/// the manifest's sha256 when it is read.
-fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<Vec<u8>, String> {
-    let assets = open_assets(assets_dir).map_err(|e| e.to_string())?;
+fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> std::io::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
     for (_, entry) in files {
@@ -293,7 +306,6 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<V
             p = d.parent();
         }
     }
-    let failed = |e: std::io::Error| format!("failed to build the archive: {e}");
     for dir in &dirs {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
@@ -302,16 +314,10 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<V
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        builder.append_data(&mut header, dir.strip_prefix("/").unwrap_or(dir), std::io::empty()).map_err(failed)?;
+        builder.append_data(&mut header, dir.strip_prefix("/").unwrap_or(dir), std::io::empty())?;
     }
     for (path, entry) in files {
-        let bytes = assets.read(path).map_err(|e| e.to_string())?;
-        if sha256_hex(&bytes) != entry.sha256 {
-            return Err(format!(
-                "{} changed since install checked it: it does not match the sha256 in manifest.json; run `hakube render`",
-                assets.shown(path).display()
-            ));
-        }
+        let bytes = std::fs::read(assets_dir.join(path))?;
         let dest = entry.destination.as_deref().unwrap_or_default();
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
@@ -325,9 +331,9 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<V
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        builder.append_data(&mut header, dest.trim_start_matches('/'), bytes.as_slice()).map_err(failed)?;
+        builder.append_data(&mut header, dest.trim_start_matches('/'), bytes.as_slice())?;
     }
-    builder.into_inner().map_err(failed)
+    builder.into_inner()
 }
 
 async fn run_one(shared: &Shared, run: &Run) -> RunResult {
@@ -347,7 +353,9 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
             let files: Vec<(&str, &ManifestEntry)> = shared.manifest.files_for(&run.node).collect();
             let archive = match ship_archive(&shared.settings.assets_dir, &files) {
                 Ok(a) => a,
-                Err(message) => return RunResult::Failed { exit_code: None, message },
+                Err(e) => {
+                    return RunResult::Failed { exit_code: None, message: format!("failed to read the assets: {e}") }
+                }
             };
             let code = conn
                 .run(
@@ -682,48 +690,45 @@ fn unix_now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+mod host_key_tests {
     use super::*;
 
-    fn entry(bytes: &[u8]) -> ManifestEntry {
-        ManifestEntry {
-            sha256: sha256_hex(bytes),
-            mode: "0644".into(),
-            secret: false,
-            nodes: vec!["w0".into()],
-            destination: Some("/etc/hakube/kubeadm.yaml".into()),
+    const RENDERED: &str = "# render's\n203.0.113.5,10.0.0.5,m0 ssh-ed25519 AAAAm0\n[10.0.0.6]:2222,w0 ssh-ed25519 AAAAw0\n";
+
+    /// A node whose host key render pinned is checked strictly against it under either
+    /// policy; accept-new applies only to a node without one (issue 11, item 6).
+    #[test]
+    fn a_node_with_a_rendered_host_key_is_always_checked_strictly() {
+        use HostKeyPolicy::{AcceptNew, Strict};
+        for policy in [Strict, AcceptNew] {
+            assert_eq!(host_key_check(policy, RENDERED, "203.0.113.5", 22), Strict, "{policy:?}");
+            assert_eq!(host_key_check(policy, RENDERED, "10.0.0.5", 22), Strict, "{policy:?}");
+            assert_eq!(host_key_check(policy, RENDERED, "10.0.0.6", 2222), Strict, "{policy:?}");
         }
+        // Not pinned by render (another address, or another port than the pinned one).
+        assert_eq!(host_key_check(AcceptNew, RENDERED, "10.0.0.7", 22), AcceptNew);
+        assert_eq!(host_key_check(AcceptNew, RENDERED, "10.0.0.6", 22), AcceptNew);
+        assert_eq!(host_key_check(AcceptNew, RENDERED, "10.0.0.5", 2222), AcceptNew);
+        assert_eq!(host_key_check(AcceptNew, "", "10.0.0.5", 22), AcceptNew);
+        assert_eq!(host_key_check(Strict, "", "10.0.0.5", 22), Strict);
     }
 
-    /// Issue 11, item 3: a file of the assets replaced by a link to a file with the same
-    /// bytes elsewhere (so its sha256 still matches) is refused by name, not shipped.
     #[test]
-    fn a_linked_asset_is_refused_not_shipped() {
-        let temp = tempfile::tempdir().unwrap();
-        let assets = temp.path().join("assets");
-        std::fs::create_dir_all(assets.join("nodes")).unwrap();
-        std::fs::create_dir_all(temp.path().join("elsewhere")).unwrap();
-        std::fs::write(temp.path().join("elsewhere/kubeadm.yaml"), b"kind: x\n").unwrap();
-        let e = entry(b"kind: x\n");
-        let files = [("nodes/w0/kubeadm.yaml", &e)];
-        std::os::unix::fs::symlink("../elsewhere", assets.join("nodes/w0")).unwrap();
-        let err = ship_archive(&assets, &files).expect_err("shipped through a link");
-        assert!(err.contains(&format!("{} is a symbolic link", assets.join("nodes/w0").display())), "{err}");
-        let manifest = Manifest {
-            format: hakube_render::manifest::FORMAT_VERSION,
-            cluster_name: "t".into(),
-            nodes: BTreeMap::new(),
-            files: [("nodes/w0/kubeadm.yaml".to_string(), e.clone())].into(),
-        };
-        let err = check_local_assets(&assets, &manifest, &["w0".into()]).unwrap_err().to_string();
-        assert!(err.contains("nodes/w0 is a symbolic link"), "{err}");
-        std::fs::remove_file(assets.join("nodes/w0")).unwrap();
-        std::fs::create_dir(assets.join("nodes/w0")).unwrap();
-        std::os::unix::fs::symlink("../../elsewhere/kubeadm.yaml", assets.join("nodes/w0/kubeadm.yaml")).unwrap();
-        let err = ship_archive(&assets, &files).expect_err("shipped a linked file");
-        assert!(err.contains("nodes/w0/kubeadm.yaml is a symbolic link"), "{err}");
-        std::fs::remove_file(assets.join("nodes/w0/kubeadm.yaml")).unwrap();
-        std::fs::write(assets.join("nodes/w0/kubeadm.yaml"), b"kind: x\n").unwrap();
-        assert!(ship_archive(&assets, &files).is_ok());
+    fn the_target_checks_rendered_nodes_against_the_rendered_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("ssh")).unwrap();
+        std::fs::write(dir.path().join(layout::KNOWN_HOSTS), "10.0.0.10 ssh-ed25519 AAAAm0\n").unwrap();
+        let def: ClusterDefinition = serde_json::from_str(
+            r#"{ "hostKeyPolicy": "accept-new", "masters": [ { "nodeName": "m0", "privateIP": "10.0.0.10" } ],
+                 "workers": [ { "nodeName": "w0", "privateIP": "10.0.0.20" } ] }"#,
+        )
+        .unwrap();
+        let m0 = target(&def, dir.path(), "m0").unwrap();
+        assert_eq!((m0.policy, m0.known_hosts), (HostKeyPolicy::Strict, dir.path().join(layout::KNOWN_HOSTS)));
+        let w0 = target(&def, dir.path(), "w0").unwrap();
+        assert_eq!(
+            (w0.policy, w0.known_hosts),
+            (HostKeyPolicy::AcceptNew, dir.path().join(layout::KNOWN_HOSTS_ACCEPTED))
+        );
     }
 }

@@ -11,7 +11,8 @@
 //! gives a retryable connection error naming the node and its address, and connects again
 //! once sshd is back; a node whose link is cut fails to connect (bounded by the transport's
 //! connect timeout, not hanging) and connects once the link is back; a rebooted node is
-//! reached again under its pinned host key.
+//! reached again under its pinned host key; under accept-new, a node whose host key render
+//! pinned is still checked strictly against it, so a replaced key is refused (issue 11).
 //!
 //! One lab (one master, two workers; prefix `hk5`, bridge `hkbr2`, 10.245.0.0/16: no other
 //! test uses them) serves every case, in order, inside one test.
@@ -167,6 +168,7 @@ async fn the_transport_against_lab_nodes() {
     a_stopped_sshd_is_a_retryable_error_naming_the_node_until_it_is_back(&w).await;
     a_cut_link_fails_within_the_connect_timeout_until_it_is_back(&w).await;
     a_rebooted_node_is_reached_again_under_its_pinned_key(&w).await;
+    accept_new_never_overrides_a_rendered_host_key(&w).await;
     w.lab.down().unwrap();
 }
 
@@ -303,4 +305,52 @@ async fn a_rebooted_node_is_reached_again_under_its_pinned_key(w: &World) {
     assert_output(&conn, "hostname", &[], "master0").await;
     assert_output(&conn, "id", &["-un"], "root").await;
     conn.close().await;
+}
+
+/// Issue 11, item 6: `accept-new` applies only to nodes render pinned no key for. worker0's
+/// host key was replaced above; the assets' known_hosts (render's pins) still holds the one
+/// generated for it, so under accept-new the connection is refused and nothing is recorded.
+/// A node the pins do not name is trusted on first contact as before.
+async fn accept_new_never_overrides_a_rendered_host_key(w: &World) {
+    let assets = w.dir.path().join("accept-new-assets");
+    std::fs::create_dir_all(assets.join("ssh")).unwrap();
+    let pins = std::fs::read_to_string(w.known_hosts("known_hosts")).unwrap();
+    std::fs::write(assets.join("ssh/known_hosts"), &pins).unwrap();
+    let definition = |known: &str| -> hakube_cluster::ClusterDefinition {
+        let text = serde_json::json!({
+            "hostKeyPolicy": "accept-new",
+            "sshLoginUser": "root",
+            "sshLoginKey": w.client_key.to_str().unwrap(),
+            "masters": [ { "nodeName": "master0", "privateIP": w.address("master0") } ],
+            "workers": [ { "nodeName": "worker0", "privateIP": w.address("worker0") } ],
+        });
+        std::fs::write(assets.join("ssh/known_hosts"), known).unwrap();
+        serde_json::from_value(text).unwrap()
+    };
+    let def = definition(&pins);
+    let target = hakube_install::runner::target(&def, &assets, "worker0").unwrap();
+    assert_eq!(target.policy, HostKeyPolicy::Strict, "worker0 has a rendered key");
+    let err = Connection::connect(&target, w.control.path()).await.err().expect("accepted a replaced host key");
+    assert!(matches!(err, TransportError::HostKeyChanged { .. }), "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    let accepted = assets.join("ssh/known_hosts.accepted");
+    assert!(
+        std::fs::read_to_string(&accepted).unwrap_or_default().is_empty(),
+        "a key was recorded for a node render pinned"
+    );
+    // Pins without worker0: accept-new trusts its key on first contact and records it.
+    let address = w.address("worker0");
+    let others: String = pins
+        .lines()
+        .filter(|l| !l.split(' ').next().unwrap().split(',').any(|p| p == address))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let def = definition(&others);
+    let target = hakube_install::runner::target(&def, &assets, "worker0").unwrap();
+    assert_eq!(target.policy, HostKeyPolicy::AcceptNew);
+    hakube_install::runner::create_private_file(&target.known_hosts).unwrap();
+    let conn = Connection::connect(&target, w.control.path()).await.unwrap_or_else(|e| panic!("worker0: {e}"));
+    assert_output(&conn, "hostname", &[], "worker0").await;
+    conn.close().await;
+    assert!(std::fs::read_to_string(&accepted).unwrap().contains(' '), "worker0's key was not recorded");
 }

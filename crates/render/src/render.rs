@@ -588,6 +588,10 @@ pub fn render(
         let path = layout::host_key(&node.node_name);
         let private = match b.text(&path) {
             Some(key) => key.to_string(),
+            // accept-new says no rendered host key is installed on the machines: a key made
+            // now would be pinned, and install checks a pinned key strictly, so none is made.
+            // One the assets already hold stays pinned.
+            None if def.host_key_policy == hakube_cluster::definition::HostKeyPolicy::AcceptNew => continue,
             None => {
                 sshkeys::generate_ed25519(&format!("root@{}", node.node_name))
                     .map_err(|e| crypto(&path)(e.into()))?
