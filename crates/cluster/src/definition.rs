@@ -413,8 +413,24 @@ impl Default for BootstrapTokenSettings {
 #[serde(rename_all = "camelCase")]
 #[schemars(deny_unknown_fields)]
 pub struct ContainerRuntimeSettings {
-    /// The containerd package version to pin (as the node's package manager spells it).
-    /// Unset: whatever the distribution's repository offers.
+    /// Where containerd comes from. `docker` (the default): Docker's `containerd.io`
+    /// package, which carries containerd 2.x and its own runc, from
+    /// `https://download.docker.com/linux/<debian|ubuntu>/` (apt, suite = the release's
+    /// codename, component `stable`, key `<base>/gpg`; docs.docker.com "Install Docker Engine
+    /// on Debian") or `https://download.docker.com/linux/<centos|fedora>/` (dnf); it replaces
+    /// an installed `containerd` or `runc` package (its Conflicts/Replaces, docker/packaging
+    /// `pkg/containerd/deb/control`). `distribution`: the distribution's own `containerd`
+    /// package (apt; Debian 12 has 1.6.20, Debian 13 1.7.24, too old for current Kubernetes:
+    /// the runtime step fails or warns, see docs/upstream-facts.md "Container runtime"); on dnf
+    /// only Fedora has one, and the runtime step fails on RHEL, Rocky and AlmaLinux, which
+    /// ship none.
+    #[serde(default, skip_serializing_if = "ContainerRuntimeSource::is_default")]
+    pub source: ContainerRuntimeSource,
+    /// The containerd package version to pin (`2.2.1`, or the package manager's whole
+    /// version, `2.2.1-1~debian.12~bookworm`); the newest package version it is a prefix of
+    /// (up to a `.`, `-`, `~` or `+`) is installed and held. Unset: the newest the source
+    /// offers. Validation warns when containerd does not list it for kubernetesVersion's
+    /// minor (containerd's RELEASES.md, crates/cluster/src/releases.rs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// The pause (sandbox) image containerd uses. Unset: the one kubeadm expects for
@@ -432,6 +448,30 @@ pub struct ContainerRuntimeSettings {
     /// `config_path`). For air-gapped sites, where the fallback fails.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub registry_mirrors: BTreeMap<String, String>,
+}
+
+/// Where containerd comes from (containerRuntime.source).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerRuntimeSource {
+    /// Docker's `containerd.io` package from download.docker.com.
+    #[default]
+    Docker,
+    /// The distribution's own `containerd` package.
+    Distribution,
+}
+
+impl ContainerRuntimeSource {
+    /// `docker` or `distribution`, as the definition writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerRuntimeSource::Docker => "docker",
+            ContainerRuntimeSource::Distribution => "distribution",
+        }
+    }
+    fn is_default(&self) -> bool {
+        *self == ContainerRuntimeSource::Docker
+    }
 }
 
 /// Where downloaded files come from; each file's sha256 is pinned by render.

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::definition::{ClusterDefinition, EtcdTopology};
+use crate::definition::{ClusterDefinition, ContainerRuntimeSource, EtcdTopology};
 use crate::releases::{etcd_archive_sha256, etcd_for_minor, fill_url, known_file, network_addon, ARCHITECTURES};
 use crate::Version;
 
@@ -37,7 +37,8 @@ pub struct FileDownload {
 /// A package repository the boot scripts add, with the packages they install from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageSource {
-    /// The repository's base URL as the boot scripts use it.
+    /// The repository's base URL as the boot scripts use it; empty for the distribution's
+    /// own repositories (whatever the node's apt or dnf sources name).
     pub url: String,
     /// What comes from it: `name=version-*` (apt), `name-version` (dnf) or `name` (any
     /// version).
@@ -167,16 +168,32 @@ pub fn downloads(def: &ClusterDefinition) -> Result<Downloads, String> {
             kind: "dnf",
         },
     ];
-    let containerd = match &def.container_runtime.version {
-        Some(v) => format!("containerd.io={v}"),
-        None => "containerd.io".to_string(),
-    };
-    for dist in ["centos", "fedora"] {
-        packages.push(PackageSource {
-            url: format!("https://download.docker.com/linux/{dist}/"),
-            packages: vec![containerd.clone()],
-            kind: "dnf",
-        });
+    // containerd (containerRuntime.source): Docker's containerd.io from its apt and rpm
+    // repositories, or the distribution's own package (templates/steps/runtime.sh.j2).
+    let pinned = def.container_runtime.version.as_deref();
+    match def.container_runtime.source {
+        ContainerRuntimeSource::Docker => {
+            for (dist, kind) in [("debian", "apt"), ("ubuntu", "apt"), ("centos", "dnf"), ("fedora", "dnf")] {
+                let package = match (pinned, kind) {
+                    (Some(v), "apt") => format!("containerd.io={v}*"),
+                    (Some(v), _) => format!("containerd.io-{v}"),
+                    (None, _) => "containerd.io".to_string(),
+                };
+                packages.push(PackageSource {
+                    url: format!("https://download.docker.com/linux/{dist}/"),
+                    packages: vec![package],
+                    kind,
+                });
+            }
+        }
+        ContainerRuntimeSource::Distribution => packages.push(PackageSource {
+            url: String::new(),
+            packages: vec![match pinned {
+                Some(v) => format!("containerd={v}*"),
+                None => "containerd".to_string(),
+            }],
+            kind: "apt and dnf",
+        }),
     }
 
     let mut images = BTreeMap::new();
@@ -244,7 +261,10 @@ impl Downloads {
             out.push_str(&format!("file {} {sum} {}\n", f.url, f.step));
         }
         for p in &self.packages {
-            out.push_str(&format!("repo {} {} {}\n", p.kind, p.url, p.packages.join(" ")));
+            match p.url.is_empty() {
+                true => out.push_str(&format!("repo {} {} (the distribution's)\n", p.kind, p.packages.join(" "))),
+                false => out.push_str(&format!("repo {} {} {}\n", p.kind, p.url, p.packages.join(" "))),
+            }
         }
         for i in &self.images {
             out.push_str(&format!("image {i}\n"));

@@ -258,6 +258,117 @@ pub fn semver(version: &str) -> Option<(u32, u32, u32)> {
     parts.next().is_none().then_some(v)
 }
 
+/// The containerd releases containerd recommends per Kubernetes minor, `(minor, [oldest
+/// patch of each series])`: the "Kubernetes Support" table of containerd/containerd
+/// `RELEASES.md` (commit 301026e58c61, 2026-08-22), which has no row for 1.37 or later yet.
+/// `2.2.0` stands for RELEASES.md's "2.2.0+": 2.2.0 and every later 2.2 patch.
+pub const CONTAINERD_FOR_KUBERNETES_MINOR: &[(u32, &[&str])] = &[
+    (32, &["2.1.0", "2.0.1", "1.7.24", "1.6.36"]),
+    (33, &["2.1.0", "2.0.4", "1.7.24", "1.6.36"]),
+    (34, &["2.1.3", "2.0.6", "1.7.28", "1.6.39"]),
+    (35, &["2.2.0", "2.1.5", "1.7.28"]),
+    (36, &["2.3.0", "2.2.0"]),
+];
+
+/// The first Kubernetes minor whose kubelet refuses to start on a container runtime without
+/// the CRI `RuntimeConfig` call, which containerd implements since 2.0: kubelet's cgroup
+/// driver fallback goes in 1.38 (kubernetes/enhancements PR #6087, deferred from 1.36 and
+/// 1.37; kubernetes/kubernetes PR #136731), and kubeadm's `ContainerRuntimeVersion`
+/// preflight check only warns before 1.38 (kubernetes/kubernetes PRs #134906, #139122).
+pub const KUBELET_NEEDS_RUNTIME_CONFIG: u32 = 38;
+
+/// How a containerd release fits a Kubernetes minor ([`containerd_support`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerdSupport {
+    /// containerd lists it for the minor.
+    Supported,
+    /// containerd does not list it for the minor, but it still works there: an older patch
+    /// of a series listed for the minor, or a series listed for the minor before (a cluster
+    /// upgraded one minor keeps its nodes' containerd; kubeadm at most warns), or a minor
+    /// older than containerd's table. The runtime step warns.
+    Tolerated,
+    /// Neither: a series containerd stopped listing two minors ago or more (1.6 for 1.36,
+    /// 2.0 for 1.36), or any 1.x once the kubelet needs `RuntimeConfig`
+    /// ([`KUBELET_NEEDS_RUNTIME_CONFIG`]). The runtime step fails.
+    Unsupported,
+}
+
+/// The oldest patch of each containerd series containerd lists for Kubernetes minor
+/// `minor` ([`CONTAINERD_FOR_KUBERNETES_MINOR`]); empty when the table has no row for it.
+pub fn containerd_listed(minor: u32) -> &'static [&'static str] {
+    CONTAINERD_FOR_KUBERNETES_MINOR.iter().find(|(m, _)| *m == minor).map_or(&[], |(_, v)| *v)
+}
+
+/// The containerd series (`(major, minor)`) [`containerd_support`] tolerates for Kubernetes
+/// minor `minor`: those listed for it or for the newest minor before it that the table has
+/// (1.37, which has no row yet, tolerates 1.36's), less 1.x from
+/// [`KUBELET_NEEDS_RUNTIME_CONFIG`] on; `None` (every series) for a minor older than the table.
+pub fn containerd_tolerated_series(minor: u32) -> Option<Vec<(u32, u32)>> {
+    let first = CONTAINERD_FOR_KUBERNETES_MINOR.first().map_or(0, |(m, _)| *m);
+    if minor < first {
+        return None;
+    }
+    let before = CONTAINERD_FOR_KUBERNETES_MINOR.iter().rev().find(|(m, _)| *m < minor).map_or(&[][..], |(_, v)| *v);
+    let mut series: Vec<(u32, u32)> = containerd_listed(minor)
+        .iter()
+        .chain(before)
+        .filter_map(|v| semver(v).map(|(major, minor, _)| (major, minor)))
+        .filter(|(major, _)| *major >= 2 || minor < KUBELET_NEEDS_RUNTIME_CONFIG)
+        .collect();
+    series.sort_unstable_by(|a, b| b.cmp(a));
+    series.dedup();
+    Some(series)
+}
+
+/// containerd's release in a version as `containerd --version` or a package manager spells
+/// it (`2.2.1`, `v2.2.1`, `2.2.1-1~debian.12~bookworm`, `1.6.20~ds1-1+deb12u3`, `1:1.7.24`):
+/// `(major, minor, patch)`, the patch `None` when only `2.2` is given.
+pub fn containerd_release(version: &str) -> Option<(u32, u32, Option<u32>)> {
+    let v = version.split_once(':').map_or(version, |(epoch, rest)| match epoch.bytes().all(|b| b.is_ascii_digit()) {
+        true => rest,
+        false => version,
+    });
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let end = v.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(v.len());
+    let mut parts = v[..end].split('.');
+    let number = |p: Option<&str>| p.filter(|p| !p.is_empty()).and_then(|p| p.parse::<u32>().ok());
+    let major = number(parts.next())?;
+    let minor = number(parts.next())?;
+    let patch = match parts.next() {
+        None | Some("") => None,
+        p => Some(number(p)?),
+    };
+    Some((major, minor, patch))
+}
+
+/// How containerd `version` ([`containerd_release`]'s forms) fits Kubernetes minor `minor`;
+/// `None` when `version` names no release. A version without a patch is supported when
+/// its series is listed.
+pub fn containerd_support(version: &str, minor: u32) -> Option<ContainerdSupport> {
+    let (major, series, patch) = containerd_release(version)?;
+    let listed = containerd_listed(minor)
+        .iter()
+        .filter_map(|v| semver(v))
+        .any(|(ma, mi, p)| ma == major && mi == series && patch.is_none_or(|patch| patch >= p));
+    if listed && (major >= 2 || minor < KUBELET_NEEDS_RUNTIME_CONFIG) {
+        return Some(ContainerdSupport::Supported);
+    }
+    Some(match containerd_tolerated_series(minor) {
+        None => ContainerdSupport::Tolerated,
+        Some(tolerated) if tolerated.contains(&(major, series)) => ContainerdSupport::Tolerated,
+        Some(_) => ContainerdSupport::Unsupported,
+    })
+}
+
+/// containerd's list for `minor` as RELEASES.md writes it: `2.3.0+, 2.2.0+`; `none` when the
+/// table has no row for the minor.
+pub fn containerd_listed_text(minor: u32) -> String {
+    match containerd_listed(minor) {
+        [] => "none (containerd's RELEASES.md has no row for it yet)".to_string(),
+        listed => listed.iter().map(|v| format!("{v}+")).collect::<Vec<_>>().join(", "),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,6 +434,58 @@ mod tests {
         assert_eq!(semver("3.6.14"), Some((3, 6, 14)));
         for bad in ["3.6", "3.6.x", "v3.6.1", "3.6.1.2", "", "3..1"] {
             assert_eq!(semver(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn containerd_support_follows_containerds_table() {
+        use ContainerdSupport::*;
+        let support = |v: &str, minor: u32| containerd_support(v, minor).unwrap();
+        // Debian 12's containerd: an older 1.6 patch than 1.34 lists, a series 1.35 no longer
+        // lists but 1.34 did, and nothing 1.36 would run.
+        assert_eq!(support("1.6.20~ds1-1+deb12u3", 34), Tolerated);
+        assert_eq!(support("1.6.20", 35), Tolerated);
+        assert_eq!(support("1.6.20", 36), Unsupported);
+        assert_eq!(support("1.6.39", 34), Supported);
+        // 1.7: listed for 1.35 from 1.7.28; 1.36 lists no 1.x, kubeadm 1.36 only warns.
+        assert_eq!(support("1.7.28", 35), Supported);
+        assert_eq!(support("1.7.24", 35), Tolerated);
+        assert_eq!(support("1.7.28", 36), Tolerated);
+        assert_eq!(support("1.7.28", 37), Unsupported);
+        assert_eq!(support("1.7.28", 38), Unsupported);
+        // Docker's containerd.io and Debian unstable's.
+        assert_eq!(support("2.2.1-1~debian.12~bookworm", 36), Supported);
+        assert_eq!(support("v2.3.0", 36), Supported);
+        assert_eq!(support("2.1.9+ds1-5", 35), Supported);
+        assert_eq!(support("2.1.9", 36), Tolerated);
+        assert_eq!(support("2.1.4", 35), Tolerated);
+        assert_eq!(support("2.0.6", 36), Unsupported);
+        // 1.37 has no row yet: 1.36's series are tolerated, nothing else.
+        assert_eq!(support("2.3.3", 37), Tolerated);
+        assert_eq!(support("2.1.9", 37), Unsupported);
+        // Older than the table: nothing to go by.
+        assert_eq!(support("1.6.20", 31), Tolerated);
+        // A series without a patch.
+        assert_eq!(support("2.2", 36), Supported);
+        assert_eq!(support("1.7", 36), Tolerated);
+        assert_eq!(containerd_support("latest", 36), None);
+        assert_eq!(containerd_listed_text(36), "2.3.0+, 2.2.0+");
+        assert_eq!(containerd_tolerated_series(36), Some(vec![(2, 3), (2, 2), (2, 1), (1, 7)]));
+        assert_eq!(containerd_tolerated_series(38), Some(vec![(2, 3), (2, 2)]));
+    }
+
+    #[test]
+    fn containerd_releases_parse_from_every_spelling() {
+        assert_eq!(containerd_release("1:1.7.24~ds1-6+deb13u1"), Some((1, 7, Some(24))));
+        assert_eq!(containerd_release("v2.2.1"), Some((2, 2, Some(1))));
+        assert_eq!(containerd_release("2.1.9+unknown"), Some((2, 1, Some(9))));
+        assert_eq!(containerd_release("2.2"), Some((2, 2, None)));
+        assert_eq!(containerd_release("2.2."), Some((2, 2, None)));
+        for bad in ["", "2", "v", "x.y.z", "2..1"] {
+            assert_eq!(containerd_release(bad), None, "{bad}");
+        }
+        for (minor, listed) in CONTAINERD_FOR_KUBERNETES_MINOR {
+            assert!(listed.iter().all(|v| semver(v).is_some()), "1.{minor}: {listed:?}");
         }
     }
 }

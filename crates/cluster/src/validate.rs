@@ -391,6 +391,41 @@ pub(crate) fn check(def: &ClusterDefinition, map: &SourceMap<'_>, hooks: &HookCa
     check_ssh_and_misc(def, &mut c);
     check_etcd(def, &mut c);
     check_downloads(def, &mut c);
+    check_container_runtime(def, &mut c);
+}
+
+/// containerRuntime.version: a warning when containerd does not list the pinned release for
+/// kubernetesVersion's minor (containerd's RELEASES.md, crate::releases), saying whether the
+/// runtime step will only warn or fail (docs/upstream-facts.md "Container runtime").
+fn check_container_runtime(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
+    use crate::releases::{containerd_listed_text, containerd_support, ContainerdSupport};
+    let (Some(pinned), Some(k8s)) = (&def.container_runtime.version, Version::parse(&def.kubernetes_version)) else {
+        return;
+    };
+    let path = root("containerRuntime").key("version");
+    let listed = containerd_listed_text(k8s.minor);
+    let docker = match def.container_runtime.source {
+        crate::definition::ContainerRuntimeSource::Docker => "",
+        crate::definition::ContainerRuntimeSource::Distribution => " (containerRuntime.source \"docker\" has them)",
+    };
+    let help = Some(format!(
+        "containerd lists {listed} for Kubernetes 1.{} (containerd RELEASES.md); pin one of those{docker}, or unset containerRuntime.version",
+        k8s.minor
+    ));
+    match containerd_support(pinned, k8s.minor) {
+        None => c.warn(&path, format!("{pinned:?} names no containerd release (MAJOR.MINOR[.PATCH])"), help),
+        Some(ContainerdSupport::Supported) => {}
+        Some(ContainerdSupport::Tolerated) => c.warn(
+            &path,
+            format!("containerd does not list {pinned} for Kubernetes 1.{}; the runtime step will warn", k8s.minor),
+            help,
+        ),
+        Some(ContainerdSupport::Unsupported) => c.warn(
+            &path,
+            format!("containerd {pinned} is not supported for Kubernetes 1.{}; the runtime step will fail", k8s.minor),
+            help,
+        ),
+    }
 }
 
 /// Release tags (`hooks.networkProviderVersion`, `hooks.cloudProviderVersion`): they go into

@@ -179,6 +179,7 @@ fn setup_with(
 fn install_reset_and_failures_on_the_lab() {
     let w = setup();
     full_install_runs_in_ha_order(&w);
+    containerd_io_runs_on_every_node(&w);
     a_second_install_changes_nothing(&w);
     one_worker_alone(&w);
     one_worker_reset_and_rejoined(&w);
@@ -350,6 +351,7 @@ fn a_full_install_on_debian_13() {
         ". /etc/os-release; echo $VERSION_ID; systemctl is-active containerd kubelet; dpkg -S \"$(command -v systemctl)\"",
         "13\nactive\nactive\nsystemd: /usr/bin/systemctl\n",
     );
+    containerd_io_runs_on_every_node(&w);
 }
 
 /// A login user other than root: every command goes through `sudo -n`; with Cilium, whose
@@ -399,10 +401,11 @@ fn full_install_runs_in_ha_order(w: &World) {
         "systemd\nactive\nactive\nkubeadm: /usr/bin/kubeadm\nkubeadm\nkubectl\nkubelet\n1\n",
     );
     // The registry mirror reaches the real containerd: its live configuration names the
-    // hosts directory, where registry.k8s.io's hosts.toml points at the lab's mirror.
+    // hosts directory, where registry.k8s.io's hosts.toml points at the lab's mirror
+    // (containerd 2.x dumps TOML strings in single quotes, 1.x in double quotes).
     let (code, out) = w.on_node(
         "worker0",
-        "containerd config dump | grep -c 'config_path = \"/etc/containerd/certs.d\"'; cat /etc/containerd/certs.d/registry.k8s.io/hosts.toml",
+        "containerd config dump | grep -Ec \"config_path = [\\\"']/etc/containerd/certs.d[\\\"']\"; cat /etc/containerd/certs.d/registry.k8s.io/hosts.toml",
     );
     assert_eq!(code, 0, "{out}");
     assert_eq!(
@@ -512,4 +515,143 @@ fn host_keys_are_checked(w: &World) {
     assert_code(&out, 3, "accept-new after the key changed");
     assert!(text(&out).contains("does not match"), "{}", text(&out));
     assert_eq!(std::fs::read_to_string(&accepted).unwrap(), recorded, "the pinned key was replaced");
+}
+
+/// containerRuntime.source `docker` (the default): every node runs the containerd of the
+/// `containerd.io` package the mirror serves where Docker's apt repository is (built by the
+/// lab from Debian's real containerd and runc binaries, crates/lab/src/containerd.rs), added
+/// with Docker's key and suite by the runtime step, which said what it found.
+fn containerd_io_runs_on_every_node(w: &World) {
+    let repo = w.dir.path().join("lab/mirror/download.docker.com/linux/debian/dists");
+    let packages = std::fs::read_dir(&repo)
+        .unwrap()
+        .flatten()
+        .flat_map(|suite| std::fs::read_dir(suite.path().join("stable")).unwrap().flatten())
+        .map(|arch| std::fs::read_to_string(arch.path().join("Packages")).unwrap())
+        .next()
+        .expect("the mirror serves Docker's apt repository");
+    let version = packages.lines().find_map(|l| l.strip_prefix("Version: ")).expect("containerd.io's version");
+    let release = version.split('-').next().unwrap();
+    for node in w.lab.nodes() {
+        let (code, out) = w.on_node(
+            &node.name,
+            "containerd --version; dpkg -S \"$(command -v containerd)\"; dpkg-query -W -f '${Version}\\n' containerd.io; \
+             dpkg-query -W -f '${db:Status-Status}\\n' containerd runc 2>/dev/null | grep -c '^installed' || true; \
+             cat /etc/apt/sources.list.d/hakube-docker.list; systemctl is-active containerd",
+        );
+        assert_eq!(code, 0, "{}: {out}", node.name);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("containerd ")
+                && lines[0].split_whitespace().nth(2).is_some_and(|v| v.starts_with(release)),
+            "{}: containerd --version names the served {release}: {out}",
+            node.name
+        );
+        assert_eq!(lines[1], "containerd.io: /usr/bin/containerd", "{}", node.name);
+        assert_eq!(lines[2], version, "{}", node.name);
+        assert_eq!(lines[3], "0", "{}: Debian's containerd and runc are not installed beside it", node.name);
+        assert!(
+            lines[4].starts_with("deb [arch=")
+                && lines[4].contains(" signed-by=/etc/apt/keyrings/docker.asc] http://")
+                && lines[4].contains("/download.docker.com/linux/debian ")
+                && lines[4].ends_with(" stable"),
+            "{}: {out}",
+            node.name
+        );
+        assert_eq!(lines[5], "active", "{}", node.name);
+        let log = std::fs::read_to_string(w.logs().join(format!("{}.log", node.name))).unwrap();
+        assert!(log.contains(&format!("containerd {release} (containerd.io {version})")), "{}.log:\n{log}", node.name);
+    }
+}
+
+/// containerRuntime.source `distribution` against Debian's real containerd, then the default
+/// `docker` on the same node, on one master of each Debian release: Debian 12's 1.6.20 fails
+/// the runtime step on 1.36 with the message naming it, containerd's list and the fields to
+/// change, and Debian 13's 1.7.24 is tolerated with a warning; then Docker's containerd.io
+/// replaces the installed Debian containerd and runc (apt's Conflicts, said in the log), and
+/// its containerd runs under its own unit (Debian 13's containerd ships its unit under
+/// /usr/lib, containerd.io under /lib, one directory on a merged-/usr system).
+#[test]
+fn debians_containerd_is_judged_and_dockers_replaces_it() {
+    for (distro, prefix, bridge, subnet) in
+        [(Distro::Debian12, "hkc", "hkbr11", [10, 243]), (Distro::Debian13, "hke", "hkbr12", [10, 242])]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LabConfig {
+            prefix: prefix.into(),
+            bridge: bridge.into(),
+            subnet_base: subnet,
+            distro,
+            network_provider: "calico".into(),
+            ..LabConfig::new(1, 0, dir.path().join("lab"))
+        };
+        let mut definition = hakube_lab::definition(&config).expect("lab definition");
+        definition["containerRuntime"]["source"] = "distribution".into();
+        let path = dir.path().join("lab.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
+        let hakube = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_hakube")).args(args).current_dir(dir.path()).output().unwrap()
+        };
+        assert_code(&hakube(&["render", path.to_str().unwrap()]), 0, "render");
+        let login = std::fs::read_to_string(dir.path().join("assets/ssh/id_ed25519.pub")).unwrap();
+        let lab = Lab::up(LabConfig {
+            host_keys: Some(dir.path().join("assets")),
+            authorized_key: Some(login.trim().to_string()),
+            ..config
+        })
+        .expect("lab up");
+        let w = World { lab, dir, definition: path.clone() };
+        let log = || std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
+
+        let out = w.install(&[]);
+        match distro {
+            Distro::Debian12 => {
+                assert_code(&out, 3, "Debian 12's containerd on 1.36");
+                let log = log();
+                assert!(
+                    log.contains("boot.sh: error: containerd 1.6.20 (containerd 1.6.20~ds1-1+deb12u3, the distribution's) is not supported for Kubernetes 1.36: containerd lists 2.3.0+, 2.2.0+ for it (containerd RELEASES.md)"),
+                    "{log}"
+                );
+                assert!(log.contains("containerRuntime.source \"docker\""), "{log}");
+                assert!(log.contains("::hakube:: step=runtime status=failed"), "{log}");
+            }
+            _ => {
+                assert_code(&out, 0, "Debian 13's containerd on 1.36");
+                let log = log();
+                assert!(
+                    log.contains("boot.sh: warning: containerd 1.7.24 (containerd 1.7.24~ds1-6+deb13u1) is not a release containerd lists for Kubernetes 1.36"),
+                    "{log}"
+                );
+            }
+        }
+        assert_eq!(w.on_node("master0", "dpkg -S \"$(command -v containerd)\"").1, "containerd: /usr/bin/containerd\n");
+
+        // The default source on the same node: containerd.io replaces Debian's packages.
+        let mut definition: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        definition["containerRuntime"].as_object_mut().unwrap().remove("source");
+        std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
+        assert_code(&w.hakube(&["render", path.to_str().unwrap()]), 0, "render again");
+        assert_code(&w.install(&[]), 0, "install with Docker's containerd.io");
+        let log = log();
+        for package in ["containerd", "runc"] {
+            assert!(
+                log.contains(&format!("installing containerd.io removes the package {package} (it conflicts with it)")),
+                "{log}"
+            );
+        }
+        containerd_io_runs_on_every_node(&w);
+        // Every file of containerd.io is there as packaged (`dpkg --verify` names a missing or
+        // changed one; the configuration is a conffile hakube rewrites), and systemd runs its
+        // unit (found under /usr/lib on Debian 13, where /lib is a link to it).
+        let (code, files) = w.on_node(
+            "master0",
+            "dpkg --verify containerd.io | grep -v ' c /etc/containerd/config.toml$' || true; systemctl cat containerd.service | head -n 1; dpkg -S /lib/systemd/system/containerd.service",
+        );
+        assert_eq!(code, 0, "{files}");
+        let first = match distro {
+            Distro::Debian12 => "# /lib/systemd/system/containerd.service",
+            _ => "# /usr/lib/systemd/system/containerd.service",
+        };
+        assert_eq!(files, format!("{first}\ncontainerd.io: /lib/systemd/system/containerd.service\n"), "{distro:?}");
+    }
 }

@@ -372,6 +372,63 @@ fn list_downloads_prints_every_file_with_its_pin_and_the_images() {
     assert!(!dir.path().join("assets").exists());
 }
 
+#[test]
+fn a_pinned_containerd_that_containerd_does_not_list_warns_and_the_source_is_an_enum() {
+    let with = |runtime: &str| VALID.replacen('{', &format!(r#"{{ "containerRuntime": {runtime},"#), 1);
+    // Listed for 1.36 (containerd RELEASES.md: 2.3.0+, 2.2.0+): clean.
+    let (code, stderr) = validate_text(&with(r#"{ "version": "2.2.1-1~debian.12~bookworm" }"#));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("containerRuntime"), "{stderr}");
+    // Debian 12's containerd on 1.36: a warning that the runtime step will fail, naming the
+    // supported releases and where they come from.
+    let (code, stderr) = validate_text(&with(r#"{ "source": "distribution", "version": "1.6.20~ds1-1+deb12u3" }"#));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: containerRuntime.version: containerd 1.6.20~ds1-1+deb12u3 is not supported for Kubernetes 1.36; the runtime step will fail"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("containerd lists 2.3.0+, 2.2.0+ for Kubernetes 1.36 (containerd RELEASES.md)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("containerRuntime.source \"docker\" has them"), "{stderr}");
+    // 1.7 on 1.36: containerd lists it for 1.35 only; the runtime step warns.
+    let (code, stderr) = validate_text(&with(r#"{ "version": "1.7.28" }"#));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("containerd does not list 1.7.28 for Kubernetes 1.36; the runtime step will warn"),
+        "{stderr}"
+    );
+    // A wrong source is serde's error, naming the two values.
+    let stderr =
+        assert_invalid(&with(r#"{ "source": "debian" }"#), &["containerRuntime.source", "unknown variant `debian`"]);
+    assert!(stderr.contains("docker") && stderr.contains("distribution"), "{stderr}");
+}
+
+#[test]
+fn list_downloads_names_dockers_apt_repository_or_the_distributions_containerd() {
+    let list = |runtime: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.json");
+        std::fs::write(&path, VALID.replacen('{', &format!(r#"{{ "containerRuntime": {runtime},"#), 1)).unwrap();
+        let out = hakube(&["render", "--list-downloads", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let docker = list(r#"{ "version": "2.2.1" }"#);
+    for repo in [
+        "repo apt https://download.docker.com/linux/debian/ containerd.io=2.2.1*\n",
+        "repo apt https://download.docker.com/linux/ubuntu/ containerd.io=2.2.1*\n",
+        "repo dnf https://download.docker.com/linux/centos/ containerd.io-2.2.1\n",
+    ] {
+        assert!(docker.contains(repo), "{docker}");
+    }
+    assert!(!docker.contains("the distribution's"), "{docker}");
+    let distribution = list(r#"{ "source": "distribution" }"#);
+    assert!(distribution.contains("repo apt and dnf containerd (the distribution's)\n"), "{distribution}");
+    assert!(!distribution.contains("download.docker.com"), "{distribution}");
+}
+
 /// Issue 11, item 1: OpenSSH clients before 10.3 build a ProxyCommand from `-J` and run it
 /// through /bin/sh, so a bastion value with shell syntax ran commands on the operator's
 /// machine. Every value that reaches ssh's command line is parsed by one rule and refused

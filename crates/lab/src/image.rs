@@ -35,7 +35,9 @@ pub const IMAGE_PACKAGES: &[&str] = &[
 
 /// The Debian packages hakube's boot scripts install with apt (templates/steps/runtime,
 /// packages and etcd), plus what the stand-in Kubernetes packages depend on (iptables, as
-/// the kubelet package of pkgs.k8s.io does). The lab's mirror serves these and everything
+/// the kubelet package of pkgs.k8s.io does). containerd (with its runc) is what the runtime
+/// step installs with `containerRuntime.source: distribution`; the default, Docker's
+/// containerd.io, comes from the mirror's Docker repository ([`crate::containerd`]). The lab's mirror serves these and everything
 /// they pull in that the image lacks (Recommends included, as the boot scripts' apt-get
 /// installs them), and nothing else: a boot script that installs anything more fails in the
 /// lab as it would at an air-gapped site whose mirror lacks it.
@@ -55,6 +57,9 @@ pub struct Image {
     pub rootfs: PathBuf,
     /// The downloaded `.deb` files (`*.deb`, flat).
     pub debs: PathBuf,
+    /// The image cache it lives in (`target/lab-images`), where what is built for it is
+    /// cached too ([`crate::containerd::ensure_containerd_io`]).
+    pub cache: PathBuf,
 }
 
 /// The recipe of `distro`'s image: what, if it changes, makes [`ensure`] build it again.
@@ -82,7 +87,7 @@ pub fn ensure(cache: &Path, distro: Distro) -> Result<Image, LabError> {
     let recipe = recipe(distro, &mirror);
     let hash = hex::encode(Sha256::digest(recipe.as_bytes()));
     let dir = cache.join(format!("{}-{}", distro.name(), &hash[..12]));
-    let image = Image { distro, rootfs: dir.join("rootfs"), debs: dir.join("debs") };
+    let image = Image { distro, rootfs: dir.join("rootfs"), debs: dir.join("debs"), cache: cache.to_path_buf() };
     let _lock = crate::sys::lock(&cache.join(format!("{}.lock", distro.name())))?;
     if dir.join("recipe").is_file() {
         return Ok(image);

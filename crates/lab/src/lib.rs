@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 mod calls;
+pub mod containerd;
 mod faults;
 pub mod image;
 mod lab;

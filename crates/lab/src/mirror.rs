@@ -10,6 +10,9 @@
 //!   stand-in `kubeadm`, `kubelet` and `kubectl` packages built here as real `.deb` files;
 //! - `github.com/etcd-io/etcd/releases/download/v<version>/`: an etcd release archive
 //!   ([`crate::image::ensure_etcd_archive`]), where `downloads.mirror` points boot scripts;
+//! - `download.docker.com/linux/debian/`: Docker's apt repository layout (`dists/<codename>/`,
+//!   component `stable`, key `gpg`) holding a `containerd.io` package built from Debian's real
+//!   containerd and runc binaries ([`crate::containerd::ensure_containerd_io`]);
 //! - the network add-ons' files at their upstream paths (`raw.githubusercontent.com/...`,
 //!   `github.com/.../releases/download/...`; [`crate::network::ensure_network_files`]);
 //! - `hakube-lab-mirror.asc`: the signing key; `index.txt`: every file and where it came from.
@@ -159,6 +162,12 @@ pub(crate) fn build(
         .current_dir(&dists))?;
     gpg.sign_release(&dists, &release)?;
 
+    // Docker's apt repository with containerd.io, built from Debian's containerd and runc.
+    let containerd_io = crate::containerd::ensure_containerd_io(&image.cache, image)?;
+    index.push_str(&crate::containerd::serve(&root, suite, &containerd_io, &armored, &|dir, release| {
+        gpg.sign_release(dir, release)
+    })?);
+
     // The Kubernetes package repository: one flat repository per minor.
     let staging = state_dir.join("packages");
     for version in KUBERNETES_VERSIONS {
@@ -257,7 +266,7 @@ fn build_package(staging: &Path, name: &str, version: &str, arch: &str) -> Resul
 }
 
 /// `to` as a hard link to `from` (the cache and the mirror share a file system), or a copy.
-fn link_or_copy(from: &Path, to: &Path) -> Result<(), LabError> {
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<(), LabError> {
     fs::hard_link(from, to).or_else(|_| fs::copy(from, to).map(|_| ())).map_err(|source| LabError::Io {
         action: "copy",
         path: from.to_path_buf(),

@@ -259,6 +259,11 @@ impl Templates {
             kubernetes_minor: version.minor_string(),
             package_repository,
             containerd_version: def.container_runtime.version.as_deref(),
+            containerd_source: def.container_runtime.source.as_str(),
+            containerd_listed: hakube_cluster::releases::containerd_listed(version.minor).to_vec(),
+            containerd_listed_text: hakube_cluster::releases::containerd_listed_text(version.minor),
+            containerd_tolerated: hakube_cluster::releases::containerd_tolerated_series(version.minor)
+                .map(|series| series.iter().map(|(major, minor)| format!("{major}.{minor}")).collect()),
             sandbox_image: def.container_runtime.sandbox_image.as_deref(),
             image_repository: def.container_runtime.image_repository.as_deref(),
             registry_mirrors: def
@@ -357,6 +362,15 @@ struct BootContext<'a> {
     /// Base URL of the Kubernetes package repository, without a trailing slash.
     package_repository: String,
     containerd_version: Option<&'a str>,
+    /// containerRuntime.source: `docker` or `distribution`.
+    containerd_source: &'static str,
+    /// The oldest patch of each containerd series containerd lists for the Kubernetes minor
+    /// (hakube_cluster::releases::containerd_listed), and the same as RELEASES.md writes it.
+    containerd_listed: Vec<&'static str>,
+    containerd_listed_text: String,
+    /// The containerd series (`2.1`) the runtime step tolerates with a warning
+    /// (hakube_cluster::releases::containerd_tolerated_series); `None`: every series.
+    containerd_tolerated: Option<Vec<String>>,
     sandbox_image: Option<&'a str>,
     image_repository: Option<&'a str>,
     /// containerRuntime.registryMirrors, by registry.

@@ -134,6 +134,12 @@ fn every_option_passes_shellcheck() {
             r#", "containerRuntime": { "imageRepository": "mirror.example.com/k8s" }, "hooks": { "networkProvider": "flannel" }"#,
         ),
         ("weave", r#", "hooks": { "networkProvider": "weave.sh.j2" }"#),
+        ("distribution", r#", "containerRuntime": { "source": "distribution" }"#),
+        (
+            "distribution-pinned",
+            r#", "containerRuntime": { "source": "distribution", "version": "1.7.24~ds1-6+deb13u1" }"#,
+        ),
+        ("docker-pinned", r#", "containerRuntime": { "source": "docker", "version": "2.2.1" }"#),
         ("no-network", r#", "hooks": { "networkProvider": null }"#),
     ];
     let dir = tempfile::tempdir().unwrap();
@@ -449,6 +455,101 @@ fn network_and_cloud_hooks_follow_upstream() {
     assert!(w0.contains("node_initialised"), "a joining node waits for the cloud controller manager");
     let pinned = script(r#", "hooks": { "cloudProvider": "aws", "cloudProviderVersion": "v1.36.9" }"#);
     assert!(pinned.contains("cloud-controller-manager:v1.36.9\n"));
+}
+
+/// The runtime step's containerd rule in bash (`containerd_support`, rendered with the table
+/// for the cluster's minor) answers as hakube_cluster::releases::containerd_support does, for
+/// every minor hakube renders and those past containerd's table.
+#[test]
+fn containerd_support_in_bash_is_the_rust_rule() {
+    use hakube_cluster::releases::{containerd_support, ContainerdSupport};
+    let templates = Templates::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let releases = [
+        "1.6.20", "1.6.36", "1.6.39", "1.7.24", "1.7.27", "1.7.28", "1.7.30", "2.0.0", "2.0.6", "2.1.0", "2.1.4",
+        "2.1.5", "2.1.9", "2.2.0", "2.2.5", "2.3.0", "2.3.3", "2.4.0", "3.0.0",
+    ];
+    for minor in 31..=38 {
+        let mut def = definition(&templates, r#", "hooks": { "networkProvider": null }"#);
+        def.kubernetes_version = format!("1.{minor}.2");
+        let script = write_script(dir.path(), &format!("m0-{minor}"), &templates.boot_script(&def, "m0").unwrap());
+        let out = bash(
+            &[
+                "-c",
+                r#"source "$1"; shift; for r; do printf '%s %s\n' "$r" "$(containerd_support "$r")"; done"#,
+                "bash",
+                script.to_str().unwrap(),
+            ]
+            .into_iter()
+            .chain(releases)
+            .collect::<Vec<_>>(),
+            dir.path(),
+        );
+        assert!(out.status.success(), "{out:?}");
+        let expected: String = releases
+            .iter()
+            .map(|r| {
+                let word = match containerd_support(r, minor).unwrap() {
+                    ContainerdSupport::Supported => "supported",
+                    ContainerdSupport::Tolerated => "tolerated",
+                    ContainerdSupport::Unsupported => "unsupported",
+                };
+                format!("{r} {word}\n")
+            })
+            .collect();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "Kubernetes 1.{minor}");
+    }
+}
+
+/// What the runtime step says of the containerd it finds: Debian 12's fails on 1.36 naming
+/// the release, what containerd supports and the definition's fields; Debian unstable's
+/// 2.1.9 is tolerated with a warning; Docker's 2.2.1 passes.
+#[test]
+fn the_runtime_step_fails_on_a_containerd_the_minor_cannot_use() {
+    let templates = Templates::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |runtime: &str, version_line: &str| {
+        let def = definition(&templates, &format!(r#", "containerRuntime": {runtime}"#));
+        let script = write_script(dir.path(), "m0", &templates.boot_script(&def, "m0").unwrap());
+        bash(
+            &[
+                "-c",
+                r#"line=$2; source "$1"; containerd() { printf '%s\n' "$line"; }; check_containerd_release"#,
+                "bash",
+                script.to_str().unwrap(),
+                version_line,
+            ],
+            dir.path(),
+        )
+    };
+    let out = check(
+        r#"{ "source": "distribution" }"#,
+        "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u1",
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "boot.sh: error: containerd 1.6.20 (containerd , the distribution's) is not supported for Kubernetes 1.36:",
+        "containerd lists 2.3.0+, 2.2.0+ for it (containerd RELEASES.md)",
+        "the series 2.3, 2.2, 2.1, 1.7 work with a warning: 1.6 is none of them",
+        "containerRuntime.source \"docker\"",
+    ] {
+        assert!(stderr.contains(part), "{part:?} not in {stderr}");
+    }
+    let out = check("{}", "containerd github.com/containerd/containerd/v2 2.1.9+unknown");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("boot.sh: warning: containerd 2.1.9 (containerd.io ) is not a release containerd lists for Kubernetes 1.36 (2.3.0+, 2.2.0+"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Pin a listed one with containerRuntime.version"), "{stderr}");
+    let out = check("{}", "containerd containerd.io v2.2.1 dea7da592f5d1d2b7755e3a161be07f43fad8f75");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("containerd 2.2.1 (containerd.io ) is supported"), "{out:?}");
+    let out = check("{}", "containerd: command not found");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("containerd --version names no release"), "{out:?}");
 }
 
 /// firewalld, SELinux and NetworkManager, as the RHEL family runs them by default.
