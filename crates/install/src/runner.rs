@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use hakube_cluster::definition::HostKeyPolicy;
 use hakube_cluster::ClusterDefinition;
+use hakube_render::assets::AssetsDir;
 use hakube_render::layout;
 use hakube_render::manifest::{sha256_hex, Manifest, ManifestEntry};
 use tokio::io::AsyncWriteExt;
@@ -275,27 +276,41 @@ enum RunResult {
 }
 
 /// Checks every file that ships against the manifest before anything connects, so a
-/// stale or tampered asset never reaches a machine.
+/// stale or tampered asset never reaches a machine. Files are read through
+/// [`AssetsDir`], never following a link below the assets directory.
+///
+/// # Errors
+///
+/// [`InstallError::Assets`] naming the file and saying to run `hakube render`.
 pub fn check_local_assets(assets_dir: &Path, manifest: &Manifest, nodes: &[String]) -> Result<(), InstallError> {
+    let assets = open_assets(assets_dir)?;
     for (path, entry) in &manifest.files {
         if !entry.nodes.iter().any(|n| nodes.contains(n)) {
             continue;
         }
-        let full = assets_dir.join(path);
-        let bytes = std::fs::read(&full)
-            .map_err(|e| InstallError::Assets(format!("failed to read {}: {e}", full.display())))?;
+        let bytes = assets.read(path).map_err(|e| InstallError::Assets(format!("{e}; run `hakube render`")))?;
         if sha256_hex(&bytes) != entry.sha256 {
             return Err(InstallError::Assets(format!(
                 "{} does not match the sha256 in manifest.json; run `hakube render` again (or restore the assets from git)",
-                full.display()
+                assets.shown(path).display()
             )));
         }
     }
     Ok(())
 }
 
+/// Opens the assets directory for reading (see [`AssetsDir`]).
+fn open_assets(assets_dir: &Path) -> Result<AssetsDir, InstallError> {
+    AssetsDir::open(assets_dir).map_err(|e| InstallError::Assets(e.to_string()))?.ok_or_else(|| {
+        InstallError::Assets(format!("{} does not exist; run `hakube render` first", assets_dir.display()))
+    })
+}
+
 /// Builds the tar stream of `node`'s files at their destinations (directories 0700).
-fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> std::io::Result<Vec<u8>> {
+/// Each file is read through [`AssetsDir`] (never following a link) and must still match
+/// the manifest's sha256 when it is read.
+fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<Vec<u8>, String> {
+    let assets = open_assets(assets_dir).map_err(|e| e.to_string())?;
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
     for (_, entry) in files {
@@ -306,6 +321,7 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> std::io:
             p = d.parent();
         }
     }
+    let failed = |e: std::io::Error| format!("failed to build the archive: {e}");
     for dir in &dirs {
         let mut header = tar::Header::new_gnu();
         header.set_entry_type(tar::EntryType::Directory);
@@ -314,10 +330,16 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> std::io:
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        builder.append_data(&mut header, dir.strip_prefix("/").unwrap_or(dir), std::io::empty())?;
+        builder.append_data(&mut header, dir.strip_prefix("/").unwrap_or(dir), std::io::empty()).map_err(failed)?;
     }
     for (path, entry) in files {
-        let bytes = std::fs::read(assets_dir.join(path))?;
+        let bytes = assets.read(path).map_err(|e| e.to_string())?;
+        if sha256_hex(&bytes) != entry.sha256 {
+            return Err(format!(
+                "{} changed since install checked it: it does not match the sha256 in manifest.json; run `hakube render`",
+                assets.shown(path).display()
+            ));
+        }
         let dest = entry.destination.as_deref().unwrap_or_default();
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
@@ -331,9 +353,9 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> std::io:
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
-        builder.append_data(&mut header, dest.trim_start_matches('/'), bytes.as_slice())?;
+        builder.append_data(&mut header, dest.trim_start_matches('/'), bytes.as_slice()).map_err(failed)?;
     }
-    builder.into_inner()
+    builder.into_inner().map_err(failed)
 }
 
 async fn run_one(shared: &Shared, run: &Run) -> RunResult {
@@ -353,9 +375,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
             let files: Vec<(&str, &ManifestEntry)> = shared.manifest.files_for(&run.node).collect();
             let archive = match ship_archive(&shared.settings.assets_dir, &files) {
                 Ok(a) => a,
-                Err(e) => {
-                    return RunResult::Failed { exit_code: None, message: format!("failed to read the assets: {e}") }
-                }
+                Err(message) => return RunResult::Failed { exit_code: None, message },
             };
             let code = conn
                 .run(
@@ -687,6 +707,53 @@ async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(bytes: &[u8]) -> ManifestEntry {
+        ManifestEntry {
+            sha256: sha256_hex(bytes),
+            mode: "0644".into(),
+            secret: false,
+            nodes: vec!["w0".into()],
+            destination: Some("/etc/hakube/kubeadm.yaml".into()),
+        }
+    }
+
+    /// Issue 11, item 3: a file of the assets replaced by a link to a file with the same
+    /// bytes elsewhere (so its sha256 still matches) is refused by name, not shipped.
+    #[test]
+    fn a_linked_asset_is_refused_not_shipped() {
+        let temp = tempfile::tempdir().unwrap();
+        let assets = temp.path().join("assets");
+        std::fs::create_dir_all(assets.join("nodes")).unwrap();
+        std::fs::create_dir_all(temp.path().join("elsewhere")).unwrap();
+        std::fs::write(temp.path().join("elsewhere/kubeadm.yaml"), b"kind: x\n").unwrap();
+        let e = entry(b"kind: x\n");
+        let files = [("nodes/w0/kubeadm.yaml", &e)];
+        std::os::unix::fs::symlink("../elsewhere", assets.join("nodes/w0")).unwrap();
+        let err = ship_archive(&assets, &files).expect_err("shipped through a link");
+        assert!(err.contains(&format!("{} is a symbolic link", assets.join("nodes/w0").display())), "{err}");
+        let manifest = Manifest {
+            format: hakube_render::manifest::FORMAT_VERSION,
+            cluster_name: "t".into(),
+            nodes: BTreeMap::new(),
+            files: [("nodes/w0/kubeadm.yaml".to_string(), e.clone())].into(),
+        };
+        let err = check_local_assets(&assets, &manifest, &["w0".into()]).unwrap_err().to_string();
+        assert!(err.contains("nodes/w0 is a symbolic link"), "{err}");
+        std::fs::remove_file(assets.join("nodes/w0")).unwrap();
+        std::fs::create_dir(assets.join("nodes/w0")).unwrap();
+        std::os::unix::fs::symlink("../../elsewhere/kubeadm.yaml", assets.join("nodes/w0/kubeadm.yaml")).unwrap();
+        let err = ship_archive(&assets, &files).expect_err("shipped a linked file");
+        assert!(err.contains("nodes/w0/kubeadm.yaml is a symbolic link"), "{err}");
+        std::fs::remove_file(assets.join("nodes/w0/kubeadm.yaml")).unwrap();
+        std::fs::write(assets.join("nodes/w0/kubeadm.yaml"), b"kind: x\n").unwrap();
+        assert!(ship_archive(&assets, &files).is_ok());
+    }
 }
 
 #[cfg(test)]
