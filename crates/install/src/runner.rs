@@ -275,26 +275,27 @@ enum RunResult {
     Failed { exit_code: Option<i32>, message: String },
 }
 
-/// Checks every file that ships against the manifest before anything connects, so a
-/// stale or tampered asset never reaches a machine. Files are read through
-/// [`AssetsDir`], never following a link below the assets directory.
+/// Verifies the assets before anything connects ([`hakube_render::assets::verify`]: only
+/// the layout's files and destinations, every file's sha256 and mode as recorded, no link
+/// followed), so a stale or tampered asset never reaches a machine; `manifest` must be the
+/// one on disk. `nodes` are the targeted nodes (every file is checked, whoever it ships to).
 ///
 /// # Errors
 ///
 /// [`InstallError::Assets`] naming the file and saying to run `hakube render`.
 pub fn check_local_assets(assets_dir: &Path, manifest: &Manifest, nodes: &[String]) -> Result<(), InstallError> {
-    let assets = open_assets(assets_dir)?;
-    for (path, entry) in &manifest.files {
-        if !entry.nodes.iter().any(|n| nodes.contains(n)) {
-            continue;
-        }
-        let bytes = assets.read(path).map_err(|e| InstallError::Assets(format!("{e}; run `hakube render`")))?;
-        if sha256_hex(&bytes) != entry.sha256 {
-            return Err(InstallError::Assets(format!(
-                "{} does not match the sha256 in manifest.json; run `hakube render` again (or restore the assets from git)",
-                assets.shown(path).display()
-            )));
-        }
+    let verified = hakube_render::assets::verify(assets_dir).map_err(|e| InstallError::Assets(e.to_string()))?;
+    if verified != *manifest {
+        return Err(InstallError::Assets(format!(
+            "{} changed since install read it; run `hakube render`, then install again",
+            assets_dir.join(layout::MANIFEST).display()
+        )));
+    }
+    if let Some(node) = nodes.iter().find(|n| !manifest.nodes.contains_key(*n)) {
+        return Err(InstallError::Assets(format!(
+            "{} lists no node {node}; run `hakube render`",
+            assets_dir.join(layout::MANIFEST).display()
+        )));
     }
     Ok(())
 }
@@ -737,14 +738,6 @@ mod tests {
         std::os::unix::fs::symlink("../elsewhere", assets.join("nodes/w0")).unwrap();
         let err = ship_archive(&assets, &files).expect_err("shipped through a link");
         assert!(err.contains(&format!("{} is a symbolic link", assets.join("nodes/w0").display())), "{err}");
-        let manifest = Manifest {
-            format: hakube_render::manifest::FORMAT_VERSION,
-            cluster_name: "t".into(),
-            nodes: BTreeMap::new(),
-            files: [("nodes/w0/kubeadm.yaml".to_string(), e.clone())].into(),
-        };
-        let err = check_local_assets(&assets, &manifest, &["w0".into()]).unwrap_err().to_string();
-        assert!(err.contains("nodes/w0 is a symbolic link"), "{err}");
         std::fs::remove_file(assets.join("nodes/w0")).unwrap();
         std::fs::create_dir(assets.join("nodes/w0")).unwrap();
         std::os::unix::fs::symlink("../../elsewhere/kubeadm.yaml", assets.join("nodes/w0/kubeadm.yaml")).unwrap();

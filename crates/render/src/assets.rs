@@ -72,6 +72,23 @@ pub enum AssetsError {
     /// with a NUL byte): never produced by the layout, so never opened.
     #[error("{0:?} is not a path inside the assets directory")]
     BadPath(String),
+    /// A file of the assets is not what its manifest records ([`verify`]): its bytes (or
+    /// mode) changed since render wrote it, or it is missing.
+    #[error("{path}: {problem}; run `hakube render` to bring the assets up to date (or restore them from git), then install again")]
+    Unverified {
+        /// The file.
+        path: PathBuf,
+        /// `does not match the sha256 in manifest.json`, `missing`, `mode 0644, manifest.json says 0600`.
+        problem: String,
+    },
+    /// `manifest.json` is missing or does not parse.
+    #[error("failed to read {path}: {problem}; run `hakube render` first")]
+    NoManifest {
+        /// The manifest's path.
+        path: PathBuf,
+        /// Why it cannot be read.
+        problem: String,
+    },
     /// Another render holds the assets directory's lock.
     #[error("{0} is being written by another `hakube render` right now; wait for it to finish and run this one again")]
     Locked(PathBuf),
@@ -364,6 +381,43 @@ pub fn read_existing(dir: &Path) -> Result<Existing, AssetsError> {
         Some(assets) => assets.read_all(),
         None => Ok(BTreeMap::new()),
     }
+}
+
+/// Verifies the assets directory at `dir` before install ships anything from it, and
+/// returns its manifest: the same checks `hakube render --check` makes of the files the
+/// manifest records, without needing the definition.
+///
+/// Every path is read through [`AssetsDir`] (a link is refused); the manifest must pass
+/// [`Manifest::validate`], so its entries are exactly paths of the layout and its
+/// destinations only the ones render gives them, below [`layout::REMOTE_DIR`]; and every
+/// file it lists must exist with the sha256 and mode it records.
+///
+/// # Errors
+///
+/// [`AssetsError::NoManifest`] when there is no (parsable) manifest,
+/// [`AssetsError::Manifest`] when it lists anything the layout does not,
+/// [`AssetsError::Unverified`] naming the first file that does not match,
+/// [`AssetsError::Symlink`] and the other read errors naming the path.
+pub fn verify(dir: &Path) -> Result<Manifest, AssetsError> {
+    let path = dir.join(layout::MANIFEST);
+    let no_manifest = |problem: String| AssetsError::NoManifest { path: path.clone(), problem };
+    let assets = AssetsDir::open(dir)?.ok_or_else(|| no_manifest(format!("{} does not exist", dir.display())))?;
+    let bytes = assets.read_optional(layout::MANIFEST)?.ok_or_else(|| no_manifest("it does not exist".into()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| no_manifest("it is not UTF-8".into()))?;
+    let manifest = Manifest::parse(text).map_err(|e| no_manifest(e.to_string()))?;
+    manifest.validate().map_err(|problem| AssetsError::Manifest { path: path.clone(), problem })?;
+    for (rel, entry) in &manifest.files {
+        let unverified = |problem: String| AssetsError::Unverified { path: assets.shown(rel), problem };
+        let bytes = assets.read_optional(rel)?.ok_or_else(|| unverified("missing".into()))?;
+        if sha256_hex(&bytes) != entry.sha256 {
+            return Err(unverified("does not match the sha256 in manifest.json".into()));
+        }
+        let mode = assets.mode(rel)?.ok_or_else(|| unverified("missing".into()))?;
+        if Some(mode) != crate::manifest::parse_mode(&entry.mode) {
+            return Err(unverified(format!("mode {mode:04o}, manifest.json says {}", entry.mode)));
+        }
+    }
+    Ok(manifest)
 }
 
 /// What a write did, by relative path.
