@@ -143,3 +143,38 @@ fn install_verifies_the_assets_before_anything_connects() {
     let out = install(&["--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Item 7: an assets directory anyone can write (0777): render refuses to reuse the
+/// secrets in it and install refuses to ship from it, each saying `chmod go-w assets`;
+/// a boot script anyone can write is refused by install (it runs as root on the node).
+#[test]
+fn secrets_and_shipped_files_others_can_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("single-master.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    let assets = dir.path().join("assets");
+    let chmod = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    chmod(&assets, 0o777);
+    for args in [&["render", &lab][..], &["install", &lab, "--dry-run"][..]] {
+        let out = hakube(args, dir.path());
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        let err = text(&out);
+        assert!(err.contains("hakube: error: refusing to read assets/"), "{args:?}: {err}");
+        assert!(
+            err.contains("assets is writable by group or others (mode 0777), so another user could have replaced what it holds; run `chmod go-w assets`"),
+            "{args:?}: {err}"
+        );
+    }
+    chmod(&assets, 0o700);
+    chmod(&assets.join("nodes/worker0/boot.sh"), 0o777);
+    let out = hakube(&["install", &lab, "--dry-run"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("refusing to read assets/nodes/worker0/boot.sh: assets/nodes/worker0/boot.sh is writable by group or others (mode 0777)"),
+        "{}",
+        text(&out)
+    );
+    chmod(&assets.join("nodes/worker0/boot.sh"), 0o755);
+    assert_eq!(hakube(&["install", &lab, "--dry-run"], dir.path()).status.code(), Some(0));
+}

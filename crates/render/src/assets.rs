@@ -89,6 +89,16 @@ pub enum AssetsError {
         /// Why it cannot be read.
         problem: String,
     },
+    /// A file to read (a secret, or any file install ships) could have been replaced by
+    /// another local user: it, or a directory on the way to it from the assets directory,
+    /// is writable by group or others, or owned by someone else ([`Guard`]).
+    #[error("refusing to read {file}: {problem}")]
+    Exposed {
+        /// The file that was to be read.
+        file: PathBuf,
+        /// Which place is exposed, how, and the command that fixes it.
+        problem: String,
+    },
     /// Another render holds the assets directory's lock.
     #[error("{0} is being written by another `hakube render` right now; wait for it to finish and run this one again")]
     Locked(PathBuf),
@@ -167,29 +177,129 @@ fn open_file_at(parent: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<Opti
     Ok(Some(fs::File::from(fd)))
 }
 
+/// Which files [`AssetsDir`] reads only when no other local user could have replaced
+/// them: the file and every directory from the assets directory down to it must be owned
+/// by the user running hakube (the effective uid) and not writable by group or others.
+/// Otherwise the read fails with [`AssetsError::Exposed`], saying to `chmod go-w` or
+/// `chown` the place (issue 11: another user swapped their own CA into a world-writable
+/// assets directory, and the next render by root reused it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// The secrets, the files [`layout::file`] marks secret (keys, the bootstrap token,
+    /// the admin kubeconfig): what render reuses.
+    Secrets,
+    /// Every file: what install ships to the nodes and runs there as root.
+    All,
+}
+
+/// Why `st` (of `shown`) would let another user than `euid` replace what is below it.
+fn exposure(st: &rfs::Stat, euid: u32, shown: &Path) -> Option<String> {
+    let shown = shown.display();
+    let mode = Mode::from_raw_mode(st.st_mode).bits() & 0o7777;
+    if st.st_uid != euid {
+        return Some(format!(
+            "{shown} is owned by uid {}, not by the user running hakube (uid {euid}), who could have put it there; check it, then `chown {euid} {shown}` (or run hakube as its owner)",
+            st.st_uid
+        ));
+    }
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "{shown} is writable by group or others (mode {mode:04o}), so another user could have replaced what it holds; run `chmod go-w {shown}` and check its contents"
+        ));
+    }
+    None
+}
+
 /// The assets directory, opened once: every path below it is opened from this file
 /// descriptor, one component at a time, never following a symbolic link (a link is
 /// refused with [`AssetsError::Symlink`] naming it). The directory itself may be a link:
-/// the operator names it.
+/// the operator names it. Files its [`Guard`] covers are read only when no other user
+/// could have replaced them.
 #[derive(Debug)]
 pub struct AssetsDir {
     /// The directory as the operator named it, for messages (`assets/ssh`).
     path: PathBuf,
     root: OwnedFd,
+    guard: Guard,
+    euid: u32,
 }
 
 impl AssetsDir {
-    /// Opens the assets directory at `path`; `None` when it does not exist.
+    /// Opens the assets directory at `path`, guarding the secrets ([`Guard::Secrets`]);
+    /// `None` when it does not exist.
     ///
     /// # Errors
     ///
     /// [`AssetsError::Io`] when it cannot be opened (or is not a directory).
     pub fn open(path: &Path) -> Result<Option<AssetsDir>, AssetsError> {
+        AssetsDir::open_guarded(path, Guard::Secrets)
+    }
+
+    /// [`AssetsDir::open`] with the given [`Guard`].
+    ///
+    /// # Errors
+    ///
+    /// [`AssetsError::Io`] when it cannot be opened (or is not a directory).
+    pub fn open_guarded(path: &Path, guard: Guard) -> Result<Option<AssetsDir>, AssetsError> {
+        let euid = rustix::process::geteuid().as_raw();
         match rfs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()) {
-            Ok(root) => Ok(Some(AssetsDir { path: path.to_path_buf(), root })),
+            Ok(root) => Ok(Some(AssetsDir { path: path.to_path_buf(), root, guard, euid })),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(errno("open directory", path)(e)),
         }
+    }
+
+    /// Whether [`AssetsDir`]'s guard covers file `rel`.
+    fn guards(&self, rel: &str) -> bool {
+        match self.guard {
+            Guard::All => true,
+            Guard::Secrets => layout::file(rel).is_some_and(|f| f.secret),
+        }
+    }
+
+    /// [`exposure`] of the open directory or file `fd`.
+    fn exposure_of(&self, fd: BorrowedFd<'_>, shown: &Path) -> Result<Option<String>, AssetsError> {
+        Ok(exposure(&rfs::fstat(fd).map_err(errno("inspect", shown))?, self.euid, shown))
+    }
+
+    /// The first exposed directory from the assets directory down to file `rel`'s
+    /// directory, when the guard covers `rel`.
+    fn chain_exposure(&self, rel: &str) -> Result<Option<String>, AssetsError> {
+        if !self.guards(rel) {
+            return Ok(None);
+        }
+        let parts = components(rel)?;
+        let mut fd = self.dir("", None)?.expect("the root exists");
+        if let Some(problem) = self.exposure_of(fd.as_fd(), &self.path)? {
+            return Ok(Some(problem));
+        }
+        for i in 0..parts.len() - 1 {
+            let shown = self.shown(&parts[..=i].join("/"));
+            let Some(next) = open_dir_at(fd.as_fd(), parts[i], &shown)? else { return Ok(None) };
+            if let Some(problem) = self.exposure_of(next.as_fd(), &shown)? {
+                return Ok(Some(problem));
+            }
+            fd = next;
+        }
+        Ok(None)
+    }
+
+    /// Reads `file` (already open as `rel`), refusing it when the guard covers `rel` and
+    /// `chain` (the exposure of its directories) or the file itself is exposed.
+    fn read_guarded(&self, rel: &str, mut file: fs::File, chain: Option<String>) -> Result<Vec<u8>, AssetsError> {
+        let shown = self.shown(rel);
+        if self.guards(rel) {
+            let problem = match chain {
+                Some(problem) => Some(problem),
+                None => self.exposure_of(file.as_fd(), &shown)?,
+            };
+            if let Some(problem) = problem {
+                return Err(AssetsError::Exposed { file: shown, problem });
+            }
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io("read", &shown))?;
+        Ok(bytes)
     }
 
     /// Opens the assets directory at `path`, creating it (and its parents) mode 0700 when
@@ -259,15 +369,15 @@ impl AssetsDir {
     /// # Errors
     ///
     /// [`AssetsError::Symlink`] when it or a directory on the way is a link,
-    /// [`AssetsError::NotKind`] when it is not a regular file, [`AssetsError::Io`] when
-    /// it cannot be read.
+    /// [`AssetsError::NotKind`] when it is not a regular file, [`AssetsError::Exposed`]
+    /// when the guard covers it and another user could have replaced it,
+    /// [`AssetsError::Io`] when it cannot be read.
     pub fn read_optional(&self, rel: &str) -> Result<Option<Vec<u8>>, AssetsError> {
         let (Some(parent), name) = self.parent_of(rel)? else { return Ok(None) };
         let shown = self.shown(rel);
-        let Some(mut file) = open_file_at(parent.as_fd(), name, &shown)? else { return Ok(None) };
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io("read", &shown))?;
-        Ok(Some(bytes))
+        let Some(file) = open_file_at(parent.as_fd(), name, &shown)? else { return Ok(None) };
+        let chain = self.chain_exposure(rel)?;
+        Ok(Some(self.read_guarded(rel, file, chain)?))
     }
 
     /// Reads file `rel`, which must exist (see [`AssetsDir::read_optional`]).
@@ -304,8 +414,9 @@ impl AssetsDir {
     fn read_all(&self) -> Result<Existing, AssetsError> {
         let mut out = BTreeMap::new();
         let root = self.dir("", None)?.expect("the root exists");
-        let mut stack = vec![(String::new(), root)];
-        while let Some((rel, fd)) = stack.pop() {
+        let exposed = self.exposure_of(root.as_fd(), &self.path)?;
+        let mut stack = vec![(String::new(), root, exposed)];
+        while let Some((rel, fd, exposed)) = stack.pop() {
             for (name, kind) in list(&fd, &self.shown(&rel))? {
                 let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
                 let shown = self.shown(&child);
@@ -316,13 +427,16 @@ impl AssetsDir {
                     FileType::Directory => {
                         let sub = open_dir_at(fd.as_fd(), &name, &shown)?
                             .ok_or_else(|| io("open directory", &shown)(std::io::ErrorKind::NotFound.into()))?;
-                        stack.push((child, sub));
+                        let sub_exposed = match &exposed {
+                            Some(problem) => Some(problem.clone()),
+                            None => self.exposure_of(sub.as_fd(), &shown)?,
+                        };
+                        stack.push((child, sub, sub_exposed));
                     }
                     FileType::Symlink => return Err(AssetsError::Symlink(shown)),
                     FileType::RegularFile => {
-                        let Some(mut file) = open_file_at(fd.as_fd(), &name, &shown)? else { continue };
-                        let mut bytes = Vec::new();
-                        file.read_to_end(&mut bytes).map_err(io("read", &shown))?;
+                        let Some(file) = open_file_at(fd.as_fd(), &name, &shown)? else { continue };
+                        let bytes = self.read_guarded(&child, file, exposed.clone())?;
                         out.insert(child, bytes);
                     }
                     _ => {}
@@ -375,7 +489,9 @@ fn list(fd: &OwnedFd, shown: &Path) -> Result<Vec<(String, FileType)>, AssetsErr
 /// # Errors
 ///
 /// [`AssetsError`] naming the file that could not be read; [`AssetsError::Symlink`]
-/// naming any link below the directory (render would otherwise write through it).
+/// naming any link below the directory (render would otherwise write through it);
+/// [`AssetsError::Exposed`] for a secret another user could have replaced
+/// ([`Guard::Secrets`]).
 pub fn read_existing(dir: &Path) -> Result<Existing, AssetsError> {
     match AssetsDir::open(dir)? {
         Some(assets) => assets.read_all(),
@@ -387,7 +503,9 @@ pub fn read_existing(dir: &Path) -> Result<Existing, AssetsError> {
 /// returns its manifest: the same checks `hakube render --check` makes of the files the
 /// manifest records, without needing the definition.
 ///
-/// Every path is read through [`AssetsDir`] (a link is refused); the manifest must pass
+/// Every path is read through [`AssetsDir`] (a link is refused) with [`Guard::All`]:
+/// install runs these files as root on the nodes, so none may be replaceable by another
+/// local user. The manifest must pass
 /// [`Manifest::validate`], so its entries are exactly paths of the layout and its
 /// destinations only the ones render gives them, below [`layout::REMOTE_DIR`]; and every
 /// file it lists must exist with the sha256 and mode it records.
@@ -401,7 +519,8 @@ pub fn read_existing(dir: &Path) -> Result<Existing, AssetsError> {
 pub fn verify(dir: &Path) -> Result<Manifest, AssetsError> {
     let path = dir.join(layout::MANIFEST);
     let no_manifest = |problem: String| AssetsError::NoManifest { path: path.clone(), problem };
-    let assets = AssetsDir::open(dir)?.ok_or_else(|| no_manifest(format!("{} does not exist", dir.display())))?;
+    let assets = AssetsDir::open_guarded(dir, Guard::All)?
+        .ok_or_else(|| no_manifest(format!("{} does not exist", dir.display())))?;
     let bytes = assets.read_optional(layout::MANIFEST)?.ok_or_else(|| no_manifest("it does not exist".into()))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| no_manifest("it is not UTF-8".into()))?;
     let manifest = Manifest::parse(text).map_err(|e| no_manifest(e.to_string()))?;

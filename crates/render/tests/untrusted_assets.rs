@@ -225,3 +225,52 @@ fn a_symlinked_file_is_refused_not_followed() {
     let (_, summary) = try_render(&dir).unwrap();
     assert!(summary.created.is_empty() && summary.changed.is_empty(), "{summary:?}");
 }
+
+/// Item 7: secrets another local user could have swapped in are not reused. The assets
+/// directory, a directory on the way to a secret, and a secret itself each made writable by
+/// group and others (0777, 0777, 0666): render refuses, naming the secret, the place and
+/// `chmod go-w`; a world-writable public file is not a secret and is simply rewritten.
+/// As root, a secret owned by another user (uid 65534) is refused with `chown`.
+#[test]
+fn secrets_other_users_could_write_are_not_reused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("assets");
+    try_render(&dir).unwrap();
+    let chmod = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let key = dir.join("pki/ca.key");
+    for (place, mode, restore) in
+        [(dir.clone(), 0o777, 0o700), (dir.join("pki"), 0o777, 0o700), (key.clone(), 0o666, 0o600)]
+    {
+        chmod(&place, mode);
+        let err = try_render(&dir).expect_err("render reused a secret others can write").to_string();
+        let shown = place.display();
+        assert!(err.starts_with("refusing to read "), "{err}");
+        assert!(err.contains(&format!("{shown} is writable by group or others (mode {mode:04o})")), "{shown}: {err}");
+        assert!(err.contains(&format!("run `chmod go-w {shown}`")), "{err}");
+        if place == key {
+            assert!(err.starts_with(&format!("refusing to read {}: ", key.display())), "{err}");
+        }
+        chmod(&place, restore);
+    }
+    // Not a secret: rewritten with its mode, no complaint.
+    chmod(&dir.join("nodes/w0/boot.sh"), 0o666);
+    let (_, summary) = try_render(&dir).unwrap();
+    assert_eq!(summary.changed, ["nodes/w0/boot.sh"], "{summary:?}");
+
+    let me = std::fs::metadata(&key).unwrap().uid();
+    if me == 0 {
+        std::os::unix::fs::chown(&key, Some(65534), None).unwrap();
+        let err = try_render(&dir).expect_err("render reused another user's CA key").to_string();
+        assert!(
+            err.contains(&format!(
+                "refusing to read {0}: {0} is owned by uid 65534, not by the user running hakube (uid 0)",
+                key.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains(&format!("`chown 0 {}`", key.display())), "{err}");
+        std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+    }
+    try_render(&dir).unwrap();
+}
