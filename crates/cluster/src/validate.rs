@@ -161,15 +161,30 @@ pub(crate) fn parse(source: &str, map: &SourceMap<'_>, report: &mut Report) -> O
         Ok(def) => Some(def),
         Err((path, inner)) => {
             let message = strip_position(&inner.to_string());
-            let (path, position, help) = match inner.classify() {
+            let value = serde_json::from_str::<serde_json::Value>(source).ok();
+            let (path, position, help, message) = match inner.classify() {
+                // A value of the wrong JSON type where an enum is expected: serde_json
+                // reports it as a syntax error ("expected value") though the text is JSON.
+                Category::Syntax if !path.0.is_empty() && value.is_some() => {
+                    let schema = serde_json::to_value(schemars::schema_for!(ClusterDefinition)).unwrap_or_default();
+                    let allowed = allowed_values(&schema, &path);
+                    let found = value.as_ref().and_then(|v| value_at(v, &path)).map_or("this value".into(), describe);
+                    let listed = allowed.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ");
+                    let expected =
+                        if allowed.is_empty() { "a value of another type".into() } else { format!("one of {listed}") };
+                    let position = map.value_position(&path).or(Some((inner.line(), inner.column())));
+                    let help = (!allowed.is_empty()).then(|| format!("write one of {listed} (a JSON string)"));
+                    (path, position, help, format!("invalid type: {found}, expected {expected}"))
+                }
                 Category::Syntax | Category::Eof | Category::Io => (
                     JsonPath::default(),
                     Some((inner.line(), inner.column())),
                     Some("the file must be plain JSON (no comments, no trailing commas)".to_string()),
+                    message,
                 ),
                 Category::Data => {
                     let position = map.value_position(&path).or(Some((inner.line(), inner.column())));
-                    (path, position, None)
+                    (path, position, None, message)
                 }
             };
             report.push(Diagnostic {
@@ -194,6 +209,69 @@ pub(crate) fn parse(source: &str, map: &SourceMap<'_>, report: &mut Report) -> O
         return None;
     }
     definition
+}
+
+/// The values the JSON Schema allows at `path` when it is an enum (`enum`, or `const`s
+/// under `oneOf`/`anyOf`, through `$ref`s), in the schema's order; empty otherwise.
+fn allowed_values(schema: &serde_json::Value, path: &JsonPath) -> Vec<String> {
+    let defs = schema.get("$defs").cloned().unwrap_or_default();
+    let Some((last, parent)) = path.0.split_last() else { return Vec::new() };
+    let mut node = resolve_schema(schema, &defs);
+    for seg in parent.iter().chain(std::iter::once(last)) {
+        let next = match seg {
+            Seg::Key(k) => node.get("properties").and_then(|p| p.get(k)),
+            Seg::Index(_) => node.get("items"),
+        };
+        let Some(next) = next else { return Vec::new() };
+        node = if std::ptr::eq(seg, last) { next } else { resolve_schema(next, &defs) };
+    }
+    let mut out = Vec::new();
+    collect_consts(node, &defs, &mut out, 0);
+    out
+}
+
+fn collect_consts(node: &serde_json::Value, defs: &serde_json::Value, out: &mut Vec<String>, depth: u32) {
+    if depth > 8 {
+        return;
+    }
+    if let Some(target) = node.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/")) {
+        if let Some(target) = defs.get(target) {
+            collect_consts(target, defs, out, depth + 1);
+        }
+    }
+    if let Some(c) = node.get("const").and_then(|c| c.as_str()) {
+        out.push(c.to_string());
+    }
+    for values in node.get("enum").and_then(|e| e.as_array()).into_iter().flatten() {
+        out.extend(values.as_str().map(str::to_string));
+    }
+    for key in ["oneOf", "anyOf"] {
+        for alt in node.get(key).and_then(|a| a.as_array()).into_iter().flatten() {
+            collect_consts(alt, defs, out, depth + 1);
+        }
+    }
+}
+
+/// The JSON value at `path`, if there is one.
+fn value_at<'v>(value: &'v serde_json::Value, path: &JsonPath) -> Option<&'v serde_json::Value> {
+    path.0.iter().try_fold(value, |v, seg| match seg {
+        Seg::Key(k) => v.get(k),
+        Seg::Index(i) => v.get(*i),
+    })
+}
+
+/// A JSON value as serde names it in type errors: integer `5`, boolean `true`, a map, ...
+fn describe(value: &serde_json::Value) -> String {
+    use serde_json::Value as V;
+    match value {
+        V::Null => "null".into(),
+        V::Bool(b) => format!("boolean `{b}`"),
+        V::Number(n) if n.is_f64() => format!("floating point `{n}`"),
+        V::Number(n) => format!("integer `{n}`"),
+        V::String(s) => format!("string {s:?}"),
+        V::Array(_) => "a sequence".into(),
+        V::Object(_) => "a map".into(),
+    }
 }
 
 fn strip_position(message: &str) -> String {
@@ -656,7 +734,31 @@ fn nodes_with_paths(def: &ClusterDefinition) -> impl Iterator<Item = (JsonPath, 
     masters.chain(workers)
 }
 
+/// The longest X.509 common name: RFC 5280 appendix A.1, `ub-common-name INTEGER ::= 64`.
+const MAX_COMMON_NAME: usize = 64;
+
+/// A publicIP that is another node's privateIP: hakube would connect to that node and ship
+/// it this node's files.
+fn check_public_ips(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
+    let private: Vec<(IpAddr, JsonPath)> =
+        nodes_with_paths(def).filter_map(|(p, n)| Some((n.private_ip.parse().ok()?, p))).collect();
+    for (path, node) in nodes_with_paths(def) {
+        let Some(public) = node.public_ip.as_deref().and_then(|p| p.parse::<IpAddr>().ok()) else { continue };
+        if let Some((_, other)) = private.iter().find(|(ip, p)| *ip == public && *p != path) {
+            c.error(
+                &path.key("publicIP"),
+                format!("publicIP {public} is the privateIP of {other}"),
+                Some(
+                    "hakube connects to publicIP over SSH and would reach that node: give each node its own address"
+                        .into(),
+                ),
+            );
+        }
+    }
+}
+
 fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
+    check_public_ips(def, c);
     if def.masters.is_empty() {
         c.error(
             &root("masters"),
@@ -743,6 +845,16 @@ fn check_nodes(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
                     c.error(&taint_path.key("value"), format!("taint value {value:?} is not valid"), None);
                 }
             }
+        }
+        if def.etcd.topology == crate::definition::EtcdTopology::External
+            && path.0.first() == Some(&Seg::Key("masters".into()))
+            && node.node_name.len() > MAX_COMMON_NAME
+        {
+            c.error(
+                &name_path,
+                format!("{} characters are too many with external etcd: this master's etcd certificates carry its name as their common name, of at most {MAX_COMMON_NAME} characters (RFC 5280, ub-common-name)", node.node_name.len()),
+                Some(format!("use a node name of at most {MAX_COMMON_NAME} characters")),
+            );
         }
         if let Some(user) = &node.ssh_login_user {
             check_user(user, &path.key("sshLoginUser"), c);
@@ -1041,13 +1153,14 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
                 ),
             );
         }
-        match url::Url::parse(mirror) {
-            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() && !mirror.contains(['"', '\\']) => {}
-            _ => c.error(
-                &path,
-                format!("{mirror:?} is not an http(s) URL"),
-                Some("give the mirror's base URL, e.g. https://mirror.example.com:5000".into()),
-            ),
+        if let Some(u) = check_url(mirror, &path, "https://mirror.example.com:5000", c) {
+            if mirror.contains(['"', '\\']) || u.host().is_none() {
+                c.error(
+                    &path,
+                    format!("{mirror:?} is not an http(s) URL"),
+                    Some("give the mirror's base URL, e.g. https://mirror.example.com:5000".into()),
+                );
+            }
         }
     }
     for (url, path, example) in [
@@ -1059,25 +1172,51 @@ fn check_ssh_and_misc(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
         (&def.downloads.mirror, root("downloads").key("mirror"), "https://mirror.example.com/"),
     ] {
         let Some(url) = url else { continue };
-        match url::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "https" | "http") && u.host().is_some() => {
-                if u.scheme() == "http" {
-                    c.warn(
-                        &path,
-                        "this mirror is fetched over plain HTTP".into(),
-                        Some(
-                            "what comes from it is still checked (packages against the repository's signing key, files against their sha256), but prefer https".into(),
-                        ),
-                    );
-                }
-            }
-            _ => c.error(
+        if check_url(url, &path, example, c).is_some_and(|u| u.scheme() == "http") {
+            c.warn(
                 &path,
-                format!("{url:?} is not an http(s) URL"),
-                Some(format!("give the base URL, e.g. {example}")),
-            ),
+                "this mirror is fetched over plain HTTP".into(),
+                Some(
+                    "what comes from it is still checked (packages against the repository's signing key, files against their sha256), but prefer https".into(),
+                ),
+            );
         }
     }
+}
+
+/// The rule of every URL field (packageRepository.url, downloads.mirror,
+/// containerRuntime.registryMirrors): an http(s) URL with a host, without control
+/// characters (the url crate removes tabs and newlines before parsing, as the WHATWG URL
+/// Standard says, so the value written into boot.sh would not be the URL checked here),
+/// and without credentials (`user:password@`), which would be written into boot.sh and into
+/// the nodes' world-readable apt or dnf source. Errors name `path`; the parsed URL when it
+/// passes.
+fn check_url(text: &str, path: &JsonPath, example: &str, c: &mut Checker<'_, '_>) -> Option<url::Url> {
+    if text.chars().any(char::is_control) {
+        c.error(
+            path,
+            format!("{text:?} contains a control character (a newline, a tab, ...)"),
+            Some(format!("write the URL on one line without control characters, e.g. {example}")),
+        );
+        return None;
+    }
+    let parsed = url::Url::parse(text).ok().filter(|u| matches!(u.scheme(), "https" | "http") && u.host().is_some());
+    let Some(u) = parsed else {
+        c.error(path, format!("{text:?} is not an http(s) URL"), Some(format!("give the base URL, e.g. {example}")));
+        return None;
+    };
+    if !u.username().is_empty() || u.password().is_some() {
+        let mut shown = u.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
+        c.error(
+            path,
+            format!("the URL holds credentials (user:password@ before {}): they would be written into boot.sh and into a world-readable package source on every node", shown.host_str().unwrap_or_default()),
+            Some(format!("write {shown} and give the credentials to the nodes as files you place there: apt reads /etc/apt/auth.conf.d/*.conf (apt_auth.conf(5)), dnf the username and password options of /etc/dnf/dnf.conf's [main] section (dnf.conf(5)); see README \"Credentials for mirrors\"")),
+        );
+        return None;
+    }
+    Some(u)
 }
 
 #[cfg(test)]

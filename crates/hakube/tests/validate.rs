@@ -477,3 +477,66 @@ fn a_bastion_or_ssh_value_with_shell_syntax_is_refused_at_validate_time() {
     );
     assert_invalid(&node, &["workers[0].sshLoginUser: \"-oProxyCommand=id\" is not a valid login name"]);
 }
+
+/// Issue 11 (validate parts) and item 12: values that passed validation and then failed
+/// at render or leaked, refused at validate time with their JSON path.
+#[test]
+fn urls_names_addresses_and_enum_types_are_refused_where_they_are_wrong() {
+    let with = |fields: &str| VALID.replacen('{', &format!("{{ {fields},"), 1);
+    // A control character in a URL (the url crate drops tabs and newlines, render did not).
+    for (field, json) in [
+        ("packageRepository.url", r#""packageRepository": { "url": "https://m.example/k8s\n" }"#),
+        ("downloads.mirror", r#""downloads": { "mirror": "https://m.example/\tx" }"#),
+        (
+            "containerRuntime.registryMirrors.registry.k8s.io",
+            r#""containerRuntime": { "registryMirrors": { "registry.k8s.io": "https://m.example:5000\r" } }"#,
+        ),
+    ] {
+        assert_invalid(&with(json), &[&format!("error: {field}: "), "control character"]);
+    }
+    // Credentials in any URL field would be written into boot.sh and a world-readable
+    // package source on the nodes.
+    for (field, json) in [
+        ("packageRepository.url", r#""packageRepository": { "url": "https://user:secret@m.example/k8s" }"#),
+        ("downloads.mirror", r#""downloads": { "mirror": "https://token@m.example/" }"#),
+        (
+            "containerRuntime.registryMirrors.docker.io",
+            r#""containerRuntime": { "registryMirrors": { "docker.io": "https://u:p@m.example:5000" } }"#,
+        ),
+    ] {
+        let stderr = assert_invalid(&with(json), &[&format!("error: {field}: "), "credentials", "auth.conf.d"]);
+        assert!(!stderr.contains("secret@"), "the secret is echoed: {stderr}");
+    }
+    // External etcd: a master's name is its etcd certificates' common name, at most 64
+    // characters (RFC 5280 ub-common-name).
+    let long = format!("m{}.{}", "0".repeat(30), "1".repeat(34));
+    let text = with(r#""etcd": { "topology": "external" }"#).replace("\"m1\"", &format!("\"{long}\""));
+    assert_invalid(&text, &["error: masters[1].nodeName: ", "64", "RFC 5280"]);
+    let (code, stderr) = validate_text(&VALID.replace("\"m1\"", &format!("\"{long}\"")));
+    assert_eq!(code, 0, "stacked etcd: kubeadm names the certificates: {stderr}");
+    // A publicIP that is another node's privateIP.
+    let text = VALID.replace(
+        r#""nodeName": "w0", "privateIP": "10.0.0.20""#,
+        r#""nodeName": "w0", "privateIP": "10.0.0.20", "publicIP": "10.0.0.11""#,
+    );
+    assert_invalid(&text, &["error: workers[0].publicIP: ", "10.0.0.11", "masters[1]"]);
+    let own = VALID.replace(
+        r#""nodeName": "w0", "privateIP": "10.0.0.20""#,
+        r#""nodeName": "w0", "privateIP": "10.0.0.20", "publicIP": "10.0.0.20""#,
+    );
+    assert_eq!(validate_text(&own).0, 0, "its own address");
+    // An enum of the wrong JSON type is a type error at its field naming the values, not
+    // a syntax error.
+    let stderr = assert_invalid(
+        &with(r#""hostKeyPolicy": 5"#),
+        &["cluster.json:1:20: error: hostKeyPolicy: ", "invalid type", "\"strict\"", "\"accept-new\""],
+    );
+    assert!(!stderr.contains("plain JSON"), "{stderr}");
+    assert_invalid(
+        &VALID.replace(
+            r#""nodeName": "w0", "privateIP": "10.0.0.20""#,
+            r#""nodeName": "w0", "privateIP": "10.0.0.20", "taints": [ { "key": "k", "effect": true } ]"#,
+        ),
+        &["workers[0].taints[0].effect: ", "invalid type", "\"NoSchedule\""],
+    );
+}
