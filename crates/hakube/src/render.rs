@@ -57,6 +57,9 @@ pub fn run(
     for renewal in &set.renewed {
         println!("{:>8} {dir}/{renewal}", "renewed");
     }
+    for p in &summary.stale {
+        println!("{:>8} {dir}/{p} (a temporary file an interrupted render left)", "cleaned");
+    }
     println!(
         "{dir}: {} created, {} changed, {} kept, {} removed",
         summary.created.len(),

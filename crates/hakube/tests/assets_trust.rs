@@ -178,3 +178,22 @@ fn secrets_and_shipped_files_others_can_write_are_refused() {
     chmod(&assets.join("nodes/worker0/boot.sh"), 0o755);
     assert_eq!(hakube(&["install", &lab, "--dry-run"], dir.path()).status.code(), Some(0));
 }
+
+/// Item 10: a temporary copy of admin.conf a killed render left is removed by the next
+/// render, which says so.
+#[test]
+fn render_removes_the_temporaries_a_killed_render_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("single-master.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    let assets = dir.path().join("assets");
+    std::fs::copy(assets.join("kubeconfig/admin.conf"), assets.join("kubeconfig/.hakube-Xy12Ab")).unwrap();
+    let out = hakube(&["render", &lab], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(" cleaned assets/kubeconfig/.hakube-Xy12Ab (a temporary file an interrupted render left)"),
+        "{}",
+        text(&out)
+    );
+    assert!(!assets.join("kubeconfig/.hakube-Xy12Ab").exists());
+}

@@ -140,6 +140,14 @@ fn temp_name() -> String {
     format!("{TEMP_PREFIX}{:016x}", h.finish())
 }
 
+/// Whether `name` is one of render's temporary files: [`TEMP_PREFIX`] then 1 to 32 ASCII
+/// letters and digits (this render's 16 hex digits, or the 6 random characters earlier
+/// renders used).
+fn is_temporary(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .is_some_and(|rest| (1..=32).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 /// What an open of a name in a directory found instead of what was asked for: a link
 /// ([`AssetsError::Symlink`]) or something else ([`AssetsError::NotKind`]).
 fn wrong_kind(parent: BorrowedFd<'_>, name: &str, shown: &Path, expected: &'static str) -> AssetsError {
@@ -446,6 +454,37 @@ impl AssetsDir {
         Ok(out)
     }
 
+    /// Removes the temporary files an interrupted render left ([`is_temporary`] names,
+    /// regular files only) anywhere below the directory, not descending into hidden
+    /// directories such as `.git` nor following links; their relative paths, sorted.
+    fn remove_temporaries(&self) -> Result<Vec<String>, AssetsError> {
+        let mut removed = Vec::new();
+        let mut stack = vec![(String::new(), self.dir("", None)?.expect("the root exists"))];
+        while let Some((rel, fd)) = stack.pop() {
+            for (name, kind) in list(&fd, &self.shown(&rel))? {
+                let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+                let shown = self.shown(&child);
+                match kind {
+                    FileType::RegularFile if is_temporary(&name) => {
+                        match rfs::unlinkat(&fd, name.as_str(), AtFlags::empty()) {
+                            Ok(()) => removed.push(child),
+                            Err(Errno::NOENT) => {}
+                            Err(e) => return Err(errno("remove", &shown)(e)),
+                        }
+                    }
+                    FileType::Directory if !name.starts_with('.') => {
+                        if let Some(sub) = open_dir_at(fd.as_fd(), &name, &shown)? {
+                            stack.push((child, sub));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
     /// Takes the directory's lock for this render (released when `self` is dropped).
     fn lock(&self) -> Result<(), AssetsError> {
         match rfs::flock(&self.root, rfs::FlockOperation::NonBlockingLockExclusive) {
@@ -551,6 +590,9 @@ pub struct WriteSummary {
     /// Files the previous manifest listed that render no longer produces (a removed
     /// node's files), now deleted.
     pub removed: Vec<String>,
+    /// Temporary files (`.hakube-` and random letters and digits) an interrupted render
+    /// left, now deleted: one could hold a copy of a secret.
+    pub stale: Vec<String>,
 }
 
 /// A file staged under a temporary name in its directory; removed when dropped
@@ -609,8 +651,9 @@ fn stage<'a>(
 
 /// Writes `set` and its manifest into `dir`, atomically per file, touching only files
 /// whose bytes or mode differ; deletes files the previous manifest listed that are no
-/// longer rendered. Files render never wrote are left alone. Every path below `dir` is
-/// opened through [`AssetsDir`], never following a link.
+/// longer rendered, and the temporary files an interrupted render left. Files render
+/// never wrote are left alone. Every path below `dir` is opened through [`AssetsDir`],
+/// never following a link.
 ///
 /// # Errors
 ///
@@ -624,6 +667,8 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
     let old = previous_manifest(dir, existing)?;
     let assets = AssetsDir::create(dir)?;
     assets.lock()?;
+    // Under the lock, every temporary file is a leftover of a render that was killed.
+    summary.stale = assets.remove_temporaries()?;
     let manifest = set.manifest();
     // Every directory that holds a secret, up to the assets directory, is 0700.
     let mut secret_dirs: BTreeSet<&str> = BTreeSet::new();

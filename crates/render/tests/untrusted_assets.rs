@@ -274,3 +274,41 @@ fn secrets_other_users_could_write_are_not_reused() {
     }
     try_render(&dir).unwrap();
 }
+
+/// Item 10: temporaries a killed render left (`.hakube-` and random letters and digits,
+/// as this render and earlier ones named them; one holding a copy of admin.conf) are
+/// removed by the next render and reported. Nothing else is: not a hidden file of another
+/// name, not a directory, not a link of that name (nor its target), not inside `.git`.
+#[test]
+fn stale_temporaries_of_a_killed_render_are_removed() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("assets");
+    try_render(&dir).unwrap();
+    let admin = std::fs::read(dir.join(layout::ADMIN_KUBECONFIG)).unwrap();
+    let stale = ["kubeconfig/.hakube-AbC123", "pki/etcd/.hakube-0123456789abcdef", ".hakube-x1Y2z3"];
+    for path in stale {
+        std::fs::write(dir.join(path), &admin).unwrap();
+    }
+    std::fs::write(temp.path().join("outside"), "keep").unwrap();
+    std::os::unix::fs::symlink("../../outside", dir.join("nodes/.hakube-link00")).unwrap();
+    let kept = [".hakube-notes.txt", "nodes/.hakube-", ".git/.hakube-abc123", "pki/hakube-abc123"];
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    for path in kept {
+        std::fs::write(dir.join(path), "not render's").unwrap();
+    }
+    std::fs::create_dir(dir.join("ssh/.hakube-dir123")).unwrap();
+    let (_, summary) = try_render(&dir).unwrap();
+    let mut expected: Vec<String> = stale.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(summary.stale, expected);
+    for path in stale {
+        assert!(!dir.join(path).exists(), "{path} left");
+    }
+    for path in kept {
+        assert_eq!(std::fs::read_to_string(dir.join(path)).unwrap(), "not render's", "{path}");
+    }
+    assert!(dir.join("ssh/.hakube-dir123").is_dir());
+    assert!(std::fs::symlink_metadata(dir.join("nodes/.hakube-link00")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(temp.path().join("outside")).unwrap(), "keep");
+    assert!(summary.created.is_empty() && summary.changed.is_empty(), "{summary:?}");
+}
