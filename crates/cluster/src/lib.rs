@@ -14,8 +14,8 @@
 pub mod definition;
 mod diagnostic;
 pub mod downloads;
-pub mod ports;
 mod locate;
+pub mod ports;
 pub mod releases;
 pub mod ssh;
 mod validate;

@@ -63,11 +63,7 @@ pub const EVERY_NODE: &[Port] = &[
 pub const NETWORK_ADD_ONS: &[(&str, &[Port])] = &[
     (
         "calico",
-        &[
-            port("179", "tcp", "Calico BGP"),
-            port("4789", "udp", "Calico VXLAN"),
-            port("5473", "tcp", "Calico Typha"),
-        ],
+        &[port("179", "tcp", "Calico BGP"), port("4789", "udp", "Calico VXLAN"), port("5473", "tcp", "Calico Typha")],
     ),
     (
         "cilium",
@@ -128,17 +124,21 @@ mod tests {
     use super::*;
 
     fn def(network: Option<&str>) -> ClusterDefinition {
-        let mut def: ClusterDefinition = serde_json::from_str("{}").unwrap();
+        let mut def: ClusterDefinition =
+            serde_json::from_str(r#"{ "masters": [{ "nodeName": "m0", "privateIP": "10.0.0.10" }] }"#).unwrap();
         def.hooks.network_provider = network.map(str::to_string);
         def
     }
 
     #[test]
     fn masters_open_the_control_plane_and_workers_only_what_every_node_needs() {
-        let specs = |def: &ClusterDefinition, role| -> Vec<String> { node_ports(def, role).iter().map(Port::spec).collect() };
+        let specs =
+            |def: &ClusterDefinition, role| -> Vec<String> { node_ports(def, role).iter().map(Port::spec).collect() };
         let calico = def(Some("calico"));
         let master = specs(&calico, Role::Master);
-        for p in ["6443/tcp", "2379-2380/tcp", "10250/tcp", "10259/tcp", "10257/tcp", "10256/tcp", "179/tcp", "4789/udp"] {
+        for p in
+            ["6443/tcp", "2379-2380/tcp", "10250/tcp", "10259/tcp", "10257/tcp", "10256/tcp", "179/tcp", "4789/udp"]
+        {
             assert!(master.contains(&p.to_string()), "{p} in {master:?}");
         }
         assert_eq!(master.iter().filter(|p| *p == "10250/tcp").count(), 1, "no duplicates");

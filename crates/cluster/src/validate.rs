@@ -573,6 +573,13 @@ fn check_downloads(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
             );
         }
     }
+    if def.firewall == crate::definition::FirewallMode::Open && !crate::ports::add_on_ports_known(def) {
+        c.warn(
+            &hooks.key("networkProvider"),
+            "hakube does not know the ports of this network hook: on nodes where firewalld runs, the prepare step opens only Kubernetes' own".into(),
+            Some("open the add-on's ports in the hook itself (firewall-cmd --permanent --add-port=PORT/PROTOCOL)".into()),
+        );
+    }
     let Ok(files) = crate::downloads::files(def) else { return };
     let pins = root("downloads").key("sha256");
     for (url, sha) in &def.downloads.sha256 {
@@ -608,13 +615,6 @@ fn check_etcd(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     use crate::definition::EtcdTopology;
     use crate::releases::{etcd_archive_sha256, etcd_for_minor, min_external_etcd, semver, ARCHITECTURES};
     let etcd = &def.etcd;
-    if def.firewall == crate::definition::FirewallMode::Open && !crate::ports::add_on_ports_known(def) {
-        c.warn(
-            &hooks.key("networkProvider"),
-            "hakube does not know the ports of this network hook: on nodes where firewalld runs, the prepare step opens only Kubernetes' own".into(),
-            Some("open the add-on's ports in the hook itself (firewall-cmd --permanent --add-port=PORT/PROTOCOL)".into()),
-        );
-    }
     let path = root("etcd");
     // Stacked: kubeadm picks etcd's image; etcd.version and etcd.sha256 are not used (a
     // definition may carry them for the day it moves to the external topology).

@@ -222,7 +222,6 @@ fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
     let (_, env) = w.on_node("master2", "cat /etc/etcd/hakube-etcd.env");
     assert_eq!(env, "HAKUBE_ETCD_INITIAL_CLUSTER_STATE=existing\n", "added to the running cluster");
     assert_eq!(w.kubeadm_calls("master2").iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).count(), 2);
-}
 
     // The first master too: reset and installed alone, it joins the running cluster through
     // master1 (its member removed and added back, the token re-armed there) instead of
@@ -499,17 +498,25 @@ fn host_keys_are_checked(w: &World) {
     let out = w.install(&["worker1"]);
     assert_code(&out, 3, "install to a changed host key");
     assert!(text(&out).contains("host key of worker1"), "{}", text(&out));
-    // accept-new: a host not yet known is recorded, then pinned.
+    // accept-new never overrides a key render pinned: worker1 is still refused.
     let mut definition: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&w.definition).unwrap()).unwrap();
     definition["hostKeyPolicy"] = "accept-new".into();
     std::fs::write(&w.definition, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
+    assert_code(&w.hakube(&["render", w.definition.to_str().unwrap()]), 0, "render for accept-new");
+    let out = w.install(&["worker1"]);
+    assert_code(&out, 3, "accept-new with the rendered key pinned");
+    assert!(text(&out).contains("host key of worker1"), "{}", text(&out));
+    // A node whose key the assets do not hold (render makes none under accept-new): its key
+    // is recorded on first contact, then pinned.
+    std::fs::remove_dir_all(w.assets().join("ssh/host-keys/worker1")).unwrap();
+    assert_code(&w.hakube(&["render", w.definition.to_str().unwrap()]), 0, "render without worker1's key");
     let accepted = w.assets().join("ssh/known_hosts.accepted");
     let _ = std::fs::remove_file(&accepted);
     let out = w.install(&["worker1"]);
     assert_code(&out, 0, "accept-new install");
     let recorded = std::fs::read_to_string(&accepted).unwrap();
-    assert!(recorded.lines().count() >= 2, "accept-new did not record the keys of worker1 and master0: {recorded}");
+    assert_eq!(recorded.lines().count(), 1, "accept-new recorded worker1's key and no pinned one: {recorded}");
     w.lab.replace_host_key("worker1").unwrap();
     let out = w.install(&["worker1"]);
     assert_code(&out, 3, "accept-new after the key changed");

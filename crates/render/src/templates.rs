@@ -281,27 +281,27 @@ impl Templates {
             downloads,
             network_version,
             needs_conntrack: version.minor < 32,
+            firewall: def.firewall.as_str(),
+            firewall_ports: hakube_cluster::ports::node_ports(def, role).iter().map(|p| p.spec()).collect(),
+            network_manager_unmanaged: hakube_cluster::ports::network_manager_unmanaged(def),
             cloud_controller_manager_image: def
                 .hooks
                 .cloud_provider
                 .as_deref()
                 .and_then(|p| hakube_cluster::releases::cloud_controller_manager_image(HookCatalog::normalise(p), def)),
-            firewall: def.firewall.as_str(),
-            firewall_ports: hakube_cluster::ports::node_ports(def, role).iter().map(|p| p.spec()).collect(),
-            network_manager_unmanaged: hakube_cluster::ports::network_manager_unmanaged(def),
             etcd_initial_cluster,
             node_url_host: url_host(&node.private_ip),
-            admin_labels,
-            token_placeholder: TOKEN_PLACEHOLDER,
-            hooks: Hooks {
-                preinstall: hook(HookKind::Preinstall, "preinstall", &hooks.preinstall)?,
-                cloud_provider: hook(HookKind::CloudProvider, "cloudProvider", &hooks.cloud_provider)?,
             other_master_hosts: def
                 .masters
                 .iter()
                 .filter(|m| m.node_name != node.node_name)
                 .map(|m| url_host(&m.private_ip))
                 .collect(),
+            admin_labels,
+            token_placeholder: TOKEN_PLACEHOLDER,
+            hooks: Hooks {
+                preinstall: hook(HookKind::Preinstall, "preinstall", &hooks.preinstall)?,
+                cloud_provider: hook(HookKind::CloudProvider, "cloudProvider", &hooks.cloud_provider)?,
                 cloud_config: hook(HookKind::CloudConfig, "cloudProviderConfig", &hooks.cloud_provider_config)?,
                 network: hook(HookKind::Network, "networkProvider", &hooks.network_provider)?,
             },
@@ -386,6 +386,12 @@ struct BootContext<'a> {
     network_version: Option<String>,
     /// kubeadm's preflight wants conntrack in PATH before Kubernetes 1.32.
     needs_conntrack: bool,
+    /// The definition's `firewall`: `open` or `refuse`.
+    firewall: &'static str,
+    /// `PORT/PROTOCOL` of every port this node needs open (hakube_cluster::ports).
+    firewall_ports: Vec<String>,
+    /// NetworkManager's `unmanaged-devices` for the network add-on, if it documents one.
+    network_manager_unmanaged: Option<&'static str>,
     /// The cloud provider's controller image (hakube_cluster::releases), when hakube knows
     /// one for the provider and minor.
     cloud_controller_manager_image: Option<String>,
@@ -393,6 +399,8 @@ struct BootContext<'a> {
     etcd_initial_cluster: String,
     /// privateIP as it goes into a URL.
     node_url_host: String,
+    /// The other masters' privateIPs as they go into a URL.
+    other_master_hosts: Vec<String>,
     /// First master only: labels the kubelets may not set themselves.
     admin_labels: Vec<AdminLabel>,
     token_placeholder: &'static str,
@@ -400,12 +408,6 @@ struct BootContext<'a> {
     /// The rendered cloud-config hook (masters only).
     cloud_config: Option<String>,
 }
-    /// The definition's `firewall`: `open` or `refuse`.
-    firewall: &'static str,
-    /// `PORT/PROTOCOL` of every port this node needs open (hakube_cluster::ports).
-    firewall_ports: Vec<String>,
-    /// NetworkManager's `unmanaged-devices` for the network add-on, if it documents one.
-    network_manager_unmanaged: Option<&'static str>,
 
 /// One registry's pull-through mirror, as containerd's `hosts.toml` names them.
 #[derive(Serialize)]
@@ -413,8 +415,6 @@ struct RegistryMirror {
     /// `registry.k8s.io`: the directory under `/etc/containerd/certs.d/`.
     registry: String,
     /// The registry's own URL (`server` in hosts.toml), the fallback.
-    /// The other masters' privateIPs as they go into a URL.
-    other_master_hosts: Vec<String>,
     server: String,
     /// The mirror's URL (a `[host."..."]` table).
     mirror: String,
