@@ -39,10 +39,19 @@ impl World {
         assert!(!text.contains("panicked"), "hakube panicked:\n{text}");
         out
     }
+    /// `hakube install` of the lab's definition; when a node fails, the end of its log goes to
+    /// the test's output (shown when the test fails).
     fn install(&self, extra: &[&str]) -> Output {
         let mut args = vec!["install", self.definition.to_str().unwrap(), "--connect-timeout", "3"];
         args.extend_from_slice(extra);
-        self.hakube(&args)
+        let out = self.hakube(&args);
+        for line in text(&out).lines().filter(|l| l.contains(" FAILED ")) {
+            let node = line.split_whitespace().next().unwrap_or_default();
+            let log = std::fs::read_to_string(self.logs().join(format!("{node}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- end of {node}.log\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        out
     }
     fn calls(&self, node: &str) -> Vec<Call> {
         self.lab.calls(node).expect("read the node's call log")
@@ -282,6 +291,10 @@ fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
     assert_eq!(verbs("master0"), expected);
     let log = std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
     assert!(log.contains("stopped before its control plane came up"), "{log}");
+    // kubeadm reset emptied /etc/kubernetes/pki: the cluster's own CA went back before init
+    // ran again, so kubeadm made no new one (and the rendered discovery hash still holds).
+    let ca = std::fs::read_to_string(w.assets().join("pki/ca.crt")).unwrap();
+    assert_eq!(w.on_node("master0", "cat /etc/kubernetes/pki/ca.crt"), (0, ca.clone()));
     assert_eq!(verbs("master2"), [("join".to_string(), Some(1))]);
 
     // Again: master2's half-done join is reset and joined again, not accepted because the
@@ -292,6 +305,7 @@ fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
     let expected: Vec<(String, Option<i32>)> =
         [("join", Some(1)), ("reset", Some(0)), ("join", Some(0))].map(|(v, e)| (v.to_string(), e)).to_vec();
     assert_eq!(verbs("master2"), expected);
+    assert_eq!(w.on_node("master2", "cat /etc/kubernetes/pki/ca.crt"), (0, ca));
     for node in ["worker0", "worker1"] {
         assert!(span(&w.kubeadm_calls(node), "join").is_some(), "{node} joined the finished cluster");
     }
@@ -310,7 +324,8 @@ fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
         w.kubeadm_calls("worker1").iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).count();
     let out = w.install(&[]);
     assert_code(&out, 0, "full install after the token expired");
-    let log = std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
+    // Re-armed where a cluster runs, before init (here master1; master0's init is done).
+    let log = std::fs::read_to_string(w.logs().join("master1.log")).unwrap();
     assert!(log.contains("is missing or expiring: creating it again"), "{log}");
     let joins: Vec<Call> =
         w.kubeadm_calls("worker1").into_iter().filter(|c| c.args.first().is_some_and(|v| v == "join")).collect();

@@ -753,7 +753,8 @@ mod tests {
 mod host_key_tests {
     use super::*;
 
-    const RENDERED: &str = "# render's\n203.0.113.5,10.0.0.5,m0 ssh-ed25519 AAAAm0\n[10.0.0.6]:2222,w0 ssh-ed25519 AAAAw0\n";
+    const RENDERED: &str =
+        "# render's\n203.0.113.5,10.0.0.5,m0 ssh-ed25519 AAAAm0\n[10.0.0.6]:2222,w0 ssh-ed25519 AAAAw0\n";
 
     /// A node whose host key render pinned is checked strictly against it under either
     /// policy; accept-new applies only to a node without one (issue 11, item 6).
