@@ -200,6 +200,10 @@ pub fn known_file(url: &str) -> Option<&'static KnownFile> {
     KNOWN_FILES.iter().find(|f| f.url == url)
 }
 
+/// A cloud provider's cloud controller manager: `(provider, image without tag, [(Kubernetes
+/// minor, published tag)])`.
+pub type CloudControllerManager = (&'static str, &'static str, &'static [(u32, &'static str)]);
+
 /// Published tags of a cloud provider's cloud controller manager image, per Kubernetes minor:
 /// `(provider, image without tag, [(minor, tag)])`. A cloud controller manager is compatible
 /// only with the Kubernetes minor of the same number (kubernetes/cloud-provider-aws
@@ -211,7 +215,7 @@ pub fn known_file(url: &str) -> Option<&'static KnownFile> {
 /// 0137eda2; v1.36.1 added by kubernetes/k8s.io PR #9796, "v1.36.1 is currently the only
 /// usable release of the 1.36 branch": v1.36.0's image build failed, as did v1.33.3, v1.34.1
 /// and v1.35.1). Guessing `v<minor>.0` picks an image that may not exist.
-pub const CLOUD_CONTROLLER_MANAGERS: &[(&str, &str, &[(u32, &str)])] = &[(
+pub const CLOUD_CONTROLLER_MANAGERS: &[CloudControllerManager] = &[(
     "aws",
     "registry.k8s.io/provider-aws/cloud-controller-manager",
     &[(33, "v1.33.4"), (34, "v1.34.3"), (35, "v1.35.2"), (36, "v1.36.1")],

@@ -416,7 +416,7 @@ pub fn first_master_join_config(
     discovery_hash: &str,
     token_id: &str,
 ) -> Result<String, KubeadmError> {
-    if !def.first_master().is_some_and(|m| m.node_name == node) {
+    if def.first_master().is_none_or(|m| m.node_name != node) {
         return Err(KubeadmError::Invalid { node: node.to_string(), problem: "not the first master".into() });
     }
     config_of(def, node, discovery_hash, token_id, true)
