@@ -195,6 +195,7 @@ fn install_reset_and_failures_on_the_lab() {
     an_unreachable_worker_fails_alone_and_a_rerun_completes_it(&w);
     no_secret_in_logs_or_process_arguments(&w);
     host_keys_are_checked(&w);
+    a_node_without_tar_is_named(&w);
 }
 
 /// External etcd: etcd's release (the lab mirror's, at the version and sha256 the lab's
@@ -676,4 +677,16 @@ fn debians_containerd_is_judged_and_dockers_replaces_it() {
         };
         assert_eq!(files, format!("{first}\ncontainerd.io: /lib/systemd/system/containerd.service\n"), "{distro:?}");
     }
+}
+
+/// A machine without tar (Rocky's minimal install has none) fails the ship step with a
+/// message that says what to install, not a bare exit code.
+fn a_node_without_tar_is_named(w: &World) {
+    let (code, out) = w.on_node("worker0", "mv /usr/bin/tar /usr/bin/tar.away");
+    assert_eq!(code, 0, "{out}");
+    let out = w.install(&["worker0"]);
+    assert_code(&out, 3, "install to a node without tar");
+    assert!(text(&out).contains("the node has no tar"), "{}", text(&out));
+    let (code, out) = w.on_node("worker0", "mv /usr/bin/tar.away /usr/bin/tar");
+    assert_eq!(code, 0, "{out}");
 }

@@ -407,6 +407,12 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                         Err(e) => Err((None, e.to_string())),
                     }
                 }
+                // A minimal image may lack tar (Rocky's minimal install does); the boot
+                // scripts install what they need, but they arrive through it.
+                Ok(code) if code == Some(127) || lines.iter().any(|l| l.contains("tar: command not found") || l.contains("tar: not found")) => Err((
+                    code,
+                    "unpacking the files failed: the node has no tar, which hakube ships files with; install it (apt-get install tar, dnf install -y tar) and run again".to_string(),
+                )),
                 Ok(code) => Err((code, "unpacking the files failed".to_string())),
                 Err(e) => Err((None, e.to_string())),
             }

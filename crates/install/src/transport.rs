@@ -331,7 +331,15 @@ impl Connection {
         if let Some(writer) = writer {
             let _ = writer.await;
         }
-        let status = child.wait().await.map_err(|e| fail(error_text(&e)))?;
+        // The openssh crate turns a remote exit status of 127 (the shell's "command not found")
+        // into this error rather than a status (openssh 0.11 process_impl/child.rs `wait`):
+        // it is the command's exit code, and the caller names what is missing.
+        let status = match child.wait().await {
+            Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound && !sudo_password => {
+                return Ok(Some(127))
+            }
+            other => other.map_err(|e| fail(error_text(&e)))?,
+        };
         if sudo_password {
             return Err(TransportError::SudoPassword {
                 node: self.target.node.clone(),
