@@ -198,9 +198,25 @@ async fn commands_run_with_output_exit_codes_stdin_and_escaped_arguments(w: &Wor
 
 async fn a_sudo_login_user_runs_commands_as_root(w: &World) {
     let known = w.known_hosts("known_hosts");
-    let conn = Connection::connect(&w.target("worker0", SUDO_USER, &known, HostKeyPolicy::Strict), w.control.path())
-        .await
-        .unwrap();
+    let target = w.target("worker0", SUDO_USER, &known, HostKeyPolicy::Strict);
+    // The first login of a fresh user: under a loaded machine sshd has once closed it
+    // (a retryable connect error, which install retries with backoff); try as install does,
+    // and show the node's sshd log if it still fails.
+    let mut attempt = Connection::connect(&target, w.control.path()).await;
+    for _ in 0..3 {
+        match &attempt {
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                attempt = Connection::connect(&target, w.control.path()).await;
+            }
+            _ => break,
+        }
+    }
+    let conn = attempt.unwrap_or_else(|e| {
+        let out =
+            w.lab.command("worker0", "journalctl").unwrap().args(["-u", "ssh", "--no-pager", "-n", "40"]).output();
+        panic!("{e}\n{}", out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default());
+    });
     // Through Debian's sudo (`sudo -n --`), arguments still escaped.
     assert_output(&conn, "id", &["-un"], "root").await;
     assert_output(&conn, "printf", &["%s", "x; id -un"], "x; id -un").await;
