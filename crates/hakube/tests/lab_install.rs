@@ -164,9 +164,15 @@ fn setup_with(
     }
     let mut definition = hakube_lab::definition(&config).expect("lab definition");
     definition["etcd"]["topology"] = etcd.into();
+    bring_up(dir, config, &definition)
+}
+
+/// Writes `definition` to `dir/lab.json`, renders it, and brings the lab of `config` up with
+/// render's host keys and login key (the lab installs the rendered host keys and authorizes
+/// the login key, so render comes first).
+fn bring_up(dir: tempfile::TempDir, config: LabConfig, definition: &serde_json::Value) -> World {
     let path = dir.path().join("lab.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
-    // Render first: the lab installs the rendered host keys and authorizes the login key.
+    std::fs::write(&path, serde_json::to_string_pretty(definition).unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_hakube"))
         .args(["render", path.to_str().unwrap()])
         .current_dir(dir.path())
@@ -610,20 +616,8 @@ fn debians_containerd_is_judged_and_dockers_replaces_it() {
         };
         let mut definition = hakube_lab::definition(&config).expect("lab definition");
         definition["containerRuntime"]["source"] = "distribution".into();
-        let path = dir.path().join("lab.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
-        let hakube = |args: &[&str]| {
-            Command::new(env!("CARGO_BIN_EXE_hakube")).args(args).current_dir(dir.path()).output().unwrap()
-        };
-        assert_code(&hakube(&["render", path.to_str().unwrap()]), 0, "render");
-        let login = std::fs::read_to_string(dir.path().join("assets/ssh/id_ed25519.pub")).unwrap();
-        let lab = Lab::up(LabConfig {
-            host_keys: Some(dir.path().join("assets")),
-            authorized_key: Some(login.trim().to_string()),
-            ..config
-        })
-        .expect("lab up");
-        let w = World { lab, dir, definition: path.clone() };
+        let w = bring_up(dir, config, &definition);
+        let path = w.definition.clone();
         let log = || std::fs::read_to_string(w.logs().join("master0.log")).unwrap();
 
         let out = w.install(&[]);

@@ -29,7 +29,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::image::{debian_mirror, mkdir, write, Image};
+use crate::image::{debian_mirror, mkdir, write, Image, PrivateApt};
 use crate::sys::run;
 use crate::LabError;
 
@@ -172,10 +172,6 @@ pub struct ContainerdIo {
     pub origins: Vec<String>,
 }
 
-/// `(program, arguments, working directory)`: apt-get or apt-cache with the package's own apt
-/// state; its standard output.
-type AptCommand<'a> = dyn Fn(&str, &[&str], &Path) -> Result<String, LabError> + 'a;
-
 /// One Debian package version a binary could come from.
 struct Candidate {
     version: String,
@@ -216,41 +212,13 @@ pub fn ensure_containerd_io(cache: &Path, image: &Image) -> Result<ContainerdIo,
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|source| LabError::Io { action: "remove", path: dir.clone(), source })?;
     }
-    let apt = dir.join("apt");
-    for sub in ["lists/partial", "cache/archives/partial", "debs"] {
-        mkdir(&apt.join(sub))?;
-    }
-    let sources = apt.join("sources.list");
-    let lines: String = suites
-        .iter()
-        .map(|s| format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {s} main\n"))
-        .collect();
-    write(&sources, 0o644, lines.as_bytes())?;
-    let apt_command = |program: &str, args: &[&str], cwd: &Path| {
-        let mut cmd = Command::new(program);
-        cmd.arg("-q")
-            .arg("-o")
-            .arg(format!("Dir::Etc::SourceList={}", sources.display()))
-            .args(["-o", "Dir::Etc::SourceParts=/nonexistent", "-o", "Dir::Etc::Preferences=/nonexistent"])
-            .args(["-o", "Dir::Etc::PreferencesParts=/nonexistent"])
-            .arg("-o")
-            .arg(format!("Dir::State::Lists={}", apt.join("lists").display()))
-            .arg("-o")
-            .arg(format!("Dir::State::status={}", apt.join("status").display()))
-            .arg("-o")
-            .arg(format!("Dir::Cache={}", apt.join("cache").display()))
-            .args(["-o", "Debug::NoLocking=1"])
-            .args(args)
-            .current_dir(cwd);
-        run(&mut cmd)
-    };
-    write(&apt.join("status"), 0o644, b"")?;
+    let apt = PrivateApt::new(&dir.join("apt"), &mirror, &suites)?;
     eprintln!(
         "hakube-lab: building containerd.io for {} from Debian {} (once) ...",
         image.distro.name(),
         suites.join(", ")
     );
-    apt_command("apt-get", &["update"], &dir)?;
+    apt.run("apt-get", &["update"], &dir)?;
 
     let libc6 = run(Command::new("dpkg-query")
         .arg(format!("--admindir={}", image.rootfs.join("var/lib/dpkg").display()))
@@ -263,7 +231,7 @@ pub fn ensure_containerd_io(cache: &Path, image: &Image) -> Result<ContainerdIo,
     let mut needs = Vec::new();
     let mut chosen = Vec::new();
     for package in ["containerd", "runc"] {
-        let candidates = candidates(&apt_command, package, &dir)?;
+        let candidates = candidates(&apt, package, &dir)?;
         let mut skipped = Vec::new();
         let mut pick = None;
         for c in candidates {
@@ -284,9 +252,9 @@ pub fn ensure_containerd_io(cache: &Path, image: &Image) -> Result<ContainerdIo,
                 skipped.join("; ")
             )));
         };
-        apt_command("apt-get", &["download", &format!("{package}={}", pick.version)], &apt.join("debs"))?;
-        let deb = fs::read_dir(apt.join("debs"))
-            .map_err(|source| LabError::Io { action: "list", path: apt.join("debs"), source })?
+        apt.run("apt-get", &["download", &format!("{package}={}", pick.version)], &apt.debs())?;
+        let deb = fs::read_dir(apt.debs())
+            .map_err(|source| LabError::Io { action: "list", path: apt.debs(), source })?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{package}_"))))
@@ -376,16 +344,16 @@ pub fn ensure_containerd_io(cache: &Path, image: &Image) -> Result<ContainerdIo,
     let package = ContainerdIo { deb, containerd, version, arch, origins: origins_out };
     let json = serde_json::to_string_pretty(&package).map_err(|e| LabError::Config(e.to_string()))?;
     write(&done, 0o644, json.as_bytes())?;
-    let _ = fs::remove_dir_all(&apt);
+    let _ = fs::remove_dir_all(dir.join("apt"));
     let _ = fs::remove_dir_all(&unpacked);
     Ok(package)
 }
 
 /// Every version of `package` the apt state knows, newest first, with its suite and the
 /// libc6 it needs (`Depends: libc6 (>= X)`).
-fn candidates(apt: &AptCommand<'_>, package: &str, cwd: &Path) -> Result<Vec<Candidate>, LabError> {
+fn candidates(apt: &PrivateApt, package: &str, cwd: &Path) -> Result<Vec<Candidate>, LabError> {
     // `apt-cache madison`: " containerd | 2.1.9+ds1-5 | http://deb.debian.org/debian sid/main amd64 Packages"
-    let madison = apt("apt-cache", &["madison", package], cwd)?;
+    let madison = apt.run("apt-cache", &["madison", package], cwd)?;
     let mut out: Vec<Candidate> = Vec::new();
     for line in madison.lines() {
         let fields: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -394,7 +362,7 @@ fn candidates(apt: &AptCommand<'_>, package: &str, cwd: &Path) -> Result<Vec<Can
             continue;
         }
         let suite = source.split_whitespace().nth(1).and_then(|s| s.split('/').next()).unwrap_or("?").to_string();
-        let show = apt("apt-cache", &["show", &format!("{package}={version}")], cwd)?;
+        let show = apt.run("apt-cache", &["show", &format!("{package}={version}")], cwd)?;
         let depends = show.lines().find_map(|l| l.strip_prefix("Depends:")).unwrap_or("");
         let libc6 = depends
             .split(',')

@@ -363,40 +363,13 @@ pub fn ensure_etcd_archive(cache: &Path) -> Result<EtcdArchive, LabError> {
     if dir.exists() {
         fs::remove_dir_all(&dir).map_err(|source| LabError::Io { action: "remove", path: dir.clone(), source })?;
     }
-    let apt = dir.join("apt");
-    for sub in ["lists/partial", "cache/archives/partial", "debs"] {
-        mkdir(&apt.join(sub))?;
-    }
-    let sources = apt.join("sources.list");
-    write(
-        &sources,
-        0o644,
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {ETCD_SUITE} main\n",
-            debian_mirror()?
-        )
-        .as_bytes(),
-    )?;
-    let apt_get = |args: &[&str], cwd: &Path| {
-        run(Command::new("apt-get")
-            .arg("-q")
-            .arg("-o")
-            .arg(format!("Dir::Etc::SourceList={}", sources.display()))
-            .args(["-o", "Dir::Etc::SourceParts=/nonexistent"])
-            .arg("-o")
-            .arg(format!("Dir::State::Lists={}", apt.join("lists").display()))
-            .arg("-o")
-            .arg(format!("Dir::Cache={}", apt.join("cache").display()))
-            .args(["-o", "Debug::NoLocking=1"])
-            .args(args)
-            .current_dir(cwd))
-    };
+    let apt = PrivateApt::new(&dir.join("apt"), &debian_mirror()?, &[ETCD_SUITE])?;
     eprintln!("hakube-lab: fetching etcd from Debian {ETCD_SUITE} for the mirror (once) ...");
-    apt_get(&["update"], &dir)?;
-    apt_get(&["download", "etcd-server", "etcd-client"], &apt.join("debs"))?;
+    apt.run("apt-get", &["update"], &dir)?;
+    apt.run("apt-get", &["download", "etcd-server", "etcd-client"], &apt.debs())?;
     let unpacked = dir.join("unpacked");
     mkdir(&unpacked)?;
-    for entry in read_dir(&apt.join("debs"))? {
+    for entry in read_dir(&apt.debs())? {
         run(Command::new("dpkg-deb").arg("-x").arg(entry.path()).arg(&unpacked))?;
     }
     let version = run(Command::new(unpacked.join("usr/bin/etcd")).arg("--version"))?
@@ -424,4 +397,51 @@ pub fn ensure_etcd_archive(cache: &Path) -> Result<EtcdArchive, LabError> {
     let sha256 = hex::encode(Sha256::digest(&bytes));
     write(&done, 0o644, format!("{version} {arch} {file} {sha256}\n").as_bytes())?;
     Ok(EtcdArchive { version, arch, path: archive, sha256 })
+}
+
+/// apt with a state of its own under a directory (sources, lists, cache and an empty dpkg
+/// status), reading the given suites of this machine's Debian mirror, so that the lab can look
+/// up and download packages of other Debian releases without touching this machine's apt.
+pub(crate) struct PrivateApt {
+    dir: PathBuf,
+}
+
+impl PrivateApt {
+    /// Creates the state under `dir` for `suites` (`sid`, `trixie`, …) of `mirror`.
+    ///
+    /// Errors: [`LabError::Io`].
+    pub(crate) fn new(dir: &Path, mirror: &str, suites: &[&str]) -> Result<PrivateApt, LabError> {
+        for sub in ["lists/partial", "cache/archives/partial", "debs"] {
+            mkdir(&dir.join(sub))?;
+        }
+        let lines: String = suites
+            .iter()
+            .map(|s| format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {s} main\n"))
+            .collect();
+        write(&dir.join("sources.list"), 0o644, lines.as_bytes())?;
+        write(&dir.join("status"), 0o644, b"")?;
+        Ok(PrivateApt { dir: dir.to_path_buf() })
+    }
+
+    /// Where `apt-get download` should put packages.
+    pub(crate) fn debs(&self) -> PathBuf {
+        self.dir.join("debs")
+    }
+
+    /// `program` (`apt-get`, `apt-cache`) with `args` in `cwd`, on this state only; its
+    /// standard output. Errors: [`LabError::Command`].
+    pub(crate) fn run(&self, program: &str, args: &[&str], cwd: &Path) -> Result<String, LabError> {
+        let option = |name: &str, path: &str| format!("{name}={}", self.dir.join(path).display());
+        run(Command::new(program)
+            .arg("-q")
+            .args(["-o", &option("Dir::Etc::SourceList", "sources.list")])
+            .args(["-o", "Dir::Etc::SourceParts=/nonexistent", "-o", "Dir::Etc::Preferences=/nonexistent"])
+            .args(["-o", "Dir::Etc::PreferencesParts=/nonexistent"])
+            .args(["-o", &option("Dir::State::Lists", "lists")])
+            .args(["-o", &option("Dir::State::status", "status")])
+            .args(["-o", &option("Dir::Cache", "cache")])
+            .args(["-o", "Debug::NoLocking=1"])
+            .args(args)
+            .current_dir(cwd))
+    }
 }
