@@ -121,6 +121,11 @@ pub struct ClusterDefinition {
     /// and tools) come from.
     #[serde(default)]
     pub downloads: Downloads,
+    /// Encryption at rest of the assets' secrets (keys, admin.conf, the bootstrap token):
+    /// with recipients, each secret is written only as `<name>.age`, encrypted with age to
+    /// every recipient, so the assets directory can be committed to git.
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
     /// What the prepare step does on a node where firewalld runs: `open` opens exactly the
     /// ports the node's role and network add-on need (permanently, in firewalld's default
     /// zone, then reloads it), `refuse` stops with an error that lists the closed ones (for
@@ -492,6 +497,27 @@ pub struct Downloads {
     /// for another release or file (validation warns about a download nothing pins).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sha256: BTreeMap<String, String>,
+}
+
+/// Who can decrypt the assets' secrets.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct Secrets {
+    /// age recipients: X25519 public keys (`age1...`, as `age-keygen` prints them) and SSH
+    /// public keys (`ssh-ed25519 AAAA...`, `ssh-rsa AAAA...` of at least 2048 bits, as in an
+    /// authorized_keys line), the recipient types the age format defines
+    /// (<https://age-encryption.org/v1>). Every secret is encrypted to all of them; any one
+    /// of their identities decrypts it. Empty: secrets are plaintext files of mode 0600,
+    /// kept out of git by the `.gitignore` render writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+}
+
+impl Secrets {
+    fn is_empty(&self) -> bool {
+        self.recipients.is_empty()
+    }
 }
 
 /// The Kubernetes package repository.

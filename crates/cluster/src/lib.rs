@@ -16,6 +16,7 @@ mod diagnostic;
 pub mod downloads;
 mod locate;
 pub mod ports;
+pub mod recipients;
 pub mod releases;
 pub mod ssh;
 mod validate;

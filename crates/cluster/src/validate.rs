@@ -469,6 +469,7 @@ pub(crate) fn check(def: &ClusterDefinition, map: &SourceMap<'_>, hooks: &HookCa
     check_ssh_and_misc(def, &mut c);
     check_etcd(def, &mut c);
     check_downloads(def, &mut c);
+    check_recipients(def, &mut c);
     check_container_runtime(def, &mut c);
 }
 
@@ -515,6 +516,31 @@ fn is_release_tag(tag: &str) -> bool {
         && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
         && b.iter().all(|c| c.is_ascii_alphanumeric() || b".+_-".contains(c))
+}
+
+/// `secrets.recipients`: each one an age recipient ([`crate::recipients::parse`]), none
+/// given twice (the same key as another, comments aside).
+fn check_recipients(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
+    let path = root("secrets").key("recipients");
+    let mut seen = std::collections::BTreeMap::new();
+    for (i, text) in def.secrets.recipients.iter().enumerate() {
+        match crate::recipients::parse(text) {
+            Ok(r) => {
+                if let Some(first) = seen.insert(r.canonical(), i) {
+                    c.error(
+                        &path.index(i),
+                        format!("the same recipient as secrets.recipients[{first}]"),
+                        Some("list each recipient once".into()),
+                    );
+                }
+            }
+            Err(problem) => c.error(
+                &path.index(i),
+                format!("{text:?} is {problem}"),
+                Some("give the public key `age-keygen -y KEYFILE` prints, or an SSH public key line (ssh-ed25519 or ssh-rsa)".into()),
+            ),
+        }
+    }
 }
 
 /// Downloaded files: every pin well formed and for a file the cluster downloads; a warning

@@ -27,6 +27,8 @@ pub struct Request<'a> {
     pub concurrency: Option<usize>,
     pub connect_timeout: Duration,
     pub dry_run: bool,
+    /// `--identity` files, for the secrets encrypted at rest.
+    pub identities: &'a [std::path::PathBuf],
     pub mode: Mode,
     /// `--yes`: reset without asking.
     pub assume_yes: bool,
@@ -53,6 +55,28 @@ fn check_etcd_quorum(def: &hakube_cluster::ClusterDefinition, targets: &[String]
         );
     }
     Ok(())
+}
+
+/// The plaintexts of the encrypted files install ships or uses, decrypted in memory before
+/// anything connects, so a missing identity stops the run before it touches a node.
+fn decrypt_secrets(
+    assets_dir: &Path,
+    manifest: &hakube_render::manifest::Manifest,
+    identities: &[std::path::PathBuf],
+) -> Result<hakube_render::secrets::Plaintexts> {
+    use hakube_render::secrets;
+    if !manifest.files.values().any(|e| e.encrypted) {
+        return Ok(secrets::Plaintexts::default());
+    }
+    let ids = secrets::Identities::load(
+        &secrets::Sources::from_env(identities.to_vec()),
+        crate::render::any_ssh(&manifest.recipients),
+    )?;
+    let assets = hakube_render::assets::AssetsDir::open(assets_dir)?
+        .with_context(|| format!("{} does not exist", assets_dir.display()))?;
+    let plaintexts = secrets::decrypt_for_install(manifest, |rel| assets.read(rel).ok(), &ids)
+        .with_context(|| format!("failed to decrypt the secrets of {}", assets_dir.display()))?;
+    Ok(plaintexts)
 }
 
 pub fn run(req: Request<'_>) -> Result<ExitCode> {
@@ -93,11 +117,13 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
     if req.mode == Mode::Install {
         check_etcd_quorum(&def, &plan.targets, concurrency)?;
     }
+    let plaintexts = decrypt_secrets(req.assets_dir, &manifest, req.identities)?;
     let settings = Settings {
         assets_dir: req.assets_dir.to_path_buf(),
         log_dir: req.log_dir.to_path_buf(),
         concurrency,
         connect_budget: req.connect_timeout,
+        plaintexts: std::sync::Arc::new(plaintexts),
     };
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     let summary = runtime.block_on(async {

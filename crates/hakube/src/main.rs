@@ -74,6 +74,8 @@ enum Command {
         /// `file URL sha256:HEX|unpinned STEP`, `repo KIND URL PACKAGE...`, `image REF`.
         #[arg(long, conflicts_with_all = ["check", "rotate_secrets"])]
         list_downloads: bool,
+        #[command(flatten)]
+        identity: IdentityArgs,
     },
     /// Ship the assets to the nodes over SSH and run their boot scripts, in the order a
     /// HA control plane needs: prepare everywhere, init on the first master, join the
@@ -110,6 +112,17 @@ Exit codes:
   3    one or more nodes failed (the summary names node, step, exit code and log)
   130  interrupted by Ctrl-C (the summary names what was left running)";
 
+/// Where age identities come from, for commands that decrypt the assets' secrets.
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// An age identity file (as age-keygen writes it) or an SSH private key that decrypts
+    /// the secrets (repeatable). Also looked for, in order: $HAKUBE_AGE_KEY_FILE,
+    /// $SOPS_AGE_KEY_FILE, $SOPS_AGE_KEY, ~/.config/sops/age/keys.txt, and, when a
+    /// recipient is an SSH key, ~/.ssh/id_ed25519 and ~/.ssh/id_rsa.
+    #[arg(long, value_name = "FILE")]
+    identity: Vec<PathBuf>,
+}
+
 /// Options shared by install and reset.
 #[derive(clap::Args)]
 struct RunArgs {
@@ -135,6 +148,8 @@ struct RunArgs {
     /// A directory of templates (only used here to know which hooks exist).
     #[arg(long, value_name = "DIR")]
     templates: Option<PathBuf>,
+    #[command(flatten)]
+    identity: IdentityArgs,
 }
 
 fn main() -> ExitCode {
@@ -166,10 +181,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => ExitCode::from(1),
             })
         }
-        Command::Render { definition, assets_dir, templates, rotate_secrets, check, list_downloads } => {
+        Command::Render { definition, assets_dir, templates, rotate_secrets, check, list_downloads, identity } => {
             match list_downloads {
                 true => render::list_downloads(&definition, templates.as_deref()),
-                false => render::run(&definition, &assets_dir, templates.as_deref(), rotate_secrets, check),
+                false => render::run(render::Request {
+                    definition: &definition,
+                    assets_dir: &assets_dir,
+                    templates: templates.as_deref(),
+                    rotate_secrets,
+                    check,
+                    identities: &identity.identity,
+                }),
             }
         }
         Command::Install { common, reset } => {
@@ -194,6 +216,7 @@ fn request(common: &RunArgs, mode: Mode, assume_yes: bool) -> install::Request<'
         concurrency: common.concurrency.map(|c| c as usize),
         connect_timeout: std::time::Duration::from_secs(common.connect_timeout),
         dry_run: common.dry_run,
+        identities: &common.identity.identity,
         mode,
         assume_yes,
     }

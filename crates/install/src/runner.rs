@@ -14,6 +14,7 @@ use hakube_cluster::ClusterDefinition;
 use hakube_render::assets::AssetsDir;
 use hakube_render::layout;
 use hakube_render::manifest::{sha256_hex, Manifest, ManifestEntry};
+use hakube_render::secrets::Plaintexts;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -35,6 +36,10 @@ pub struct Settings {
     pub concurrency: usize,
     /// How long to keep retrying a connection that fails for network reasons.
     pub connect_budget: Duration,
+    /// The plaintext of every encrypted file that ships (and of the encrypted SSH login
+    /// key), decrypted in memory before the run (`hakube_render::secrets::decrypt_for_install`);
+    /// shipped only inside the SSH stream, never written to the operator's disk.
+    pub plaintexts: Arc<Plaintexts>,
 }
 
 /// How a node ended.
@@ -93,13 +98,16 @@ impl Summary {
 }
 
 /// The connection details of `node`, from the definition and the assets; its host key is
-/// checked as [`host_key_check`] decides.
-pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str) -> Option<Target> {
+/// checked as [`host_key_check`] decides. The login key is the node's or the definition's
+/// `sshLoginKey`, else render's `ssh/id_ed25519`, else, when render's key is encrypted,
+/// the one held by `agent` (the socket of a [`LoginAgent`]).
+pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str, agent: Option<&Path>) -> Option<Target> {
     let (_, n) = def.node(node)?;
     let key = n.ssh_login_key.clone().or_else(|| def.ssh_login_key.clone()).map(|k| expand_home(&k)).or_else(|| {
         let generated = assets_dir.join(layout::LOGIN_KEY);
         generated.exists().then_some(generated)
     });
+    let agent = if key.is_none() { agent.map(Path::to_path_buf) } else { None };
     let host = n.ssh_address().to_string();
     let port = n.ssh_port.unwrap_or(def.ssh_port);
     // A file that cannot be read pins nothing; under strict ssh then refuses the unknown key.
@@ -115,10 +123,74 @@ pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str) -> Option<
         user: n.ssh_login_user.clone().unwrap_or_else(|| def.ssh_login_user.clone()),
         port,
         key,
+        agent,
         jump_hosts: jump_hosts(def.ssh_bastion.as_deref()),
         known_hosts,
         policy,
     })
+}
+
+/// A private ssh-agent holding render's SSH login key when it is encrypted at rest, so
+/// ssh can log in with it without the key ever being written to the operator's disk.
+///
+/// It is `ssh-agent -a SOCKET sh -c '...; exec cat'` (ssh-agent(1): with a command, the
+/// agent exits when the command does): the command is `cat` reading a pipe only this
+/// process holds, so when hakube ends, however it ends, the pipe closes, `cat` exits and
+/// the agent exits with the key. The socket lives in the 0700 control directory; the key
+/// reaches it through `ssh-add -` on a pipe, never as a file or an argument.
+pub struct LoginAgent {
+    socket: PathBuf,
+    _child: tokio::process::Child,
+}
+
+impl LoginAgent {
+    /// Starts the agent with its socket in `dir` and adds `key` (an OpenSSH private key).
+    ///
+    /// # Errors
+    ///
+    /// What failed: starting ssh-agent (it comes with the OpenSSH client) or adding the key.
+    pub async fn start(dir: &Path, key: &[u8]) -> Result<LoginAgent, String> {
+        use tokio::io::AsyncBufReadExt;
+        let socket = dir.join("agent");
+        let mut child = tokio::process::Command::new("ssh-agent")
+            .arg("-a")
+            .arg(&socket)
+            .args(["sh", "-c", "echo ready; exec cat >/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("failed to run ssh-agent (part of the OpenSSH client): {e}"))?;
+        // The agent binds its socket before it runs the command, so "ready" means it is there.
+        let stdout = child.stdout.take().ok_or("ssh-agent gave no output")?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout).read_line(&mut line).await.map_err(|e| e.to_string())?;
+        if line.trim() != "ready" {
+            return Err("ssh-agent did not start".into());
+        }
+        let mut add = tokio::process::Command::new("ssh-add")
+            .args(["-q", "-"])
+            .env("SSH_AUTH_SOCK", &socket)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("failed to run ssh-add: {e}"))?;
+        let mut stdin = add.stdin.take().ok_or("ssh-add has no stdin")?;
+        stdin.write_all(key).await.map_err(|e| format!("failed to pass the key to ssh-add: {e}"))?;
+        drop(stdin);
+        let out = add.wait_with_output().await.map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("ssh-add refused the login key: {}", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+        Ok(LoginAgent { socket, _child: child })
+    }
+
+    /// The agent's socket (for `SSH_AUTH_SOCK`).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
 }
 
 /// The host key check a node gets: strict whenever `rendered` (the assets' known_hosts,
@@ -209,6 +281,8 @@ struct Shared {
     settings: Settings,
     events: UnboundedSender<Event>,
     control_dir: tempfile::TempDir,
+    /// Holds the login key when it is encrypted at rest.
+    agent: Option<LoginAgent>,
     connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
     /// What is running right now, node -> step, for the Ctrl-C report.
     running: Mutex<BTreeMap<String, String>>,
@@ -231,7 +305,8 @@ impl Shared {
         if let Some(c) = self.connections.lock().await.get(node) {
             return Ok(c.clone());
         }
-        let target = target(&self.def, &self.settings.assets_dir, node).ok_or_else(|| TransportError::Command {
+        let agent = self.agent.as_ref().map(LoginAgent::socket);
+        let target = target(&self.def, &self.settings.assets_dir, node, agent).ok_or_else(|| TransportError::Command {
             node: node.into(),
             what: "connect".into(),
             detail: "the node is not in the definition".into(),
@@ -307,10 +382,15 @@ fn open_assets(assets_dir: &Path) -> Result<AssetsDir, InstallError> {
     })
 }
 
-/// Builds the tar stream of `node`'s files at their destinations (directories 0700).
-/// Each file is read through [`AssetsDir`] (never following a link) and must still match
-/// the manifest's sha256 when it is read.
-fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<Vec<u8>, String> {
+/// Builds the tar stream of `node`'s files at their destinations (directories 0700), and
+/// the sha256 each destination must then have. Each file is read through [`AssetsDir`]
+/// (never following a link) and must still match the manifest's sha256 when it is read;
+/// an age ciphertext ships as its plaintext from `plaintexts` (mode 0600).
+fn ship_archive(
+    assets_dir: &Path,
+    files: &[(&str, &ManifestEntry)],
+    plaintexts: &Plaintexts,
+) -> Result<(Vec<u8>, Vec<(String, String)>), String> {
     let assets = open_assets(assets_dir).map_err(|e| e.to_string())?;
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
@@ -333,13 +413,19 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<V
         header.set_mtime(0);
         builder.append_data(&mut header, dir.strip_prefix("/").unwrap_or(dir), std::io::empty()).map_err(failed)?;
     }
+    let mut sums = Vec::new();
     for (path, entry) in files {
-        let bytes = assets.read(path).map_err(|e| e.to_string())?;
+        let mut bytes = assets.read(path).map_err(|e| e.to_string())?;
         if sha256_hex(&bytes) != entry.sha256 {
             return Err(format!(
                 "{} changed since install checked it: it does not match the sha256 in manifest.json; run `hakube render`",
                 assets.shown(path).display()
             ));
+        }
+        if entry.encrypted {
+            bytes = plaintexts.0.get(*path).cloned().ok_or_else(|| {
+                format!("{} was not decrypted before the run", assets.shown(path).display())
+            })?;
         }
         let dest = entry.destination.as_deref().unwrap_or_default();
         let mut header = tar::Header::new_gnu();
@@ -355,8 +441,9 @@ fn ship_archive(assets_dir: &Path, files: &[(&str, &ManifestEntry)]) -> Result<V
         header.set_gid(0);
         header.set_mtime(0);
         builder.append_data(&mut header, dest.trim_start_matches('/'), bytes.as_slice()).map_err(failed)?;
+        sums.push((dest.to_string(), sha256_hex(&bytes)));
     }
-    builder.into_inner().map_err(failed)
+    Ok((builder.into_inner().map_err(failed)?, sums))
 }
 
 async fn run_one(shared: &Shared, run: &Run) -> RunResult {
@@ -374,7 +461,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
     let result = match run.step.as_str() {
         SHIP => {
             let files: Vec<(&str, &ManifestEntry)> = shared.manifest.files_for(&run.node).collect();
-            let archive = match ship_archive(&shared.settings.assets_dir, &files) {
+            let (archive, expected) = match ship_archive(&shared.settings.assets_dir, &files, &shared.settings.plaintexts) {
                 Ok(a) => a,
                 Err(message) => return RunResult::Failed { exit_code: None, message },
             };
@@ -402,7 +489,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                         })
                         .await
                     {
-                        Ok(Some(0)) => verify_sums(&files, &sums),
+                        Ok(Some(0)) => verify_sums(&expected, &sums),
                         Ok(code) => Err((code, "sha256sum failed on the node".to_string())),
                         Err(e) => Err((None, e.to_string())),
                     }
@@ -476,13 +563,12 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
     }
 }
 
-fn verify_sums(files: &[(&str, &ManifestEntry)], sums: &[String]) -> Result<(), (Option<i32>, String)> {
+fn verify_sums(expected: &[(String, String)], sums: &[String]) -> Result<(), (Option<i32>, String)> {
     let on_node: HashMap<&str, &str> =
         sums.iter().filter_map(|l| l.split_once("  ")).map(|(sum, path)| (path, sum)).collect();
-    for (path, entry) in files {
-        let dest = entry.destination.as_deref().unwrap_or_default();
-        if on_node.get(dest) != Some(&entry.sha256.as_str()) {
-            return Err((None, format!("{dest} on the node does not match the manifest's sha256 for {path}")));
+    for (dest, sum) in expected {
+        if on_node.get(dest.as_str()) != Some(&sum.as_str()) {
+            return Err((None, format!("{dest} on the node does not match what was shipped (sha256)")));
         }
     }
     Ok(())
@@ -518,12 +604,22 @@ pub async fn execute(
     })?;
     let control_dir = crate::transport::control_directory(std::env::var_os("XDG_RUNTIME_DIR").as_deref())
         .map_err(|e| InstallError::Assets(format!("failed to create a directory for SSH control sockets: {e}")))?;
+    let login = layout::encrypted(layout::LOGIN_KEY);
+    let agent = match settings.plaintexts.0.get(&login) {
+        Some(key) => Some(
+            LoginAgent::start(control_dir.path(), key)
+                .await
+                .map_err(|e| InstallError::Assets(format!("failed to hold the login key {login} in memory: {e}")))?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         def: def.clone(),
         manifest: manifest.clone(),
         settings: settings.clone(),
         events: events.clone(),
         control_dir,
+        agent,
         connections: tokio::sync::Mutex::new(HashMap::new()),
         running: Mutex::new(BTreeMap::new()),
         elapsed: Mutex::new(HashMap::new()),
@@ -725,6 +821,7 @@ mod tests {
             sha256: sha256_hex(bytes),
             mode: "0644".into(),
             secret: false,
+            encrypted: false,
             nodes: vec!["w0".into()],
             destination: Some("/etc/hakube/kubeadm.yaml".into()),
         }
@@ -742,16 +839,16 @@ mod tests {
         let e = entry(b"kind: x\n");
         let files = [("nodes/w0/kubeadm.yaml", &e)];
         std::os::unix::fs::symlink("../elsewhere", assets.join("nodes/w0")).unwrap();
-        let err = ship_archive(&assets, &files).expect_err("shipped through a link");
+        let err = ship_archive(&assets, &files, &Plaintexts::default()).expect_err("shipped through a link");
         assert!(err.contains(&format!("{} is a symbolic link", assets.join("nodes/w0").display())), "{err}");
         std::fs::remove_file(assets.join("nodes/w0")).unwrap();
         std::fs::create_dir(assets.join("nodes/w0")).unwrap();
         std::os::unix::fs::symlink("../../elsewhere/kubeadm.yaml", assets.join("nodes/w0/kubeadm.yaml")).unwrap();
-        let err = ship_archive(&assets, &files).expect_err("shipped a linked file");
+        let err = ship_archive(&assets, &files, &Plaintexts::default()).expect_err("shipped a linked file");
         assert!(err.contains("nodes/w0/kubeadm.yaml is a symbolic link"), "{err}");
         std::fs::remove_file(assets.join("nodes/w0/kubeadm.yaml")).unwrap();
         std::fs::write(assets.join("nodes/w0/kubeadm.yaml"), b"kind: x\n").unwrap();
-        assert!(ship_archive(&assets, &files).is_ok());
+        assert!(ship_archive(&assets, &files, &Plaintexts::default()).is_ok());
     }
 }
 
@@ -790,9 +887,9 @@ mod host_key_tests {
                  "workers": [ { "nodeName": "w0", "privateIP": "10.0.0.20" } ] }"#,
         )
         .unwrap();
-        let m0 = target(&def, dir.path(), "m0").unwrap();
+        let m0 = target(&def, dir.path(), "m0", None).unwrap();
         assert_eq!((m0.policy, m0.known_hosts), (HostKeyPolicy::Strict, dir.path().join(layout::KNOWN_HOSTS)));
-        let w0 = target(&def, dir.path(), "w0").unwrap();
+        let w0 = target(&def, dir.path(), "w0", None).unwrap();
         assert_eq!(
             (w0.policy, w0.known_hosts),
             (HostKeyPolicy::AcceptNew, dir.path().join(layout::KNOWN_HOSTS_ACCEPTED))

@@ -21,6 +21,9 @@ pub struct Target {
     pub port: u16,
     /// Private key to log in with (`IdentitiesOnly`); `None`: the agent and ~/.ssh/config decide.
     pub key: Option<PathBuf>,
+    /// The ssh-agent socket to use instead of `$SSH_AUTH_SOCK` (hakube's own agent holding
+    /// an encrypted-at-rest login key).
+    pub agent: Option<PathBuf>,
     /// ProxyJump destinations, `[user@]host[:port]`.
     pub jump_hosts: Vec<String>,
     /// The known_hosts file host keys are checked against (and, under `accept-new`,
@@ -256,6 +259,9 @@ impl Connection {
         if let Some(key) = &target.key {
             builder.keyfile(key);
         }
+        if let Some(agent) = &target.agent {
+            builder.ssh_auth_sock(agent);
+        }
         if !target.jump_hosts.is_empty() {
             builder.jump_hosts(&target.jump_hosts);
         }
@@ -412,6 +418,7 @@ mod tests {
             user: "ubuntu".into(),
             port: 22,
             key: Some(PathBuf::from("/home/me/.ssh/id_ed25519")),
+            agent: None,
             jump_hosts: vec!["jump@bastion.example.com:2222".into()],
             known_hosts: PathBuf::from("/home/me/assets/ssh/known_hosts"),
             policy: HostKeyPolicy::Strict,

@@ -123,6 +123,7 @@ impl World {
             user: user.into(),
             port: 22,
             key: Some(self.client_key.clone()),
+            agent: None,
             jump_hosts: Vec::new(),
             known_hosts: known_hosts.to_path_buf(),
             policy,

@@ -428,7 +428,9 @@ impl AssetsDir {
             for (name, kind) in list(&fd, &self.shown(&rel))? {
                 let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
                 let shown = self.shown(&child);
-                if name.starts_with('.') {
+                // Hidden entries (`.git`, render's temporaries) are not assets; the
+                // `.gitignore` render writes at the root is.
+                if name.starts_with('.') && !(rel.is_empty() && name == layout::GITIGNORE) {
                     continue;
                 }
                 match kind {
@@ -672,7 +674,7 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
     let manifest = set.manifest();
     // Every directory that holds a secret, up to the assets directory, is 0700.
     let mut secret_dirs: BTreeSet<&str> = BTreeSet::new();
-    for rel in set.files.iter().filter(|(_, a)| a.secret).map(|(rel, _)| rel.as_str()) {
+    for rel in set.files.iter().filter(|(_, a)| a.secret && !a.encrypted).map(|(rel, _)| rel.as_str()) {
         let mut d = rel;
         while let Some((parent, _)) = d.rsplit_once('/') {
             secret_dirs.insert(parent);
@@ -863,6 +865,12 @@ pub enum Discrepancy {
     Tampered(String),
     /// manifest.json is missing, unreadable or out of date.
     Manifest,
+    /// A file the manifest lists that this definition does not render.
+    Unexpected(String),
+    /// A file holds a plaintext secret where only ciphertexts may be: a secret path while
+    /// recipients are set, or any file with a PEM or OpenSSH private key or a kubeconfig
+    /// client key that is not an age file.
+    Plaintext(String),
 }
 
 impl std::fmt::Display for Discrepancy {
@@ -875,6 +883,11 @@ impl std::fmt::Display for Discrepancy {
             Discrepancy::Mode(p, want, got) => write!(f, "{p}: mode {got:04o}, expected {want:04o}"),
             Discrepancy::Tampered(p) => write!(f, "{p}: does not match the sha256 in manifest.json"),
             Discrepancy::Manifest => write!(f, "{}: missing or out of date", layout::MANIFEST),
+            Discrepancy::Unexpected(p) => write!(f, "{p}: listed in manifest.json but not rendered from this definition"),
+            Discrepancy::Plaintext(p) => write!(
+                f,
+                "{p}: holds a plaintext secret; with secrets.recipients set, only its age ciphertext may be in the assets (remove it, and from git history if it was committed)"
+            ),
         }
     }
 }
@@ -918,6 +931,88 @@ pub fn check(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<Vec<Disc
         }
     }
     if existing.get(layout::MANIFEST) != Some(&set.manifest().to_bytes()) {
+        out.push(Discrepancy::Manifest);
+    }
+    out.extend(plaintext_secrets(existing, !set.recipients.is_empty()));
+    Ok(out)
+}
+
+/// Files among `existing` that hold a plaintext secret where none may be: with
+/// `encrypted` (recipients set), every secret path of the layout that exists in plaintext;
+/// always, any file other than an age ciphertext whose text holds a PEM or OpenSSH private
+/// key (`PRIVATE KEY-----`) or a kubeconfig's `client-key-data`.
+fn plaintext_secrets(existing: &Existing, encrypted: bool) -> Vec<Discrepancy> {
+    existing
+        .iter()
+        .filter(|(rel, bytes)| {
+            let layout = layout::file(rel);
+            if layout.as_ref().is_some_and(|f| f.encrypted) {
+                return false;
+            }
+            let secret_path = layout.is_some_and(|f| f.secret);
+            let holds_key = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+            if secret_path && !encrypted {
+                return false;
+            }
+            (secret_path && encrypted) || holds_key(b"PRIVATE KEY-----") || holds_key(b"client-key-data")
+        })
+        .map(|(rel, _)| Discrepancy::Plaintext(rel.clone()))
+        .collect()
+}
+
+/// `render --check` without an identity, for assets whose secrets are encrypted: what
+/// can be checked without decrypting anything. `fresh` is a render of the same
+/// definition from no existing assets, sealed to the same recipients: it has the paths,
+/// modes, nodes and recipients the assets must have, though not their contents.
+///
+/// Checked: manifest.json parses and lists only layout files
+/// ([`Manifest::validate`]); every file it lists exists with the sha256 and mode it
+/// records (a changed byte of a ciphertext is [`Discrepancy::Tampered`]); its files,
+/// nodes, steps and recipients are the ones this definition renders; no plaintext secret
+/// is present ([`Discrepancy::Plaintext`]).
+///
+/// # Errors
+///
+/// Only when file metadata cannot be read; differences are returned.
+pub fn check_without_identity(dir: &Path, fresh: &AssetSet, existing: &Existing) -> Result<Vec<Discrepancy>, AssetsError> {
+    let mut out = plaintext_secrets(existing, true);
+    let Some(manifest) = existing
+        .get(layout::MANIFEST)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|t| Manifest::parse(t).ok())
+        .filter(|m| m.validate().is_ok())
+    else {
+        out.insert(0, Discrepancy::Manifest);
+        return Ok(out);
+    };
+    let assets = AssetsDir::open(dir)?;
+    for (rel, entry) in &manifest.files {
+        match existing.get(rel) {
+            None => out.push(Discrepancy::Missing(rel.clone())),
+            Some(bytes) if sha256_hex(bytes) != entry.sha256 => out.push(Discrepancy::Tampered(rel.clone())),
+            Some(_) => {
+                let mode = match &assets {
+                    Some(assets) => assets.mode(rel)?,
+                    None => None,
+                };
+                let want = crate::manifest::parse_mode(&entry.mode).unwrap_or_default();
+                if let Some(mode) = mode.filter(|m| *m != want) {
+                    out.push(Discrepancy::Mode(rel.clone(), want, mode));
+                }
+            }
+        }
+        if !fresh.files.contains_key(rel) {
+            out.push(Discrepancy::Unexpected(rel.clone()));
+        }
+    }
+    for rel in fresh.files.keys().filter(|r| !manifest.files.contains_key(*r)) {
+        out.push(Discrepancy::Missing(rel.clone()));
+    }
+    let expected = fresh.manifest();
+    if manifest.nodes != expected.nodes
+        || manifest.recipients != expected.recipients
+        || manifest.cluster_name != expected.cluster_name
+    {
         out.push(Discrepancy::Manifest);
     }
     Ok(out)

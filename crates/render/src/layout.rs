@@ -17,7 +17,11 @@
 //! ssh/host-keys/<node>/ssh_host_ed25519_key .pub
 //! nodes/<node>/boot.sh  nodes/<node>/kubeadm.yaml
 //! nodes/<first master>/kubeadm-join.yaml
+//! fingerprints.txt  .gitignore
 //! ```
+//!
+//! With `secrets.recipients` set, every secret path `P` above is written only as `P.age`
+//! ([`encrypted`]), its age ciphertext.
 
 /// The manifest listing every other file.
 pub const MANIFEST: &str = "manifest.json";
@@ -68,6 +72,21 @@ pub fn kubeadm_join_config(node: &str) -> String {
     format!("nodes/{node}/kubeadm-join.yaml")
 }
 
+/// The SHA-256 fingerprints of the public halves of the cluster's secrets (the CAs, the
+/// service-account key, the SSH keys) and the bootstrap token's id: nothing secret, so a
+/// reviewer sees in a diff when a root changes, even with every secret encrypted.
+pub const FINGERPRINTS: &str = "fingerprints.txt";
+/// Keeps what must not be committed out of git: render's temporary files, and, without
+/// recipients, every plaintext secret.
+pub const GITIGNORE: &str = ".gitignore";
+/// The suffix of an age-encrypted secret.
+pub const AGE_SUFFIX: &str = ".age";
+
+/// The path of secret `path`'s age ciphertext, `<path>.age`.
+pub fn encrypted(path: &str) -> String {
+    format!("{path}{AGE_SUFFIX}")
+}
+
 /// Directory on a node that install ships files into.
 pub const REMOTE_DIR: &str = "/etc/hakube";
 /// Directory (mode 0700) on a node for secret files.
@@ -89,6 +108,10 @@ pub struct LayoutFile {
     /// The node the path names (`nodes/<node>/...`, `ssh/host-keys/<node>/...`,
     /// `pki/etcd/members/<node>/...`).
     pub node: Option<String>,
+    /// An age ciphertext (`<secret path>.age`) of the secret [`LayoutFile::plaintext`]
+    /// names: mode 0644 (the ciphertext is safe to read; the plaintext never touches the
+    /// disk), shipped decrypted to the plaintext's destination with mode 0600.
+    pub encrypted: bool,
 }
 
 /// The files directly under `pki/` (and `pki/etcd/`), with kubeadm's names; each ships
@@ -133,6 +156,14 @@ pub fn is_node_name(name: &str) -> bool {
 /// are not entries of the manifest). This is the rule for untrusted lists of paths:
 /// render removes, and install ships, only files this function recognises.
 pub fn file(path: &str) -> Option<LayoutFile> {
+    if let Some(plain) = path.strip_suffix(AGE_SUFFIX) {
+        return plain_file(plain).filter(|f| f.secret).map(|f| LayoutFile { mode: 0o644, encrypted: true, ..f });
+    }
+    plain_file(path)
+}
+
+/// [`file`] for paths that are not ciphertexts.
+fn plain_file(path: &str) -> Option<LayoutFile> {
     let secret_tree = || Some(format!("{REMOTE_SECRETS_DIR}/{path}"));
     let make = |secret: bool, destination: Option<String>, node: Option<&str>| {
         let mode = if secret {
@@ -142,7 +173,7 @@ pub fn file(path: &str) -> Option<LayoutFile> {
         } else {
             0o644
         };
-        Some(LayoutFile { secret, mode, destination, node: node.map(str::to_owned) })
+        Some(LayoutFile { secret, mode, destination, node: node.map(str::to_owned), encrypted: false })
     };
     let parts: Vec<&str> = path.split('/').collect();
     match parts.as_slice() {
@@ -154,7 +185,7 @@ pub fn file(path: &str) -> Option<LayoutFile> {
         }
         _ if path == ADMIN_KUBECONFIG => make(true, None, None),
         _ if path == BOOTSTRAP_TOKEN => make(true, Some(format!("{REMOTE_SECRETS_DIR}/bootstrap-token")), None),
-        _ if path == DISCOVERY_HASH => make(false, None, None),
+        _ if path == DISCOVERY_HASH || path == FINGERPRINTS || path == GITIGNORE => make(false, None, None),
         _ if path == LOGIN_KEY => make(true, None, None),
         _ if path == LOGIN_KEY_PUB || path == KNOWN_HOSTS => make(false, None, None),
         ["ssh", "host-keys", node, "ssh_host_ed25519_key"] if is_node_name(node) => make(true, None, Some(node)),
@@ -190,6 +221,11 @@ mod tests {
             assert_eq!((f.secret, f.destination.as_deref()), (secret, dest), "{path}");
         }
         assert_eq!(file("nodes/w1/boot.sh").unwrap().mode, 0o755);
+        let age = file(&encrypted(&pki("ca.key"))).unwrap();
+        assert_eq!((age.secret, age.encrypted, age.mode), (true, true, 0o644));
+        assert_eq!(age.destination.as_deref(), Some("/etc/hakube/secrets/pki/ca.key"));
+        assert!(file(&encrypted(&host_key("w1"))).unwrap().encrypted);
+        assert!(!file(FINGERPRINTS).unwrap().secret);
     }
 
     #[test]
@@ -213,6 +249,10 @@ mod tests {
             "ssh/host-keys/../ssh_host_ed25519_key",
             "./pki/ca.key",
             "pki/ca.key\0",
+            "pki/ca.crt.age",
+            "nodes/w1/boot.sh.age",
+            "pki/ca.key.age.age",
+            "fingerprints.txt.age",
             MANIFEST,
             KNOWN_HOSTS_ACCEPTED,
             "",

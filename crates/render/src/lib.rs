@@ -14,6 +14,7 @@ pub mod layout;
 pub mod manifest;
 pub mod pki;
 pub mod render;
+pub mod secrets;
 pub mod sshkeys;
 pub mod templates;
 pub mod token;

@@ -29,6 +29,11 @@ pub struct Manifest {
     /// Every file except the manifest itself, keyed by path relative to the assets
     /// directory (`/`-separated), in path order.
     pub files: BTreeMap<String, ManifestEntry>,
+    /// The age recipients every secret is encrypted to (canonical text, the definition's
+    /// order); empty when secrets are plaintext. Render compares it with the definition's
+    /// to know when to re-encrypt; error messages name it when no identity decrypts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
 }
 
 /// A node as install needs to know it.
@@ -52,8 +57,13 @@ pub struct ManifestEntry {
     pub sha256: String,
     /// Unix permission bits, as an octal string such as `"0600"`.
     pub mode: String,
-    /// Whether the file is secret material (then its mode is 0600, on disk and on nodes).
+    /// Whether the file is secret material (then its mode is 0600, on disk and on nodes;
+    /// when [`ManifestEntry::encrypted`], 0600 on nodes only).
     pub secret: bool,
+    /// Whether the file is an age ciphertext (`<path>.age`): `sha256` is the ciphertext's,
+    /// install decrypts it in memory and ships the plaintext.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
     /// Names of the nodes install ships it to (empty: it stays on the workstation).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
@@ -104,6 +114,13 @@ impl Manifest {
                     "it is {}marked secret, but hakube renders it as {}secret",
                     if entry.secret { "" } else { "not " },
                     if layout.secret { "" } else { "not " }
+                ));
+            }
+            if entry.encrypted != layout.encrypted {
+                return problem(format!(
+                    "it is {}marked encrypted, but hakube renders it as {}an age ciphertext",
+                    if entry.encrypted { "" } else { "not " },
+                    if layout.encrypted { "" } else { "not " }
                 ));
             }
             if parse_mode(&entry.mode) != Some(layout.mode) {

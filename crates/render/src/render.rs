@@ -47,6 +47,9 @@ pub struct Asset {
     pub nodes: Vec<String>,
     /// Where it goes on those nodes.
     pub destination: Option<String>,
+    /// An age ciphertext of a secret ([`crate::secrets::seal`]); `bytes` are the
+    /// ciphertext.
+    pub encrypted: bool,
 }
 
 impl std::fmt::Debug for Asset {
@@ -77,6 +80,9 @@ pub struct AssetSet {
     /// third of their validity (render never renews a CA) and leaves that already end
     /// with their CA. See [`expiring_certificates`]; not part of the manifest.
     pub expiring: Vec<ExpiryWarning>,
+    /// The recipients the secrets are encrypted to (recorded in the manifest); set by
+    /// [`crate::secrets::seal`].
+    pub recipients: Vec<String>,
 }
 
 /// A leaf certificate render renewed from the same CA because it was in the last third
@@ -230,13 +236,20 @@ impl AssetSet {
                     sha256: sha256_hex(&a.bytes),
                     mode: format!("{:04o}", a.mode),
                     secret: a.secret,
+                    encrypted: a.encrypted,
                     nodes: a.nodes.clone(),
                     destination: a.destination.clone(),
                 };
                 (path.clone(), entry)
             })
             .collect();
-        Manifest { format: FORMAT_VERSION, cluster_name: self.cluster_name.clone(), nodes: self.nodes.clone(), files }
+        Manifest {
+            format: FORMAT_VERSION,
+            cluster_name: self.cluster_name.clone(),
+            nodes: self.nodes.clone(),
+            files,
+            recipients: self.recipients.clone(),
+        }
     }
 }
 
@@ -327,7 +340,7 @@ impl Builder<'_> {
         } else {
             PUBLIC
         };
-        self.files.insert(path, Asset { bytes: bytes.into(), secret, mode, nodes, destination });
+        self.files.insert(path, Asset { bytes: bytes.into(), secret, mode, nodes, destination, encrypted: false });
     }
 
     fn masters(&self) -> Vec<String> {
@@ -430,6 +443,40 @@ impl Builder<'_> {
             _ => pki::issue_leaf(ca, spec, algorithm, now).map_err(|e| crypto(path)(e.into())),
         }
     }
+}
+
+/// The contents of [`layout::FINGERPRINTS`]: for each CA certificate its SHA-256
+/// fingerprint as `openssl x509 -noout -fingerprint -sha256` prints it, for the
+/// service-account public key the sha256 of its file, for every SSH public key its
+/// fingerprint as `ssh-keygen -l` prints it, and the bootstrap token's id (public: it
+/// names the token's Secret, `bootstrap-token-<id>`). Nothing secret; one line per file,
+/// in path order.
+fn fingerprints(files: &BTreeMap<String, Asset>, token_id: &str) -> String {
+    let mut out = String::from(
+        "# The cluster's roots of trust, for review: a changed line means a new CA or key.\n# Nothing here is secret (hakube render writes this file).\n",
+    );
+    for (path, asset) in files {
+        let line = if path.ends_with("ca.crt") {
+            openssl::x509::X509::from_pem(&asset.bytes).ok().and_then(|c| c.digest(openssl::hash::MessageDigest::sha256()).ok()).map(|d| {
+                let hex: Vec<String> = d.iter().map(|b| format!("{b:02X}")).collect();
+                format!("sha256 Fingerprint={}", hex.join(":"))
+            })
+        } else if path == &layout::pki("sa.pub") {
+            Some(format!("sha256:{}", sha256_hex(&asset.bytes)))
+        } else if path.ends_with(".pub") {
+            std::str::from_utf8(&asset.bytes)
+                .ok()
+                .and_then(|t| ssh_key::PublicKey::from_openssh(t.trim()).ok())
+                .map(|k| k.fingerprint(ssh_key::HashAlg::Sha256).to_string())
+        } else {
+            None
+        };
+        if let Some(line) = line {
+            out.push_str(&format!("{path} {line}\n"));
+        }
+    }
+    out.push_str(&format!("{} id {token_id}\n", layout::BOOTSTRAP_TOKEN));
+    out
 }
 
 /// Where a file goes.
@@ -663,10 +710,20 @@ pub fn render(
         }
     }
 
+    let listing = fingerprints(&b.files, token.id());
+    b.add(layout::FINGERPRINTS.into(), listing, false, Ships::Nowhere);
+
     // What render cannot fix by itself: a CA in its last third, a leaf that ends with its CA.
     let expiring = expiring_certificates(b.files.iter().map(|(p, a)| (p.as_str(), a.bytes.as_slice())), options.now)
         .into_iter()
         .filter(|w| w.is_ca || w.bounded_by.is_some())
         .collect();
-    Ok(AssetSet { cluster_name: def.cluster_name.clone(), nodes, files: b.files, renewed: b.renewed, expiring })
+    Ok(AssetSet {
+        cluster_name: def.cluster_name.clone(),
+        nodes,
+        files: b.files,
+        renewed: b.renewed,
+        expiring,
+        recipients: Vec::new(),
+    })
 }
