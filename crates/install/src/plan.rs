@@ -326,7 +326,7 @@ mod tests {
             nodes.insert(name.to_string(), NodeEntry { role, first_master: first, steps });
             order.push(name.to_string());
         }
-        (Manifest { format: 1, cluster_name: "t".into(), nodes, files: BTreeMap::new() }, order)
+        (Manifest { format: 1, cluster_name: "t".into(), nodes, files: BTreeMap::new(), recipients: Vec::new() }, order)
     }
 
     fn kinds(plan: &Plan) -> Vec<PhaseKind> {

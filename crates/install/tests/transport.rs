@@ -345,7 +345,7 @@ async fn accept_new_never_overrides_a_rendered_host_key(w: &World) {
         serde_json::from_value(text).unwrap()
     };
     let def = definition(&pins);
-    let target = hakube_install::runner::target(&def, &assets, "worker0").unwrap();
+    let target = hakube_install::runner::target(&def, &assets, "worker0", None).unwrap();
     assert_eq!(target.policy, HostKeyPolicy::Strict, "worker0 has a rendered key");
     let err = Connection::connect(&target, w.control.path()).await.err().expect("accepted a replaced host key");
     assert!(matches!(err, TransportError::HostKeyChanged { .. }), "{err}");
@@ -363,7 +363,7 @@ async fn accept_new_never_overrides_a_rendered_host_key(w: &World) {
         .map(|l| format!("{l}\n"))
         .collect();
     let def = definition(&others);
-    let target = hakube_install::runner::target(&def, &assets, "worker0").unwrap();
+    let target = hakube_install::runner::target(&def, &assets, "worker0", None).unwrap();
     assert_eq!(target.policy, HostKeyPolicy::AcceptNew);
     hakube_install::runner::create_private_file(&target.known_hosts).unwrap();
     let conn = Connection::connect(&target, w.control.path()).await.unwrap_or_else(|e| panic!("worker0: {e}"));

@@ -90,12 +90,14 @@ fn adding_a_node_changes_only_that_nodes_files_and_the_manifest() {
     let after = snapshot_of_dir(dir.path());
     let changed: Vec<&String> = after.keys().filter(|k| before.get(*k) != after.get(*k)).collect();
     for path in &changed {
-        let ok = path.contains("/w1/") || path.as_str() == layout::MANIFEST || path.as_str() == layout::KNOWN_HOSTS;
+        // known_hosts and fingerprints.txt list w1's new host key.
+        let ok = path.contains("/w1/")
+            || [layout::MANIFEST, layout::KNOWN_HOSTS, layout::FINGERPRINTS].contains(&path.as_str());
         assert!(ok, "adding w1 changed {path}");
     }
     assert!(summary.created.contains(&layout::boot_script("w1")));
     assert!(summary.created.contains(&layout::kubeadm_config("w1")));
-    assert!(summary.changed.iter().all(|p| p == layout::KNOWN_HOSTS), "{summary:?}");
+    assert!(summary.changed.iter().all(|p| p == layout::KNOWN_HOSTS || p == layout::FINGERPRINTS), "{summary:?}");
     assert!(before.keys().all(|k| after.contains_key(k)), "a file disappeared");
 }
 
