@@ -15,6 +15,7 @@ use hakube_install::Mode;
 
 mod hooks;
 mod install;
+mod kubeconfig;
 mod render;
 
 const AFTER_HELP: &str = "\
@@ -100,6 +101,25 @@ enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Write an admin kubeconfig for kubectl: admin.conf decrypted in memory, or with
+    /// --ttl a short-lived admin client certificate minted from the cluster CA; to a file
+    /// (--output) or merged into ~/.kube/config (--merge). Always mode 0600.
+    #[command(after_help = AFTER_HELP)]
+    Kubeconfig {
+        /// The cluster definition (JSON).
+        definition: PathBuf,
+        /// The assets directory `hakube render` wrote.
+        #[arg(long, value_name = "DIR", default_value = "assets")]
+        assets_dir: PathBuf,
+        #[command(flatten)]
+        target: KubeconfigTarget,
+        /// Mint a new admin client certificate valid this long (e.g. 8h, 30m; at most the
+        /// definition's certificate validity) instead of handing out admin.conf's long-lived one.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        ttl: Option<std::time::Duration>,
+        #[command(flatten)]
+        identity: IdentityArgs,
+    },
     /// Print the JSON Schema (draft 2020-12) of cluster definitions.
     Schema,
 }
@@ -111,6 +131,19 @@ Exit codes:
   2    the command line was wrong
   3    one or more nodes failed (the summary names node, step, exit code and log)
   130  interrupted by Ctrl-C (the summary names what was left running)";
+
+/// Where `hakube kubeconfig` writes.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct KubeconfigTarget {
+    /// Write the kubeconfig to FILE (replaced atomically, mode 0600).
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Merge its cluster, user and contexts into $KUBECONFIG's first file or ~/.kube/config,
+    /// keeping every other entry.
+    #[arg(long)]
+    merge: bool,
+}
 
 /// Where age identities come from, for commands that decrypt the assets' secrets.
 #[derive(clap::Args)]
@@ -199,6 +232,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             install::run(request(&common, mode, false))
         }
         Command::Reset { common, yes } => install::run(request(&common, Mode::Reset, yes)),
+        Command::Kubeconfig { definition, assets_dir, target, ttl, identity } => kubeconfig::run(kubeconfig::Request {
+            definition: &definition,
+            assets_dir: &assets_dir,
+            output: target.output.as_deref(),
+            merge: target.merge,
+            ttl,
+            identities: &identity.identity,
+        }),
         Command::Schema => {
             print!("{}", hakube_cluster::schema());
             Ok(ExitCode::SUCCESS)

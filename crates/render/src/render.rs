@@ -479,6 +479,15 @@ fn fingerprints(files: &BTreeMap<String, Asset>, token_id: &str) -> String {
     out
 }
 
+/// The API servers the admin kubeconfig names, as [`kubeconfig::admin_kubeconfig`] takes
+/// them: the control-plane endpoint first, then each of `masterFQDNs`, all on port 6443.
+pub fn admin_servers(def: &ClusterDefinition) -> Vec<(String, String)> {
+    let host = def.control_plane_host().unwrap_or_default();
+    let mut servers = vec![(String::new(), format!("https://{}:6443", url_host(host)))];
+    servers.extend(def.master_fqdns.iter().map(|f| (f.clone(), format!("https://{}:6443", url_host(f)))));
+    servers
+}
+
 /// Where a file goes.
 enum Ships {
     Nowhere,
@@ -606,10 +615,7 @@ pub fn render(
     let admin_spec = kubeconfig::admin_client_spec(leaf_validity);
     let old_admin = b.reusable(layout::ADMIN_KUBECONFIG).and_then(client_of_kubeconfig);
     let admin = b.leaf(layout::ADMIN_KUBECONFIG, old_admin, &cluster_ca, &admin_spec)?;
-    let host = def.control_plane_host().unwrap_or_default();
-    let mut servers = vec![(String::new(), format!("https://{}:6443", url_host(host)))];
-    servers.extend(def.master_fqdns.iter().map(|f| (f.clone(), format!("https://{}:6443", url_host(f)))));
-    let kubeconfig = kubeconfig::admin_kubeconfig(&def.cluster_name, &servers, &cluster_ca.cert_pem, &admin)
+    let kubeconfig = kubeconfig::admin_kubeconfig(&def.cluster_name, &admin_servers(def), &cluster_ca.cert_pem, &admin)
         .map_err(|e| crypto(layout::ADMIN_KUBECONFIG)(e.into()))?;
     b.add(layout::ADMIN_KUBECONFIG.into(), kubeconfig, true, Ships::Nowhere);
 
