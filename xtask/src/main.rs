@@ -34,6 +34,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("dpkg-dev", "dpkg-scanpackages for the lab mirror's package indexes"),
     ("apt-utils", "apt-ftparchive for the lab mirror's Release files"),
     ("openssl", "independent recomputation of the discovery token CA cert hash"),
+    ("age", "the age CLI decrypts the encrypted assets, as users' own tools would"),
+    ("git", "assets committed, cloned and grepped for secrets"),
 ];
 
 fn main() -> Result<()> {

@@ -359,20 +359,118 @@ fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
 
 /// The whole cluster on Debian 13: its own image, its own containerd and systemd; with
 /// flannel, whose manifest comes from the mirror, checked against its pin.
+/// Debian 13 with flannel, installed from a git clone of assets whose secrets are
+/// encrypted with age (issue 10): the assets are rendered with a recipient, committed and
+/// cloned; the clone passes `render --check` without any identity; the nodes get their
+/// host keys decrypted by the age CLI (as an infra provider's provisioning would); install
+/// runs from the clone with the identity, and no plaintext secret is ever written to the
+/// operator's disk by render or install (the clone and the logs hold none).
 #[test]
-fn a_full_install_on_debian_13() {
-    let w = setup_with("hkd", "hkbr4", [10, 248], "stacked", false, Distro::Debian13, "flannel");
-    assert_code(&w.install(&[]), 0, "full install on Debian 13");
+fn a_full_install_on_debian_13_from_a_clone_of_encrypted_assets() {
+    assert!(
+        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
+        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = LabConfig {
+        prefix: "hkd".into(),
+        bridge: "hkbr4".into(),
+        subnet_base: [10, 248],
+        distro: Distro::Debian13,
+        network_provider: "flannel".into(),
+        ..LabConfig::new(3, 2, dir.path().join("lab"))
+    };
+    let key = dir.path().join("key.txt");
+    assert!(Command::new("age-keygen").arg("-o").arg(&key).output().unwrap().status.success(), "age-keygen (Debian package age)");
+    let public = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output().unwrap().stdout).unwrap();
+    let mut definition = hakube_lab::definition(&config).expect("lab definition");
+    definition["secrets"] = serde_json::json!({ "recipients": [public.trim()] });
+    let path = dir.path().join("lab.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
+    let def = path.to_str().unwrap();
+    // A clean environment: no identity but the one given.
+    let hakube = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hakube"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("HOME", dir.path())
+            .env_remove("HAKUBE_AGE_KEY_FILE")
+            .env_remove("SOPS_AGE_KEY_FILE")
+            .env_remove("SOPS_AGE_KEY")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!text(&out).contains("panicked"), "{}", text(&out));
+        out
+    };
+    assert_code(&hakube(&["render", def]), 0, "render with a recipient");
+    let git = |cwd: &std::path::Path, args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(cwd)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_code(&out, 0, &format!("git {args:?}"));
+    };
+    let assets = dir.path().join("assets");
+    git(&assets, &["init", "-q"]);
+    git(&assets, &["add", "-A"]);
+    git(&assets, &["commit", "-qm", "assets"]);
+    git(dir.path(), &["clone", "-q", "assets", "clone"]);
+    std::fs::remove_dir_all(&assets).unwrap();
+    let clone = dir.path().join("clone");
+    let check = hakube(&["render", def, "--assets-dir", "clone", "--check"]);
+    assert_code(&check, 0, "render --check in the clone without an identity");
+    // The provisioning's part: each node's host key, decrypted, outside the assets.
+    let provision = dir.path().join("provision");
+    for node in ["master0", "master1", "master2", "worker0", "worker1"] {
+        let rel = format!("ssh/host-keys/{node}/ssh_host_ed25519_key");
+        std::fs::create_dir_all(provision.join(&rel).parent().unwrap()).unwrap();
+        let out = Command::new("age").arg("-d").arg("-i").arg(&key).arg(clone.join(format!("{rel}.age"))).output().unwrap();
+        assert_code(&out, 0, "age -d a host key");
+        std::fs::write(provision.join(&rel), &out.stdout).unwrap();
+        std::fs::copy(clone.join(format!("{rel}.pub")), provision.join(format!("{rel}.pub"))).unwrap();
+    }
+    let login = std::fs::read_to_string(clone.join("ssh/id_ed25519.pub")).unwrap();
+    let lab = Lab::up(LabConfig { host_keys: Some(provision), authorized_key: Some(login.trim().to_string()), ..config })
+        .expect("lab up");
+    let w = World { lab, dir, definition: path.clone() };
+    let out = w.install(&["--assets-dir", "clone", "--identity", key.to_str().unwrap()]);
+    assert_code(&out, 0, "full install on Debian 13 from the clone");
+    for (rel, _) in walk(&w.dir.path().join("clone")) {
+        let secret = hakube_render::layout::file(&rel).is_some_and(|f| f.secret && !f.encrypted);
+        assert!(!secret, "{rel}: a plaintext secret in the clone after install");
+    }
     let calls = w.calls("master0");
     assert!(
         calls.iter().any(|c| c.name == "kubectl" && c.args.iter().any(|a| a.contains("FLANNELD_IFACE"))),
         "flanneld is bound to each node's registered address"
     );
     w.on_every_node(
-        ". /etc/os-release; echo $VERSION_ID; systemctl is-active containerd kubelet; dpkg -S \"$(command -v systemctl)\"",
-        "13\nactive\nactive\nsystemd: /usr/bin/systemctl\n",
+        ". /etc/os-release; echo $VERSION_ID; systemctl is-active containerd kubelet; dpkg -S \"$(command -v systemctl)\"; stat -c %a /etc/hakube/secrets/pki/ca.key 2>/dev/null || stat -c %a /etc/hakube/secrets/bootstrap-token",
+        "13\nactive\nactive\nsystemd: /usr/bin/systemctl\n600\n",
     );
     containerd_io_runs_on_every_node(&w);
+}
+
+/// Every file below `dir` (`.git` skipped), by relative path.
+fn walk(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().is_some_and(|n| n == ".git") {
+                continue;
+            } else if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_str().unwrap().to_string(), p));
+            }
+        }
+    }
+    out
 }
 
 /// A login user other than root: every command goes through `sudo -n`; with Cilium, whose
