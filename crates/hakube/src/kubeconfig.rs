@@ -25,8 +25,8 @@ pub struct Request<'a> {
 /// The file `--merge` writes: the first entry of `$KUBECONFIG` (a `:`-separated list, as
 /// kubectl reads it; kubectl writes new entries to the first file), else `~/.kube/config`.
 fn merge_target() -> Result<PathBuf> {
-    if let Some(first) = std::env::var_os("KUBECONFIG")
-        .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
+    if let Some(first) =
+        std::env::var_os("KUBECONFIG").and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
     {
         return Ok(first);
     }
@@ -61,7 +61,11 @@ fn read_secret(
 /// set only when `old` has none. The user is renamed `<cluster>-admin` (and its contexts
 /// follow), so that two clusters' `kubernetes-admin` users do not overwrite each other.
 /// Returns the merged document and the contexts added.
-pub fn merge(old: serde_yaml_ng::Value, new: &serde_yaml_ng::Value, cluster: &str) -> Result<(serde_yaml_ng::Value, Vec<String>)> {
+pub fn merge(
+    old: serde_yaml_ng::Value,
+    new: &serde_yaml_ng::Value,
+    cluster: &str,
+) -> Result<(serde_yaml_ng::Value, Vec<String>)> {
     use serde_yaml_ng::{Mapping, Value};
     let mut doc = match old {
         Value::Null => Value::Mapping(Mapping::new()),
@@ -131,14 +135,16 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
                     humantime::format_duration(leaf_validity)
                 );
             }
-            let ca_crt = existing.get(&layout::pki("ca.crt")).context("the assets hold no pki/ca.crt; run `hakube render`")?;
+            let ca_crt =
+                existing.get(&layout::pki("ca.crt")).context("the assets hold no pki/ca.crt; run `hakube render`")?;
             let ca_key = read_secret(&existing, &layout::pki("ca.key"), &mut ids, &make_ids, &recipients)?;
             let ca = pki::Issued {
                 cert_pem: String::from_utf8(ca_crt.clone()).context("pki/ca.crt is not UTF-8")?,
                 key_pem: String::from_utf8(ca_key).context("pki/ca.key is not UTF-8")?,
             };
-            let client = pki::issue_leaf(&ca, &kubeconfig::admin_client_spec(ttl), def.pki.key_algorithm, SystemTime::now())
-                .context("failed to issue a client certificate")?;
+            let client =
+                pki::issue_leaf(&ca, &kubeconfig::admin_client_spec(ttl), def.pki.key_algorithm, SystemTime::now())
+                    .context("failed to issue a client certificate")?;
             let until = pki::Validity::of(&client.cert_pem).map(|v| pki::utc_date(v.not_after)).ok();
             let servers = hakube_render::render::admin_servers(&def);
             (kubeconfig::admin_kubeconfig(&def.cluster_name, &servers, &ca.cert_pem, &client)?, until)
@@ -159,14 +165,19 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
         Err(e) => return Err(e).with_context(|| format!("failed to read {}", target.display())),
     };
     let new: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).context("the admin kubeconfig does not parse")?;
-    let (doc, added) = merge(old, &new, &def.cluster_name).with_context(|| format!("cannot merge into {}", target.display()))?;
+    let (doc, added) =
+        merge(old, &new, &def.cluster_name).with_context(|| format!("cannot merge into {}", target.display()))?;
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
         use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
             .with_context(|| format!("failed to create {}", parent.display()))?;
     }
     let yaml = serde_yaml_ng::to_string(&doc).context("failed to serialise the kubeconfig")?;
-    assets::write_atomic(&target, 0o600, yaml.as_bytes()).with_context(|| format!("failed to write {}", target.display()))?;
+    assets::write_atomic(&target, 0o600, yaml.as_bytes())
+        .with_context(|| format!("failed to write {}", target.display()))?;
     println!("merged into {} (mode 0600): context(s) {}{valid}", target.display(), added.join(", "));
     if doc["current-context"] != new["current-context"] {
         println!("use it: kubectl config use-context {}", new["current-context"].as_str().unwrap_or_default());
@@ -194,7 +205,8 @@ mod tests {
         let clusters = doc["clusters"].as_sequence().unwrap();
         assert_eq!(clusters.len(), 2);
         assert_eq!(clusters[1]["cluster"]["server"], "https://lb:6443", "its own cluster replaced");
-        let users: Vec<&str> = doc["users"].as_sequence().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
+        let users: Vec<&str> =
+            doc["users"].as_sequence().unwrap().iter().map(|u| u["name"].as_str().unwrap()).collect();
         assert_eq!(users, ["other-user", "prod-admin"]);
         assert_eq!(doc["contexts"][1]["context"]["user"], "prod-admin");
         assert_eq!(doc["preferences"], serde_yaml_ng::Value::Mapping(Default::default()));

@@ -381,7 +381,10 @@ fn a_full_install_on_debian_13_from_a_clone_of_encrypted_assets() {
         ..LabConfig::new(3, 2, dir.path().join("lab"))
     };
     let key = dir.path().join("key.txt");
-    assert!(Command::new("age-keygen").arg("-o").arg(&key).output().unwrap().status.success(), "age-keygen (Debian package age)");
+    assert!(
+        Command::new("age-keygen").arg("-o").arg(&key).output().unwrap().status.success(),
+        "age-keygen (Debian package age)"
+    );
     let public = String::from_utf8(Command::new("age-keygen").arg("-y").arg(&key).output().unwrap().stdout).unwrap();
     let mut definition = hakube_lab::definition(&config).expect("lab definition");
     definition["secrets"] = serde_json::json!({ "recipients": [public.trim()] });
@@ -427,14 +430,16 @@ fn a_full_install_on_debian_13_from_a_clone_of_encrypted_assets() {
     for node in ["master0", "master1", "master2", "worker0", "worker1"] {
         let rel = format!("ssh/host-keys/{node}/ssh_host_ed25519_key");
         std::fs::create_dir_all(provision.join(&rel).parent().unwrap()).unwrap();
-        let out = Command::new("age").arg("-d").arg("-i").arg(&key).arg(clone.join(format!("{rel}.age"))).output().unwrap();
+        let out =
+            Command::new("age").arg("-d").arg("-i").arg(&key).arg(clone.join(format!("{rel}.age"))).output().unwrap();
         assert_code(&out, 0, "age -d a host key");
         std::fs::write(provision.join(&rel), &out.stdout).unwrap();
         std::fs::copy(clone.join(format!("{rel}.pub")), provision.join(format!("{rel}.pub"))).unwrap();
     }
     let login = std::fs::read_to_string(clone.join("ssh/id_ed25519.pub")).unwrap();
-    let lab = Lab::up(LabConfig { host_keys: Some(provision), authorized_key: Some(login.trim().to_string()), ..config })
-        .expect("lab up");
+    let lab =
+        Lab::up(LabConfig { host_keys: Some(provision), authorized_key: Some(login.trim().to_string()), ..config })
+            .expect("lab up");
     let w = World { lab, dir, definition: path.clone() };
     let out = w.install(&["--assets-dir", "clone", "--identity", key.to_str().unwrap()]);
     assert_code(&out, 0, "full install on Debian 13 from the clone");

@@ -213,21 +213,44 @@ fn committed_and_cloned_assets_hold_no_plaintext_secret_and_check_without_an_ide
     // The kubeconfig for people, from the clone.
     let kc = w.path("kc");
     let out = w.hakube(&[
-        "kubeconfig", &def, "--assets-dir", "clone", "--output", kc.to_str().unwrap(), "--identity", key.to_str().unwrap(),
+        "kubeconfig",
+        &def,
+        "--assets-dir",
+        "clone",
+        "--output",
+        kc.to_str().unwrap(),
+        "--identity",
+        key.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(std::fs::read(&kc).unwrap(), std::fs::read(plain.join("kubeconfig/admin.conf")).unwrap());
     assert_eq!(std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777, 0o600);
     let merged = w.home().join(".kube/config");
-    let out = w.hakube(&["kubeconfig", &def, "--assets-dir", "clone", "--merge", "--ttl", "1h", "--identity", key.to_str().unwrap()]);
+    let out = w.hakube(&[
+        "kubeconfig",
+        &def,
+        "--assets-dir",
+        "clone",
+        "--merge",
+        "--ttl",
+        "1h",
+        "--identity",
+        key.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
     let cert = doc["users"][0]["user"]["client-certificate-data"].as_str().unwrap();
     let pem = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, cert).unwrap();
     std::fs::write(w.path("short.crt"), &pem).unwrap();
-    let verify = run(Command::new("openssl").arg("verify").arg("-CAfile").arg(plain.join("pki/ca.crt")).arg(w.path("short.crt")));
+    let verify = run(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(plain.join("pki/ca.crt"))
+        .arg(w.path("short.crt")));
     assert!(verify.status.success(), "the short-lived certificate is not the cluster CA's: {}", text(&verify));
-    let within = |secs: &str| run(Command::new("openssl").args(["x509", "-noout", "-checkend", secs, "-in"]).arg(w.path("short.crt")));
+    let within = |secs: &str| {
+        run(Command::new("openssl").args(["x509", "-noout", "-checkend", secs, "-in"]).arg(w.path("short.crt")))
+    };
     assert!(within("3000").status.success(), "it ends within 50 minutes");
     assert!(!within("7200").status.success(), "it lasts over 2 hours, not --ttl 1h");
 
@@ -238,7 +261,11 @@ fn committed_and_cloned_assets_hold_no_plaintext_secret_and_check_without_an_ide
     std::fs::write(&victim, bytes).unwrap();
     let check = w.hakube(&["render", &def, "--assets-dir", "clone", "--check"]);
     assert_eq!(check.status.code(), Some(1));
-    assert!(text(&check).contains("clone/pki/ca.key.age: does not match the sha256 in manifest.json"), "{}", text(&check));
+    assert!(
+        text(&check).contains("clone/pki/ca.key.age: does not match the sha256 in manifest.json"),
+        "{}",
+        text(&check)
+    );
 }
 
 use std::os::unix::fs::PermissionsExt;

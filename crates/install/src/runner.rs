@@ -306,11 +306,12 @@ impl Shared {
             return Ok(c.clone());
         }
         let agent = self.agent.as_ref().map(LoginAgent::socket);
-        let target = target(&self.def, &self.settings.assets_dir, node, agent).ok_or_else(|| TransportError::Command {
-            node: node.into(),
-            what: "connect".into(),
-            detail: "the node is not in the definition".into(),
-        })?;
+        let target =
+            target(&self.def, &self.settings.assets_dir, node, agent).ok_or_else(|| TransportError::Command {
+                node: node.into(),
+                what: "connect".into(),
+                detail: "the node is not in the definition".into(),
+            })?;
         if target.policy == HostKeyPolicy::AcceptNew {
             create_private_file(&target.known_hosts).map_err(|e| TransportError::Command {
                 node: node.into(),
@@ -382,6 +383,9 @@ fn open_assets(assets_dir: &Path) -> Result<AssetsDir, InstallError> {
     })
 }
 
+/// A destination on the node and the sha256 (lowercase hex) of what was shipped there.
+type ShippedSum = (String, String);
+
 /// Builds the tar stream of `node`'s files at their destinations (directories 0700), and
 /// the sha256 each destination must then have. Each file is read through [`AssetsDir`]
 /// (never following a link) and must still match the manifest's sha256 when it is read;
@@ -390,7 +394,7 @@ fn ship_archive(
     assets_dir: &Path,
     files: &[(&str, &ManifestEntry)],
     plaintexts: &Plaintexts,
-) -> Result<(Vec<u8>, Vec<(String, String)>), String> {
+) -> Result<(Vec<u8>, Vec<ShippedSum>), String> {
     let assets = open_assets(assets_dir).map_err(|e| e.to_string())?;
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
@@ -423,9 +427,11 @@ fn ship_archive(
             ));
         }
         if entry.encrypted {
-            bytes = plaintexts.0.get(*path).cloned().ok_or_else(|| {
-                format!("{} was not decrypted before the run", assets.shown(path).display())
-            })?;
+            bytes = plaintexts
+                .0
+                .get(*path)
+                .cloned()
+                .ok_or_else(|| format!("{} was not decrypted before the run", assets.shown(path).display()))?;
         }
         let dest = entry.destination.as_deref().unwrap_or_default();
         let mut header = tar::Header::new_gnu();
@@ -461,10 +467,11 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
     let result = match run.step.as_str() {
         SHIP => {
             let files: Vec<(&str, &ManifestEntry)> = shared.manifest.files_for(&run.node).collect();
-            let (archive, expected) = match ship_archive(&shared.settings.assets_dir, &files, &shared.settings.plaintexts) {
-                Ok(a) => a,
-                Err(message) => return RunResult::Failed { exit_code: None, message },
-            };
+            let (archive, expected) =
+                match ship_archive(&shared.settings.assets_dir, &files, &shared.settings.plaintexts) {
+                    Ok(a) => a,
+                    Err(message) => return RunResult::Failed { exit_code: None, message },
+                };
             let code = conn
                 .run(
                     "tar",
@@ -563,7 +570,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
     }
 }
 
-fn verify_sums(expected: &[(String, String)], sums: &[String]) -> Result<(), (Option<i32>, String)> {
+fn verify_sums(expected: &[ShippedSum], sums: &[String]) -> Result<(), (Option<i32>, String)> {
     let on_node: HashMap<&str, &str> =
         sums.iter().filter_map(|l| l.split_once("  ")).map(|(sum, path)| (path, sum)).collect();
     for (dest, sum) in expected {

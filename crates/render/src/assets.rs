@@ -974,7 +974,11 @@ fn plaintext_secrets(existing: &Existing, encrypted: bool) -> Vec<Discrepancy> {
 /// # Errors
 ///
 /// Only when file metadata cannot be read; differences are returned.
-pub fn check_without_identity(dir: &Path, fresh: &AssetSet, existing: &Existing) -> Result<Vec<Discrepancy>, AssetsError> {
+pub fn check_without_identity(
+    dir: &Path,
+    fresh: &AssetSet,
+    existing: &Existing,
+) -> Result<Vec<Discrepancy>, AssetsError> {
     let mut out = plaintext_secrets(existing, true);
     let Some(manifest) = existing
         .get(layout::MANIFEST)

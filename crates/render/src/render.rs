@@ -457,10 +457,13 @@ fn fingerprints(files: &BTreeMap<String, Asset>, token_id: &str) -> String {
     );
     for (path, asset) in files {
         let line = if path.ends_with("ca.crt") {
-            openssl::x509::X509::from_pem(&asset.bytes).ok().and_then(|c| c.digest(openssl::hash::MessageDigest::sha256()).ok()).map(|d| {
-                let hex: Vec<String> = d.iter().map(|b| format!("{b:02X}")).collect();
-                format!("sha256 Fingerprint={}", hex.join(":"))
-            })
+            openssl::x509::X509::from_pem(&asset.bytes)
+                .ok()
+                .and_then(|c| c.digest(openssl::hash::MessageDigest::sha256()).ok())
+                .map(|d| {
+                    let hex: Vec<String> = d.iter().map(|b| format!("{b:02X}")).collect();
+                    format!("sha256 Fingerprint={}", hex.join(":"))
+                })
         } else if path == &layout::pki("sa.pub") {
             Some(format!("sha256:{}", sha256_hex(&asset.bytes)))
         } else if path.ends_with(".pub") {

@@ -144,7 +144,8 @@ fn parse_identities(text: &str, name: &str) -> Result<Vec<Box<dyn age::Identity 
             Err(e) => Err(format!("not an SSH private key age can use ({e})")),
         };
     }
-    let file = age::IdentityFile::from_buffer(text.as_bytes()).map_err(|e| format!("not an age identity file ({e})"))?;
+    let file =
+        age::IdentityFile::from_buffer(text.as_bytes()).map_err(|e| format!("not an age identity file ({e})"))?;
     let ids = file.into_identities().map_err(|e| format!("not an age identity file ({e})"))?;
     if ids.is_empty() {
         return Err("holds no identity".into());
@@ -191,9 +192,12 @@ impl Identities {
             }
             None => ids.searched.push("$SOPS_AGE_KEY: unset".into()),
         }
-        let config = sources.vars.get("XDG_CONFIG_HOME").map(PathBuf::from).filter(|p| p.is_absolute()).or_else(|| {
-            sources.home.as_ref().map(|h| h.join(".config"))
-        });
+        let config = sources
+            .vars
+            .get("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| sources.home.as_ref().map(|h| h.join(".config")));
         let mut optional = Vec::new();
         if let Some(config) = config {
             optional.push(config.join("sops/age/keys.txt"));
@@ -241,16 +245,15 @@ impl Identities {
     pub fn decrypt(&self, ciphertext: &[u8], path: &str, recipients: &[String]) -> Result<Vec<u8>, SecretsError> {
         let corrupt = |e: &dyn fmt::Display| SecretsError::Corrupt { path: path.into(), problem: e.to_string() };
         let decryptor = age::Decryptor::new(age::armor::ArmoredReader::new(ciphertext)).map_err(|e| corrupt(&e))?;
-        let mut reader = decryptor.decrypt(self.found.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(
-            |e| match e {
+        let mut reader =
+            decryptor.decrypt(self.found.iter().map(|i| i.as_ref() as &dyn age::Identity)).map_err(|e| match e {
                 age::DecryptError::NoMatchingKeys => SecretsError::NoIdentity {
                     path: path.into(),
                     recipients: recipients.to_vec(),
                     searched: self.searched.clone(),
                 },
                 e => corrupt(&e),
-            },
-        )?;
+            })?;
         let mut out = Vec::new();
         reader.read_to_end(&mut out).map_err(|e| corrupt(&e))?;
         Ok(out)
@@ -281,8 +284,8 @@ pub fn parse_recipients(texts: &[String]) -> Result<(Vec<Recipient>, Vec<String>
 pub fn encrypt(plaintext: &[u8], recipients: &[Recipient], path: &str) -> Result<Vec<u8>, SecretsError> {
     let fail = |e: &dyn fmt::Display| SecretsError::Encrypt { path: path.into(), problem: e.to_string() };
     let encryptor = age::Encryptor::with_recipients(recipients.iter().map(Recipient::as_age)).map_err(|e| fail(&e))?;
-    let armor = age::armor::ArmoredWriter::wrap_output(Vec::new(), age::armor::Format::AsciiArmor)
-        .map_err(|e| fail(&e))?;
+    let armor =
+        age::armor::ArmoredWriter::wrap_output(Vec::new(), age::armor::Format::AsciiArmor).map_err(|e| fail(&e))?;
     let mut writer = encryptor.wrap_output(armor).map_err(|e| fail(&e))?;
     writer.write_all(plaintext).map_err(|e| fail(&e))?;
     writer.finish().and_then(|armor| armor.finish()).map_err(|e| fail(&e))
@@ -381,8 +384,11 @@ pub fn seal(
         report.added = canonical.iter().filter(|r| !previous.contains(r)).cloned().collect();
         report.removed = previous.iter().filter(|r| !canonical.contains(r)).cloned().collect();
     }
-    let secrets: Vec<String> = set.files.iter().filter(|(_, a)| a.secret && !a.encrypted).map(|(p, _)| p.clone()).collect();
-    let mut ignore = String::from("# Written by hakube render.\n# Temporary files of an interrupted render (one may hold a secret):\n.hakube-*\n");
+    let secrets: Vec<String> =
+        set.files.iter().filter(|(_, a)| a.secret && !a.encrypted).map(|(p, _)| p.clone()).collect();
+    let mut ignore = String::from(
+        "# Written by hakube render.\n# Temporary files of an interrupted render (one may hold a secret):\n.hakube-*\n",
+    );
     if canonical.is_empty() {
         ignore.push_str("# Plaintext secrets: set secrets.recipients in the cluster definition to keep them\n# encrypted with age instead, so that they can be committed.\n");
         for path in &secrets {
@@ -406,7 +412,14 @@ pub fn seal(
     }
     set.files.insert(
         layout::GITIGNORE.into(),
-        Asset { bytes: ignore.into_bytes(), secret: false, mode: 0o644, nodes: Vec::new(), destination: None, encrypted: false },
+        Asset {
+            bytes: ignore.into_bytes(),
+            secret: false,
+            mode: 0o644,
+            nodes: Vec::new(),
+            destination: None,
+            encrypted: false,
+        },
     );
     set.recipients = canonical;
     Ok(report)
@@ -430,7 +443,8 @@ pub fn decrypt_for_install(
         if !entry.encrypted || (entry.nodes.is_empty() && *path != login) {
             continue;
         }
-        let bytes = read(path).ok_or_else(|| SecretsError::Corrupt { path: path.clone(), problem: "missing".into() })?;
+        let bytes =
+            read(path).ok_or_else(|| SecretsError::Corrupt { path: path.clone(), problem: "missing".into() })?;
         out.insert(path.clone(), identities.decrypt(&bytes, path, &manifest.recipients)?);
     }
     Ok(Plaintexts(out))
@@ -477,7 +491,7 @@ mod tests {
         let file = dir.path().join("c");
         std::fs::write(&file, &c_secret).unwrap();
         let ids = Identities::load(&sources_with(&file), false).unwrap();
-        let err = ids.decrypt(&ct, "pki/ca.key.age", &[a_public.clone()]).unwrap_err().to_string();
+        let err = ids.decrypt(&ct, "pki/ca.key.age", std::slice::from_ref(&a_public)).unwrap_err().to_string();
         assert!(err.contains("pki/ca.key.age") && err.contains(&a_public) && err.contains("--identity"), "{err}");
         let mut damaged = ct.clone();
         let mid = damaged.len() / 2;
@@ -499,14 +513,25 @@ mod tests {
         let ids = Identities::load(&sources, true).unwrap();
         assert_eq!(ids.found.len(), 2);
         let searched = ids.searched().join("\n");
-        let order = ["--identity", "$HAKUBE_AGE_KEY_FILE: unset", "$SOPS_AGE_KEY_FILE: unset", "$SOPS_AGE_KEY: 1", "keys.txt: 1", "id_ed25519: absent", "id_rsa: absent"];
+        let order = [
+            "--identity",
+            "$HAKUBE_AGE_KEY_FILE: unset",
+            "$SOPS_AGE_KEY_FILE: unset",
+            "$SOPS_AGE_KEY: 1",
+            "keys.txt: 1",
+            "id_ed25519: absent",
+            "id_rsa: absent",
+        ];
         let mut at = 0;
         for what in order {
             let found = searched[at..].find(what).unwrap_or_else(|| panic!("{what} not after {at} in\n{searched}"));
             at += found;
         }
         // A variable naming a missing file is an error that names it.
-        let bad = Sources { vars: [("SOPS_AGE_KEY_FILE".to_string(), "/nonexistent/k".to_string())].into(), ..Sources::default() };
+        let bad = Sources {
+            vars: [("SOPS_AGE_KEY_FILE".to_string(), "/nonexistent/k".to_string())].into(),
+            ..Sources::default()
+        };
         let err = Identities::load(&bad, false).unwrap_err().to_string();
         assert!(err.contains("$SOPS_AGE_KEY_FILE (/nonexistent/k)"), "{err}");
         // SSH keys are only looked at when a recipient is one.
