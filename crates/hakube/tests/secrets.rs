@@ -344,3 +344,24 @@ fn without_recipients_git_add_stages_no_secret_and_render_says_so() {
         assert_eq!(out.status.code(), Some(1), "{needle} staged");
     }
 }
+
+/// An SSH recipient: the user's `~/.ssh/id_ed25519` is found without any flag, and the
+/// ciphertexts decrypt with the age CLI given that SSH key.
+#[test]
+fn an_ssh_recipient_is_decrypted_with_the_users_ssh_key() {
+    let w = World::new();
+    let ssh_dir = w.home().join(".ssh");
+    std::fs::create_dir_all(&ssh_dir).unwrap();
+    let key = ssh_dir.join("id_ed25519");
+    let out =
+        run(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "ops@example", "-f"]).arg(&key));
+    assert!(out.status.success(), "{}", text(&out));
+    let public = std::fs::read_to_string(ssh_dir.join("id_ed25519.pub")).unwrap();
+    let def = w.definition(&[public.trim()]);
+    assert_eq!(w.hakube(&["render", &def]).status.code(), Some(0));
+    let out = w.hakube(&["render", &def]);
+    assert_eq!(out.status.code(), Some(0), "~/.ssh/id_ed25519 was not used: {}", text(&out));
+    assert!(text(&out).contains(" 0 created, 0 changed,"), "{}", text(&out));
+    let token = age_decrypt(&key, &w.path("assets/token/bootstrap-token.age"));
+    assert_eq!(token.len(), 24, "a bootstrap token and its newline");
+}
