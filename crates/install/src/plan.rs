@@ -323,10 +323,10 @@ mod tests {
                 steps.push("network".into());
             }
             steps.push("post".into());
-            nodes.insert(name.to_string(), NodeEntry { role, first_master: first, steps });
+            nodes.insert(name.to_string(), NodeEntry { role, first_master: first, steps, upgrade_steps: Vec::new() });
             order.push(name.to_string());
         }
-        (Manifest { format: 1, cluster_name: "t".into(), nodes, files: BTreeMap::new(), recipients: Vec::new() }, order)
+        (Manifest { format: 1, cluster_name: "t".into(), kubernetes_version: String::new(), upgrade_from: None, nodes, files: BTreeMap::new(), recipients: Vec::new() }, order)
     }
 
     fn kinds(plan: &Plan) -> Vec<PhaseKind> {

@@ -87,6 +87,10 @@ pub fn encrypted(path: &str) -> String {
     format!("{path}{AGE_SUFFIX}")
 }
 
+/// Where a first master's `boot.sh upgrade-snapshot` leaves the etcd snapshot (mode 0600)
+/// for `hakube upgrade` to copy to the operator's machine; rendered into the boot script.
+pub const REMOTE_ETCD_SNAPSHOT: &str = "/var/lib/hakube/upgrade/etcd-snapshot.db";
+
 /// Directory on a node that install ships files into.
 pub const REMOTE_DIR: &str = "/etc/hakube";
 /// Directory (mode 0700) on a node for secret files.

@@ -24,6 +24,15 @@ pub struct Manifest {
     pub format: u32,
     /// The cluster's name, from the definition.
     pub cluster_name: String,
+    /// The definition's kubernetesVersion (`1.36.4`): what every node runs once installed
+    /// (or upgraded); `hakube install` refuses to change a node that runs another.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kubernetes_version: String,
+    /// The version the assets were rendered for before kubernetesVersion changed, when the
+    /// boot scripts carry an upgrade from it (`hakube upgrade`); kept across renders of the
+    /// same version so that re-rendering changes no byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_from: Option<String>,
     /// Every node, by name: its role and the steps of its boot script, in order.
     pub nodes: BTreeMap<String, NodeEntry>,
     /// Every file except the manifest itself, keyed by path relative to the assets
@@ -47,6 +56,11 @@ pub struct NodeEntry {
     /// The steps `boot.sh` runs when called without arguments, in order
     /// (`boot.sh --list` prints the same).
     pub steps: Vec<String>,
+    /// The upgrade steps of its boot script (`boot.sh upgrade-STEP`), when the render
+    /// carries an upgrade ([`Manifest::upgrade_from`]); `boot.sh --list` prints them after
+    /// [`NodeEntry::steps`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrade_steps: Vec<String>,
 }
 
 /// One file of the assets directory.

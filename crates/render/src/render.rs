@@ -24,7 +24,7 @@ use crate::layout;
 use crate::manifest::{sha256_hex, Manifest, ManifestEntry, NodeEntry, FORMAT_VERSION};
 use crate::pki::{self, Expiry, Issued, LeafSpec, LeafVerdict, Validity};
 use crate::sshkeys;
-use crate::templates::Templates;
+use crate::templates::{Templates, Upgrade};
 use crate::token::BootstrapToken;
 
 /// A boxed error from one of the building blocks, kept as the source of a [`RenderError`].
@@ -83,6 +83,10 @@ pub struct AssetSet {
     /// The recipients the secrets are encrypted to (recorded in the manifest); set by
     /// [`crate::secrets::seal`].
     pub recipients: Vec<String>,
+    /// The definition's kubernetesVersion (recorded in the manifest).
+    pub kubernetes_version: String,
+    /// The upgrade the boot scripts carry, if any (recorded in the manifest).
+    pub upgrade: Option<Upgrade>,
 }
 
 /// A leaf certificate render renewed from the same CA because it was in the last third
@@ -246,6 +250,8 @@ impl AssetSet {
         Manifest {
             format: FORMAT_VERSION,
             cluster_name: self.cluster_name.clone(),
+            kubernetes_version: self.kubernetes_version.clone(),
+            upgrade_from: self.upgrade.map(|u| u.from.to_string()),
             nodes: self.nodes.clone(),
             files,
             recipients: self.recipients.clone(),
@@ -283,6 +289,13 @@ pub enum RenderError {
         /// The underlying error.
         #[source]
         source: BoxError,
+    },
+    /// kubernetesVersion changed in a way hakube does not upgrade (a downgrade, a skipped
+    /// minor), compared with the version the existing assets were rendered for.
+    #[error("{problem}")]
+    Version {
+        /// What is wrong and what to do.
+        problem: String,
     },
     /// Rendering a node's boot script or kubeadm configuration failed.
     #[error("failed to render {what} for node {node}")]
@@ -482,6 +495,35 @@ fn fingerprints(files: &BTreeMap<String, Asset>, token_id: &str) -> String {
     out
 }
 
+/// The upgrade a render of `def` carries, given the manifest among `existing`: none on a
+/// first render or when the manifest records no version; from the manifest's version when
+/// kubernetesVersion differs from it ([`crate::templates::check_upgrade`] decides whether
+/// that is allowed); the manifest's own `upgradeFrom` when the version is unchanged (so a
+/// re-render keeps the upgrade steps and changes no byte).
+///
+/// # Errors
+///
+/// [`RenderError::Version`] for a downgrade or a skipped minor.
+pub fn upgrade_of(def: &ClusterDefinition, existing: &Existing) -> Result<Option<Upgrade>, RenderError> {
+    use hakube_cluster::Version;
+    let Some(to) = Version::parse(&def.kubernetes_version) else { return Ok(None) };
+    let Some(previous) = existing
+        .get(layout::MANIFEST)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|t| Manifest::parse(t).ok())
+    else {
+        return Ok(None);
+    };
+    let Some(from) = Version::parse(&previous.kubernetes_version) else { return Ok(None) };
+    let from = match (from == to, previous.upgrade_from.as_deref().and_then(Version::parse)) {
+        (true, Some(carried)) => carried,
+        (true, None) => return Ok(None),
+        (false, _) => from,
+    };
+    crate::templates::check_upgrade(from, to).map_err(|problem| RenderError::Version { problem })?;
+    Ok((from != to).then_some(Upgrade { from, to }))
+}
+
 /// The API servers the admin kubeconfig names, as [`kubeconfig::admin_kubeconfig`] takes
 /// them: the control-plane endpoint first, then each of `masterFQDNs`, all on port 6443.
 pub fn admin_servers(def: &ClusterDefinition) -> Vec<(String, String)> {
@@ -533,6 +575,8 @@ pub fn render(
     templates: &Templates,
     options: &Options,
 ) -> Result<AssetSet, RenderError> {
+    // Before anything is generated: a version change hakube does not upgrade stops here.
+    let upgrade = upgrade_of(def, existing)?;
     let mut b = Builder { def, existing, options, files: BTreeMap::new(), renewed: Vec::new() };
     let (_, leaf_validity) = def.pki.validities();
 
@@ -683,14 +727,16 @@ pub fn render(
             .into_iter()
             .map(String::from)
             .collect();
-        nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps });
+        let upgrade_steps =
+            crate::templates::upgrade_steps(def, &node.node_name, upgrade.as_ref()).into_iter().map(String::from).collect();
+        nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps, upgrade_steps });
         let name = &node.node_name;
         let config = crate::kubeadm::kubeadm_config(def, name, &hash, token.id()).map_err(|e| RenderError::Node {
             node: name.clone(),
             what: "kubeadm.yaml",
             source: e.into(),
         })?;
-        let script = templates.boot_script(def, name).map_err(|e| RenderError::Node {
+        let script = templates.boot_script_for(def, name, upgrade.as_ref()).map_err(|e| RenderError::Node {
             node: name.clone(),
             what: "boot.sh",
             source: e.into(),
@@ -734,5 +780,7 @@ pub fn render(
         renewed: b.renewed,
         expiring,
         recipients: Vec::new(),
+        kubernetes_version: def.kubernetes_version.clone(),
+        upgrade,
     })
 }

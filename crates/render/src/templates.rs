@@ -171,7 +171,27 @@ impl Templates {
     /// kubernetesVersion or cloud-config, [`TemplateError::Render`] when a template fails
     /// (for instance a value with a control character reaching `shell_quote`).
     pub fn boot_script(&self, def: &ClusterDefinition, node: &str) -> Result<String, TemplateError> {
+        self.boot_script_for(def, node, None)
+    }
+
+    /// [`Templates::boot_script`] of a render that carries `upgrade`: the script also holds
+    /// the node's upgrade steps ([`upgrade_steps`]), `boot.sh upgrade-STEP`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Templates::boot_script`].
+    pub fn boot_script_for(
+        &self,
+        def: &ClusterDefinition,
+        node: &str,
+        upgrade: Option<&Upgrade>,
+    ) -> Result<String, TemplateError> {
         let mut context = self.context(def, node)?;
+        if let Some(upgrade) = upgrade {
+            context.upgrade_steps = upgrade_steps(def, node, Some(upgrade));
+            context.upgrade_from = Some(upgrade.from.to_string());
+            context.upgrade_nodes = def.nodes().map(|(_, n)| n.node_name.clone()).collect();
+        }
         if let (Some(hook), Role::Master) = (&context.hooks.cloud_config, context.role_enum) {
             let text = self.render(&hook.template, node, &context)?;
             let text = text.trim_end_matches('\n').to_string();
@@ -306,8 +326,86 @@ impl Templates {
                 network: hook(HookKind::Network, "networkProvider", &hooks.network_provider)?,
             },
             cloud_config: None,
+            upgrade_steps: Vec::new(),
+            upgrade_from: None,
+            upgrade_nodes: Vec::new(),
+            etcd_snapshot_path: crate::layout::REMOTE_ETCD_SNAPSHOT,
         })
     }
+}
+
+/// A Kubernetes upgrade a render carries: the assets were last rendered for `from`, the
+/// definition now says `to` (one minor ahead at most, never lower: [`check_upgrade`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Upgrade {
+    /// The version the cluster runs before the upgrade.
+    pub from: Version,
+    /// The definition's kubernetesVersion.
+    pub to: Version,
+}
+
+/// Whether `from` → `to` is an upgrade hakube renders, by kubeadm's rule and the
+/// Kubernetes version skew policy (kubernetes.io/releases/version-skew-policy/: the API
+/// server of an HA cluster may differ by at most one minor between instances, the kubelet
+/// may never be newer than the API server, kubectl is supported within one minor of it;
+/// kubeadm's "Upgrading kubeadm clusters": "Skipping MINOR versions when upgrading is
+/// unsupported", and kubeadm upgrade apply refuses a jump of more than one minor
+/// (phases/upgrade/policy.go EnforceVersionPolicies: "the specified version to upgrade to
+/// ... is too high; kubeadm can upgrade only 1 minor version at a time")). A downgrade is
+/// refused as kubeadm refuses it (policy.go: downgrades are not supported).
+///
+/// # Errors
+///
+/// A sentence naming both versions and what to do; for a skipped minor, the chain of
+/// minors to go through.
+pub fn check_upgrade(from: Version, to: Version) -> Result<(), String> {
+    if to == from {
+        return Ok(());
+    }
+    if (to.major, to.minor, to.patch) < (from.major, from.minor, from.patch) {
+        return Err(format!(
+            "kubernetesVersion {to} is lower than {from}, which the assets were rendered for: Kubernetes does not support a downgrade and hakube never renders one (if the cluster never ran {from}, restore manifest.json from git)"
+        ));
+    }
+    if to.major != from.major {
+        return Err(format!("kubernetesVersion {to} changes the major version of {from}"));
+    }
+    if to.minor > from.minor + 1 {
+        let chain: Vec<String> = (from.minor..=to.minor).map(|m| format!("{}.{m}", from.major)).collect();
+        return Err(format!(
+            "kubernetesVersion {to} skips a minor from {from}: Kubernetes is upgraded one minor at a time ({}); set kubernetesVersion to a 1.{} release, render and run hakube upgrade, then go on",
+            chain.join(" → "),
+            from.minor + 1
+        ));
+    }
+    Ok(())
+}
+
+/// The upgrade steps of `node`'s boot script for `upgrade` (none without one), in the
+/// order `hakube upgrade` runs them there. On the first master: `upgrade-preflight` (every
+/// node Ready and none beyond the target, etcd healthy), `upgrade-snapshot` (an etcd
+/// snapshot hakube copies off the node), `upgrade-apply` (the new kubeadm, `kubeadm upgrade
+/// apply`, then kubelet and kubectl), `upgrade-drain NODE` and `upgrade-uncordon NODE` (for
+/// the workers), `upgrade-network` (only when the network add-on's pinned release differs
+/// between the two minors), `upgrade-check` (every node Ready at the new version). On
+/// every other node: `upgrade-node` (the new kubeadm, `kubeadm upgrade node`, kubelet and
+/// kubectl, the kubelet restarted).
+pub fn upgrade_steps(def: &ClusterDefinition, node: &str, upgrade: Option<&Upgrade>) -> Vec<&'static str> {
+    let Some(upgrade) = upgrade else { return Vec::new() };
+    if upgrade.from == upgrade.to || def.node(node).is_none() {
+        return Vec::new();
+    }
+    if !def.first_master().is_some_and(|m| m.node_name == node) {
+        return vec!["upgrade-node"];
+    }
+    let mut steps = vec!["upgrade-preflight", "upgrade-snapshot", "upgrade-apply", "upgrade-drain", "upgrade-uncordon"];
+    if def.hooks.network_provider.is_some()
+        && downloads::network_release(def, upgrade.from.minor).ok() != downloads::network_release(def, upgrade.to.minor).ok()
+    {
+        steps.push("upgrade-network");
+    }
+    steps.push("upgrade-check");
+    steps
 }
 
 /// The steps of `node`'s boot script, in the order `boot.sh` runs them (and `boot.sh
@@ -345,6 +443,14 @@ pub fn boot_steps(def: &ClusterDefinition, node: &str) -> Option<Vec<&'static st
 /// What the templates see.
 #[derive(Serialize)]
 struct BootContext<'a> {
+    /// [`upgrade_steps`] of this node (empty without an upgrade).
+    upgrade_steps: Vec<&'static str>,
+    /// The version upgraded from (`1.35.4`), when the render carries an upgrade.
+    upgrade_from: Option<String>,
+    /// Every node of the cluster, for the upgrade's checks.
+    upgrade_nodes: Vec<String>,
+    /// [`crate::layout::REMOTE_ETCD_SNAPSHOT`].
+    etcd_snapshot_path: &'static str,
     /// The whole definition, with its JSON field names (for hooks that want more).
     cluster: &'a ClusterDefinition,
     /// This node, with its JSON field names.

@@ -252,6 +252,51 @@ fn a_broken_existing_secret_is_an_error_not_a_silent_replacement() {
     assert!(err.contains("pki/front-proxy-ca.key") && err.contains("--rotate-secrets"), "{err}");
 }
 
+/// Issue 13: a changed kubernetesVersion is rendered as an upgrade from the version the
+/// assets hold, one minor at a time: the boot scripts gain their upgrade steps (listed by
+/// `boot.sh --list` after the install steps, and in the manifest), a re-render keeps them
+/// byte for byte, two minors ahead is refused naming the chain, and a lower version too.
+#[test]
+fn a_new_version_renders_an_upgrade_one_minor_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut def = sample("lab-cluster.json");
+    def.kubernetes_version = "1.35.4".into();
+    let (first, _) = render_into(&def, dir.path());
+    assert_eq!(first.manifest().kubernetes_version, "1.35.4");
+    assert!(first.upgrade.is_none() && first.manifest().nodes.values().all(|n| n.upgrade_steps.is_empty()));
+    def.kubernetes_version = "1.36.4".into();
+    let (set, _) = render_into(&def, dir.path());
+    let manifest = set.manifest();
+    assert_eq!(manifest.upgrade_from.as_deref(), Some("1.35.4"));
+    let first_master = &manifest.nodes["master0"];
+    assert_eq!(
+        first_master.upgrade_steps,
+        ["upgrade-preflight", "upgrade-snapshot", "upgrade-apply", "upgrade-drain", "upgrade-uncordon", "upgrade-check"]
+            .map(String::from),
+        "calico's release is the same for both minors, so no upgrade-network"
+    );
+    assert_eq!(manifest.nodes["worker0"].upgrade_steps, ["upgrade-node"]);
+    for (name, node) in &manifest.nodes {
+        let script = dir.path().join(layout::boot_script(name));
+        let out = std::process::Command::new("bash").arg(&script).arg("--list").output().unwrap();
+        let listed: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(String::from).collect();
+        let expected: Vec<String> = node.steps.iter().chain(&node.upgrade_steps).cloned().collect();
+        assert_eq!(listed, expected, "{name}");
+    }
+    let script = std::fs::read_to_string(dir.path().join(layout::boot_script("master0"))).unwrap();
+    assert!(script.contains("kubeadm upgrade apply --yes \"v$KUBERNETES_VERSION\""));
+    assert!(script.contains("readonly UPGRADE_FROM=1.35.4"));
+    let before = snapshot_of_dir(dir.path());
+    render_into(&def, dir.path());
+    assert_eq!(before, snapshot_of_dir(dir.path()), "a re-render of the same version changed bytes");
+    let existing = assets::read_existing(dir.path()).unwrap();
+    for (version, needle) in [("1.38.0", "1.36 → 1.37 → 1.38"), ("1.35.4", "lower than 1.36.4"), ("1.36.3", "lower than 1.36.4")] {
+        def.kubernetes_version = version.into();
+        let err = render::render(&def, &existing, &templates(), &options()).unwrap_err().to_string();
+        assert!(err.contains(needle), "{version}: {err}");
+    }
+}
+
 #[test]
 fn the_step_list_matches_boot_sh_list() {
     for name in ["vagrant-cluster.json", "lab-cluster.json", "aws-cluster.json", "single-master.json"] {

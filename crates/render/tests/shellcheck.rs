@@ -73,15 +73,23 @@ fn shellcheck(path: &Path) -> String {
 }
 
 /// Renders every node's script and collects shellcheck's findings.
+/// Shellchecks every node's boot script, as rendered and as rendered with an upgrade from
+/// the previous minor (the upgrade steps).
 fn check_all(templates: &Templates, def: &ClusterDefinition, label: &str, dir: &Path) -> Vec<String> {
     let mut findings = Vec::new();
+    let to = hakube_cluster::Version::parse(&def.kubernetes_version).expect("a version");
+    let from = hakube_cluster::Version { minor: to.minor - 1, patch: 0, ..to };
+    let upgrade = hakube_render::templates::Upgrade { from, to };
     for (_, node) in def.nodes() {
-        let script =
-            templates.boot_script(def, &node.node_name).unwrap_or_else(|e| panic!("{label}/{}: {e:?}", node.node_name));
-        let path = write_script(dir, &format!("{label}-{}", node.node_name), &script);
-        let text = shellcheck(&path);
-        if !text.trim().is_empty() {
-            findings.push(format!("{label}/{}:\n{text}", node.node_name));
+        for (kind, upgrade) in [("", None), ("-upgrade", Some(&upgrade))] {
+            let script = templates
+                .boot_script_for(def, &node.node_name, upgrade)
+                .unwrap_or_else(|e| panic!("{label}/{}: {e:?}", node.node_name));
+            let path = write_script(dir, &format!("{label}{kind}-{}", node.node_name), &script);
+            let text = shellcheck(&path);
+            if !text.trim().is_empty() {
+                findings.push(format!("{label}{kind}/{}:\n{text}", node.node_name));
+            }
         }
     }
     findings
