@@ -126,6 +126,9 @@ pub struct ClusterDefinition {
     /// every recipient, so the assets directory can be committed to git.
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secrets: Secrets,
+    /// How `hakube upgrade` upgrades the cluster.
+    #[serde(default, skip_serializing_if = "UpgradeSettings::is_default")]
+    pub upgrade: UpgradeSettings,
     /// What the prepare step does on a node where firewalld runs: `open` opens exactly the
     /// ports the node's role and network add-on need (permanently, in firewalld's default
     /// zone, then reloads it), `refuse` stops with an error that lists the closed ones (for
@@ -497,6 +500,34 @@ pub struct Downloads {
     /// for another release or file (validation warns about a download nothing pins).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sha256: BTreeMap<String, String>,
+}
+
+/// `hakube upgrade`'s settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(deny_unknown_fields)]
+pub struct UpgradeSettings {
+    /// How many workers are drained and upgraded at once: a count (`2`) or a percentage of
+    /// the workers (`"25%"`, rounded down, as Kubernetes scales maxUnavailable), at least
+    /// one. Unset: one node or 10 % of the workers, whichever is larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<MaxUnavailable>,
+}
+
+impl UpgradeSettings {
+    fn is_default(&self) -> bool {
+        *self == UpgradeSettings::default()
+    }
+}
+
+/// A number of nodes or a percentage, as Kubernetes' IntOrString.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum MaxUnavailable {
+    /// A number of nodes.
+    Count(u32),
+    /// A percentage of the workers, `"N%"` with N from 1 to 100.
+    Percent(String),
 }
 
 /// Who can decrypt the assets' secrets.

@@ -470,6 +470,7 @@ pub(crate) fn check(def: &ClusterDefinition, map: &SourceMap<'_>, hooks: &HookCa
     check_etcd(def, &mut c);
     check_downloads(def, &mut c);
     check_recipients(def, &mut c);
+    check_upgrade_settings(def, &mut c);
     check_container_runtime(def, &mut c);
 }
 
@@ -516,6 +517,30 @@ fn is_release_tag(tag: &str) -> bool {
         && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
         && b.iter().all(|c| c.is_ascii_alphanumeric() || b".+_-".contains(c))
+}
+
+/// `upgrade.maxUnavailable`: a count of at least 1, or `N%` with N from 1 to 100.
+fn check_upgrade_settings(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
+    use crate::definition::MaxUnavailable;
+    let path = root("upgrade").key("maxUnavailable");
+    match &def.upgrade.max_unavailable {
+        Some(MaxUnavailable::Count(0)) => c.error(
+            &path,
+            "0 would upgrade no worker".into(),
+            Some("give at least 1, or a percentage such as \"10%\"".into()),
+        ),
+        Some(MaxUnavailable::Percent(p)) => {
+            let ok = p.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| (1..=100).contains(&n));
+            if !ok {
+                c.error(
+                    &path,
+                    format!("{p:?} is not a percentage from 1% to 100%"),
+                    Some("give a count such as 2, or a percentage such as \"25%\"".into()),
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 /// `secrets.recipients`: each one an age recipient ([`crate::recipients::parse`]), none

@@ -27,6 +27,8 @@ pub struct Request<'a> {
     pub concurrency: Option<usize>,
     pub connect_timeout: Duration,
     pub dry_run: bool,
+    /// `hakube upgrade --snapshot-dir`: where the etcd snapshot goes.
+    pub snapshot_dir: &'a Path,
     /// `--identity` files, for the secrets encrypted at rest.
     pub identities: &'a [std::path::PathBuf],
     pub mode: Mode,
@@ -98,7 +100,23 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
             req.definition.display()
         );
     }
-    let plan = plan::build(&manifest, &order, req.nodes, req.mode)?;
+    let plan = match req.mode {
+        Mode::Upgrade => {
+            let workers = def.workers.len();
+            let batch = plan::worker_batch(workers, def.upgrade.max_unavailable.as_ref());
+            plan::build_upgrade(&manifest, &order, req.nodes, batch)?
+        }
+        mode => plan::build(&manifest, &order, req.nodes, mode)?,
+    };
+    if req.mode == Mode::Upgrade && manifest.kubernetes_version != def.kubernetes_version {
+        bail!(
+            "{} was rendered for Kubernetes {}, the definition says {}: run `hakube render {}` first",
+            req.assets_dir.join("manifest.json").display(),
+            manifest.kubernetes_version,
+            def.kubernetes_version,
+            req.definition.display()
+        );
+    }
     if req.mode != Mode::Reset {
         for warning in expiring_certificates(req.assets_dir, &manifest, SystemTime::now()) {
             eprintln!("hakube: warning: {warning}");
@@ -124,6 +142,7 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
         concurrency,
         connect_budget: req.connect_timeout,
         plaintexts: std::sync::Arc::new(plaintexts),
+        snapshot_dir: (req.mode == Mode::Upgrade).then(|| req.snapshot_dir.to_path_buf()),
     };
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     let summary = runtime.block_on(async {

@@ -91,6 +91,24 @@ enum Command {
         #[arg(long)]
         reset: bool,
     },
+    /// Upgrade Kubernetes to the definition's kubernetesVersion, one minor at a time, with the
+    /// upgrade steps `hakube render` wrote into the boot scripts: checks and an etcd snapshot
+    /// (copied here) first, then kubeadm upgrade apply on the first master, the other masters
+    /// one at a time, the workers in batches (drained, upgraded, uncordoned), the network
+    /// add-on when its release changes, and a closing check. Run again, it resumes where it
+    /// stopped.
+    ///
+    /// With NODE... only those nodes (the control plane must already run the new version,
+    /// unless the first master is among them).
+    #[command(after_help = INSTALL_AFTER_HELP)]
+    Upgrade {
+        #[command(flatten)]
+        common: RunArgs,
+        /// Where the etcd snapshot taken before the upgrade goes (mode 0600; encrypted with
+        /// age when the assets have recipients).
+        #[arg(long, value_name = "DIR", default_value = "snapshots")]
+        snapshot_dir: PathBuf,
+    },
     /// Remove what hakube installed from the nodes: kubeadm reset and hakube's files;
     /// a master leaves etcd through another master first.
     #[command(after_help = INSTALL_AFTER_HELP)]
@@ -232,6 +250,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             install::run(request(&common, mode, false))
         }
         Command::Reset { common, yes } => install::run(request(&common, Mode::Reset, yes)),
+        Command::Upgrade { common, snapshot_dir } => {
+            install::run(install::Request { snapshot_dir: &snapshot_dir, ..request(&common, Mode::Upgrade, false) })
+        }
         Command::Kubeconfig { definition, assets_dir, target, ttl, identity } => kubeconfig::run(kubeconfig::Request {
             definition: &definition,
             assets_dir: &assets_dir,
@@ -258,6 +279,7 @@ fn request(common: &RunArgs, mode: Mode, assume_yes: bool) -> install::Request<'
         connect_timeout: std::time::Duration::from_secs(common.connect_timeout),
         dry_run: common.dry_run,
         identities: &common.identity.identity,
+        snapshot_dir: Path::new("snapshots"),
         mode,
         assume_yes,
     }

@@ -21,12 +21,26 @@ pub enum Mode {
     ResetThenInstall,
     /// `hakube reset`: remove what hakube installed from the targeted nodes.
     Reset,
+    /// `hakube upgrade`: the boot scripts' upgrade steps, in kubeadm's order ([`build_upgrade`]).
+    Upgrade,
 }
 
 /// A built-in step the runner performs itself rather than through boot.sh.
 pub const SHIP: &str = "ship";
 /// Built-in: remove /etc/hakube and /var/lib/hakube from a node (last step of `hakube reset`).
 pub const PURGE: &str = "purge";
+/// Built-in: read the Kubernetes versions a node runs (its kubelet, its API server) and
+/// refuse to go on when they are not the manifest's; args: the manifest's version and
+/// [`VERSIONS_INSTALL`] or [`VERSIONS_RESET`]. Changes nothing on the node.
+pub const VERSIONS: &str = "versions";
+/// [`VERSIONS`] for an install: a node in a cluster must run the manifest's version.
+pub const VERSIONS_INSTALL: &str = "install";
+/// [`VERSIONS`] before a reset and reinstall: only the API server's version must match (the
+/// node's own kubelet is reset).
+pub const VERSIONS_RESET: &str = "reset";
+/// Built-in: copy the first master's etcd snapshot ([`hakube_render::layout::REMOTE_ETCD_SNAPSHOT`])
+/// to the operator's machine, encrypted when the assets have recipients.
+pub const FETCH_SNAPSHOT: &str = "fetch-snapshot";
 
 /// One step to run: on `host`, on behalf of `node` (they differ for `forget`, which a
 /// remaining master runs for a master that is leaving).
@@ -74,6 +88,12 @@ pub enum PhaseKind {
     Network,
     /// Steps after init/join.
     Post,
+    /// The versions every involved node runs, read before anything is shipped: a failure
+    /// stops the whole run.
+    Versions,
+    /// A phase of `hakube upgrade`: a failure stops the upgrade there (later phases are
+    /// skipped), leaving the cluster within the version skew policy.
+    Upgrade,
 }
 
 /// One phase of the plan.
@@ -101,6 +121,9 @@ pub struct Plan {
 /// Why a plan cannot be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// `hakube upgrade` with assets that carry no upgrade.
+    #[error("the assets carry no upgrade (manifest.json names no upgradeFrom): set kubernetesVersion in the definition to the next release, run `hakube render`, review the upgrade steps, then `hakube upgrade`")]
+    NoUpgrade,
     /// A NODE argument names no node of the cluster.
     #[error("there is no node named {name:?} in the cluster definition (nodes: {known})")]
     UnknownNode {
@@ -156,6 +179,29 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
         }
     };
 
+    if mode == Mode::Upgrade {
+        return build_upgrade(manifest, order, targets, 1);
+    }
+    // Before anything is shipped: the versions the targeted nodes run, and the API server's
+    // on the first master (a node that joins must not be newer than it).
+    if matches!(mode, Mode::Install | Mode::ResetThenInstall) && !manifest.kubernetes_version.is_empty() {
+        let check = if mode == Mode::Install { VERSIONS_INSTALL } else { VERSIONS_RESET };
+        let mut probed: Vec<&str> = targeted.iter().map(String::as_str).collect();
+        if let Some(first) = first.filter(|f| !is_target(f)) {
+            probed.insert(0, first);
+        }
+        push(
+            PhaseKind::Versions,
+            "read the Kubernetes versions the nodes run (nothing changes if they differ)",
+            Order::Parallel,
+            probed
+                .iter()
+                .map(|n| {
+                    vec![Run { args: vec![manifest.kubernetes_version.clone(), check.to_string()], ..run(n, VERSIONS) }]
+                })
+                .collect(),
+        );
+    }
     push(
         PhaseKind::Ship,
         "ship files and check them against the manifest",
@@ -277,6 +323,135 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     Ok(Plan { phases, targets: targeted })
 }
 
+/// The batch size of a worker upgrade for `workers` workers and `upgrade.maxUnavailable`:
+/// a count as it is, a percentage of the workers rounded down (as Kubernetes scales a
+/// maxUnavailable percentage, intstr.GetScaledValueFromIntOrPercent without rounding up);
+/// at least 1. Unset: one node or 10 %, whichever is larger.
+pub fn worker_batch(workers: usize, max_unavailable: Option<&hakube_cluster::definition::MaxUnavailable>) -> usize {
+    use hakube_cluster::definition::MaxUnavailable;
+    let n = match max_unavailable {
+        Some(MaxUnavailable::Count(c)) => *c as usize,
+        Some(MaxUnavailable::Percent(p)) => workers * p.trim_end_matches('%').parse::<usize>().unwrap_or(0) / 100,
+        None => workers / 10,
+    };
+    n.max(1)
+}
+
+/// The plan of `hakube upgrade` for `targets` (empty: every node) from a manifest that
+/// carries an upgrade, in kubeadm's order (kubernetes.io "Upgrading kubeadm clusters"):
+///
+/// 1. ship the files (the boot scripts with their upgrade steps) to the targeted nodes and
+///    the first master;
+/// 2. on the first master: `upgrade-preflight` (with `--control-plane-upgraded` when the
+///    first master is not targeted, so only nodes of an upgraded control plane are
+///    upgraded), `upgrade-snapshot` and [`FETCH_SNAPSHOT`];
+/// 3. the first master's `upgrade-apply`, when targeted;
+/// 4. the other targeted masters' `upgrade-node`, one at a time;
+/// 5. the targeted workers in batches of `batch` ([`worker_batch`]), one phase per batch so
+///    that never more than `batch` are cordoned at once: `upgrade-drain W` on the first
+///    master, `upgrade-node` on W, `upgrade-uncordon W` on the first master;
+/// 6. `upgrade-network` on the first master when its boot script has it and it is targeted;
+/// 7. `upgrade-check` on the first master.
+///
+/// Every phase is [`PhaseKind::Upgrade`]: a failure stops the upgrade there.
+///
+/// # Errors
+///
+/// [`PlanError::UnknownNode`], [`PlanError::NoUpgrade`] when the manifest carries no
+/// upgrade.
+pub fn build_upgrade(
+    manifest: &Manifest,
+    order: &[String],
+    targets: &[String],
+    batch: usize,
+) -> Result<Plan, PlanError> {
+    let nodes = &manifest.nodes;
+    for t in targets {
+        if !nodes.contains_key(t) {
+            return Err(PlanError::UnknownNode { name: t.clone(), known: order.join(", ") });
+        }
+    }
+    let Some(first) = order.iter().find(|n| nodes[*n].first_master).cloned() else { return Err(PlanError::NoUpgrade) };
+    let has = |n: &str, step: &str| nodes[n].upgrade_steps.iter().any(|s| s == step);
+    if manifest.upgrade_from.is_none() || !has(&first, "upgrade-preflight") {
+        return Err(PlanError::NoUpgrade);
+    }
+    let targeted: Vec<String> = order.iter().filter(|n| targets.is_empty() || targets.contains(n)).cloned().collect();
+    let first_targeted = targeted.contains(&first);
+    let on_first = |node: &str, step: &str, args: Vec<String>| Run {
+        node: node.into(),
+        host: first.clone(),
+        step: step.into(),
+        args,
+    };
+    let mut shipped = targeted.clone();
+    if !first_targeted {
+        shipped.insert(0, first.clone());
+    }
+    let mut phases = vec![Phase {
+        kind: PhaseKind::Ship,
+        title: "ship files (the boot scripts with their upgrade steps)".into(),
+        order: Order::Parallel,
+        runs: shipped.iter().map(|n| vec![run(n, SHIP)]).collect(),
+    }];
+    let mut push = |title: String, order: Order, runs: Vec<Vec<Run>>| {
+        if !runs.is_empty() {
+            phases.push(Phase { kind: PhaseKind::Upgrade, title, order, runs });
+        }
+    };
+    let preflight_args = if first_targeted { Vec::new() } else { vec!["--control-plane-upgraded".to_string()] };
+    push(
+        format!("check the cluster and take an etcd snapshot, on {first}"),
+        Order::Sequential,
+        vec![vec![
+            on_first(&first, "upgrade-preflight", preflight_args),
+            on_first(&first, "upgrade-snapshot", Vec::new()),
+            on_first(&first, FETCH_SNAPSHOT, Vec::new()),
+        ]],
+    );
+    if first_targeted {
+        push(
+            format!("upgrade the control plane on the first master {first} (kubeadm upgrade apply)"),
+            Order::Sequential,
+            vec![vec![run(&first, "upgrade-apply")]],
+        );
+    }
+    let masters: Vec<Vec<Run>> = targeted
+        .iter()
+        .filter(|n| **n != first && nodes[*n].role == Role::Master && has(n, "upgrade-node"))
+        .map(|n| vec![run(n, "upgrade-node")])
+        .collect();
+    push("upgrade the other masters one at a time (kubeadm upgrade node)".into(), Order::Sequential, masters);
+    let workers: Vec<&String> =
+        targeted.iter().filter(|n| nodes[*n].role == Role::Worker && has(n, "upgrade-node")).collect();
+    let batches = workers.chunks(batch.max(1)).count();
+    for (i, chunk) in workers.chunks(batch.max(1)).enumerate() {
+        push(
+            format!("upgrade workers, batch {} of {batches} (drain, kubeadm upgrade node, uncordon)", i + 1),
+            Order::Parallel,
+            chunk
+                .iter()
+                .map(|w| {
+                    vec![
+                        on_first(w, "upgrade-drain", vec![(*w).clone()]),
+                        run(w, "upgrade-node"),
+                        on_first(w, "upgrade-uncordon", vec![(*w).clone()]),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    if first_targeted && has(&first, "upgrade-network") {
+        push("upgrade the network add-on".into(), Order::Sequential, vec![vec![run(&first, "upgrade-network")]]);
+    }
+    push(
+        "check that every node is Ready at the new version".into(),
+        Order::Sequential,
+        vec![vec![on_first(&first, "upgrade-check", Vec::new())]],
+    );
+    Ok(Plan { phases, targets: targeted })
+}
+
 impl fmt::Display for Plan {
     /// The plan as `--dry-run` prints it: phase by phase, node by node, step by step.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -293,6 +468,8 @@ impl fmt::Display for Plan {
                     let what = match r.step.as_str() {
                         SHIP => "ship files".to_string(),
                         PURGE => "remove /etc/hakube and /var/lib/hakube".to_string(),
+                        VERSIONS => "read the Kubernetes versions it runs".to_string(),
+                        FETCH_SNAPSHOT => "copy the etcd snapshot to this machine".to_string(),
                         s => format!("boot.sh {s}{args}"),
                     };
                     writeln!(f, "   {:<24} {what}{on}", r.node)?;
@@ -326,7 +503,18 @@ mod tests {
             nodes.insert(name.to_string(), NodeEntry { role, first_master: first, steps, upgrade_steps: Vec::new() });
             order.push(name.to_string());
         }
-        (Manifest { format: 1, cluster_name: "t".into(), kubernetes_version: String::new(), upgrade_from: None, nodes, files: BTreeMap::new(), recipients: Vec::new() }, order)
+        (
+            Manifest {
+                format: 1,
+                cluster_name: "t".into(),
+                kubernetes_version: String::new(),
+                upgrade_from: None,
+                nodes,
+                files: BTreeMap::new(),
+                recipients: Vec::new(),
+            },
+            order,
+        )
     }
 
     fn kinds(plan: &Plan) -> Vec<PhaseKind> {
@@ -400,6 +588,92 @@ mod tests {
         let all = build(&m, &order, &[], Mode::ResetThenInstall).unwrap();
         let init = all.phases.iter().find(|p| p.kind == Init).unwrap();
         assert_eq!(init.runs, vec![vec![run("m0", "init")]]);
+    }
+
+    /// Issue 13: an install reads the versions the nodes run before it ships anything; with
+    /// the first master outside the targets, there too (its API server's version).
+    #[test]
+    fn an_install_reads_the_versions_before_anything_is_shipped() {
+        let (mut m, order) = manifest();
+        m.kubernetes_version = "1.36.4".into();
+        let plan = build(&m, &order, &[], Mode::Install).unwrap();
+        assert_eq!(plan.phases[0].kind, PhaseKind::Versions);
+        assert_eq!(plan.phases[1].kind, PhaseKind::Ship);
+        assert_eq!(plan.phases[0].runs.len(), 5);
+        assert_eq!(plan.phases[0].runs[0][0].args, ["1.36.4", VERSIONS_INSTALL]);
+        let plan = build(&m, &order, &["w1".into()], Mode::ResetThenInstall).unwrap();
+        let probed: Vec<&str> = plan.phases[0].runs.iter().map(|r| r[0].host.as_str()).collect();
+        assert_eq!(probed, ["m0", "w1"]);
+        assert_eq!(plan.phases[0].runs[1][0].args[1], VERSIONS_RESET);
+        assert!(build(&m, &order, &[], Mode::Reset).unwrap().phases.iter().all(|p| p.kind != PhaseKind::Versions));
+    }
+
+    fn upgrade_manifest() -> (Manifest, Vec<String>) {
+        let (mut m, order) = manifest();
+        m.kubernetes_version = "1.36.4".into();
+        m.upgrade_from = Some("1.35.4".into());
+        for (name, entry) in m.nodes.iter_mut() {
+            entry.upgrade_steps = if name == "m0" {
+                [
+                    "upgrade-preflight",
+                    "upgrade-snapshot",
+                    "upgrade-apply",
+                    "upgrade-drain",
+                    "upgrade-uncordon",
+                    "upgrade-check",
+                ]
+                .map(String::from)
+                .to_vec()
+            } else {
+                vec!["upgrade-node".into()]
+            };
+        }
+        (m, order)
+    }
+
+    #[test]
+    fn an_upgrade_goes_control_plane_first_then_workers_in_batches() {
+        let (m, order) = upgrade_manifest();
+        let plan = build_upgrade(&m, &order, &[], 1).unwrap();
+        let steps: Vec<Vec<(String, String)>> = plan
+            .phases
+            .iter()
+            .map(|p| p.runs.iter().flatten().map(|r| (r.host.clone(), r.step.clone())).collect())
+            .collect();
+        let pair = |h: &str, s: &str| (h.to_string(), s.to_string());
+        assert_eq!(
+            steps[1],
+            [pair("m0", "upgrade-preflight"), pair("m0", "upgrade-snapshot"), pair("m0", FETCH_SNAPSHOT)]
+        );
+        assert_eq!(steps[2], [pair("m0", "upgrade-apply")], "apply before any upgrade-node");
+        assert_eq!(steps[3], [pair("m1", "upgrade-node"), pair("m2", "upgrade-node")]);
+        assert_eq!(plan.phases[3].order, Order::Sequential, "masters one at a time");
+        assert_eq!(steps[4], [pair("m0", "upgrade-drain"), pair("w0", "upgrade-node"), pair("m0", "upgrade-uncordon")]);
+        assert_eq!(steps[5], [pair("m0", "upgrade-drain"), pair("w1", "upgrade-node"), pair("m0", "upgrade-uncordon")]);
+        assert_eq!(steps[6], [pair("m0", "upgrade-check")]);
+        assert!(plan.phases[1..].iter().all(|p| p.kind == PhaseKind::Upgrade));
+        assert_eq!(plan.phases[4].runs[0][0].args, ["w0"]);
+        // A batch of two: both workers in one phase.
+        let plan = build_upgrade(&m, &order, &[], 2).unwrap();
+        assert_eq!(plan.phases.len(), 6);
+        assert_eq!(plan.phases[4].runs.len(), 2);
+        // One worker: the control plane must already be upgraded; nothing else is touched.
+        let plan = build_upgrade(&m, &order, &["w1".into()], 1).unwrap();
+        assert_eq!(plan.phases[0].runs.iter().map(|r| r[0].node.as_str()).collect::<Vec<_>>(), ["m0", "w1"]);
+        assert_eq!(plan.phases[1].runs[0][0].args, ["--control-plane-upgraded"]);
+        assert!(plan.phases.iter().flat_map(|p| p.runs.iter().flatten()).all(|r| r.step != "upgrade-apply"));
+        let (plain, order) = manifest();
+        assert_eq!(build_upgrade(&plain, &order, &[], 1), Err(PlanError::NoUpgrade));
+    }
+
+    #[test]
+    fn the_worker_batch_follows_max_unavailable() {
+        use hakube_cluster::definition::MaxUnavailable::{Count, Percent};
+        assert_eq!(worker_batch(10, None), 1, "one node or 10 %, whichever is larger");
+        assert_eq!(worker_batch(25, None), 2);
+        assert_eq!(worker_batch(10, Some(&Percent("25%".into()))), 2, "rounded down");
+        assert_eq!(worker_batch(3, Some(&Percent("10%".into()))), 1, "at least one");
+        assert_eq!(worker_batch(5, Some(&Count(3))), 3);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, StepOutcome};
-use crate::plan::{Order, PhaseKind, Plan, Run, PURGE, SHIP};
+use crate::plan::{Order, PhaseKind, Plan, Run, FETCH_SNAPSHOT, PURGE, SHIP, VERSIONS, VERSIONS_INSTALL};
 use crate::transport::{Connection, Stream, Target, TransportError};
 use crate::InstallError;
 
@@ -40,6 +40,10 @@ pub struct Settings {
     /// key), decrypted in memory before the run (`hakube_render::secrets::decrypt_for_install`);
     /// shipped only inside the SSH stream, never written to the operator's disk.
     pub plaintexts: Arc<Plaintexts>,
+    /// Where `hakube upgrade` puts the etcd snapshot it copies off the first master
+    /// (`<dir>/<cluster>-etcd-<unix time>.db`, or `.db.age` encrypted to the manifest's
+    /// recipients; mode 0600 in a 0700 directory). `None`: no snapshot is expected.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// How a node ended.
@@ -511,6 +515,35 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                 Err(e) => Err((None, e.to_string())),
             }
         }
+        VERSIONS => {
+            let mut out = Vec::new();
+            match conn
+                .run("sh", &["-c".into(), VERSION_PROBE.into()], None, |s, l| match s {
+                    Stream::Stdout => out.push(l.to_string()),
+                    Stream::Stderr => lines.push(log_line(s, l)),
+                })
+                .await
+            {
+                Ok(Some(0)) => {
+                    lines.extend(out.iter().map(|l| format!("{l}\n")));
+                    let (expected, check) = (run.args.first().cloned().unwrap_or_default(), run.args.get(1).cloned());
+                    judge_versions(&run.node, &out, &expected, check.as_deref() == Some(VERSIONS_INSTALL))
+                        .map_err(|m| (None, m))
+                }
+                Ok(code) => Err((code, "reading the Kubernetes versions failed".to_string())),
+                Err(e) => Err((None, e.to_string())),
+            }
+        }
+        FETCH_SNAPSHOT => match conn.read_file(layout::REMOTE_ETCD_SNAPSHOT, MAX_SNAPSHOT_BYTES).await {
+            Ok(bytes) => match save_snapshot(&shared.settings, &shared.manifest, &bytes) {
+                Ok(path) => {
+                    lines.push(format!("etcd snapshot ({} bytes) saved to {}\n", bytes.len(), path.display()));
+                    Ok(())
+                }
+                Err(message) => Err((None, message)),
+            },
+            Err(e) => Err((None, e.to_string())),
+        },
         PURGE => match conn
             .run(
                 "rm",
@@ -568,6 +601,79 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
         Ok(()) => RunResult::Ok,
         Err((exit_code, message)) => RunResult::Failed { exit_code, message },
     }
+}
+
+/// What [`VERSIONS`] runs on a node (`sh -c`, as root): `kubelet vX.Y.Z` when a kubelet is
+/// installed, `joined` when the node is in a cluster (kubeadm wrote its kubelet.conf), and
+/// `apiserver vX.Y.Z` on a master whose API server static Pod exists (its image tag, which
+/// kubeadm init and upgrade write). Reads only.
+pub const VERSION_PROBE: &str = r#"if v=$(kubelet --version 2>/dev/null); then echo "kubelet ${v#Kubernetes }"; fi
+if [ -f /etc/kubernetes/kubelet.conf ]; then echo joined; fi
+f=/etc/kubernetes/manifests/kube-apiserver.yaml
+if [ -f "$f" ]; then sed -n 's/^ *image: .*kube-apiserver:\(v[^ ]*\)$/apiserver /p' "$f"; fi"#;
+
+/// Judges what [`VERSION_PROBE`] printed on `node` against the manifest's version
+/// `expected`: a kubelet or API server newer than it is a downgrade, refused always; an API
+/// server at another version means the cluster runs another version, which only `hakube
+/// upgrade` changes (one minor at a time, control plane first: the version skew policy); and
+/// for an install (`install`), a node in a cluster whose kubelet runs another version is
+/// refused the same way. A node without a kubelet, or not in a cluster, passes.
+///
+/// # Errors
+///
+/// The sentence naming the node, both versions and `hakube upgrade`.
+pub fn judge_versions(node: &str, probe: &[String], expected: &str, install: bool) -> Result<(), String> {
+    use hakube_cluster::Version;
+    let Some(want) = Version::parse(expected) else { return Ok(()) };
+    let field = |key: &str| probe.iter().find_map(|l| l.strip_prefix(key)).and_then(|v| Version::parse(v.trim()));
+    let (kubelet, apiserver) = (field("kubelet "), field("apiserver "));
+    let joined = probe.iter().any(|l| l == "joined");
+    for (what, found) in [("kubelet", kubelet), ("API server", apiserver)] {
+        if let Some(found) = found.filter(|f| *f > want) {
+            return Err(format!(
+                "{node}'s {what} runs Kubernetes {found}, newer than kubernetesVersion {want}: Kubernetes does not support a downgrade and hakube never does one (set kubernetesVersion to {found} and render again)"
+            ));
+        }
+    }
+    let upgrade = "`hakube upgrade` changes a running cluster's version, one minor at a time, control plane first; nothing was changed";
+    if let Some(found) = apiserver.filter(|a| *a != want) {
+        return Err(format!(
+            "{node}'s API server runs Kubernetes {found} and kubernetesVersion is {want}: hakube install never changes the version of a running cluster; {upgrade}"
+        ));
+    }
+    if let (true, true, Some(found)) = (install, joined, kubelet.filter(|k| *k != want)) {
+        return Err(format!(
+            "{node} runs Kubernetes {found} in a cluster and kubernetesVersion is {want}: hakube install never changes a running node's version (its kubelet would be upgraded before the API servers); {upgrade}"
+        ));
+    }
+    Ok(())
+}
+
+/// The largest etcd snapshot [`FETCH_SNAPSHOT`] copies: etcd's suggested maximum storage
+/// quota (8 GiB, etcd docs "Space quota").
+const MAX_SNAPSHOT_BYTES: u64 = 8 << 30;
+
+/// Writes an etcd snapshot into `settings.snapshot_dir` (created 0700): mode 0600, encrypted
+/// to the manifest's recipients when it has any; its path.
+fn save_snapshot(settings: &Settings, manifest: &Manifest, bytes: &[u8]) -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = settings.snapshot_dir.as_ref().ok_or("no directory for etcd snapshots was given")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("failed to create {}: {e}", dir.display()))?;
+    let name = format!("{}-etcd-{}.db", manifest.cluster_name, unix_now());
+    let (path, data) = if manifest.recipients.is_empty() {
+        (dir.join(&name), bytes.to_vec())
+    } else {
+        let (recipients, _) =
+            hakube_render::secrets::parse_recipients(&manifest.recipients).map_err(|e| e.to_string())?;
+        let sealed = hakube_render::secrets::encrypt(bytes, &recipients, &name).map_err(|e| e.to_string())?;
+        (dir.join(format!("{name}{}", layout::AGE_SUFFIX)), sealed)
+    };
+    hakube_render::assets::write_atomic(&path, 0o600, &data).map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 fn verify_sums(expected: &[ShippedSum], sums: &[String]) -> Result<(), (Option<i32>, String)> {
@@ -637,6 +743,7 @@ pub async fn execute(
 
     let mut state: BTreeMap<String, NodeOutcome> = BTreeMap::new();
     let mut blocked: Option<String> = None; // why dependent phases cannot run
+    let mut stopped: Option<String> = None; // why no later phase runs at all
     let mut interrupted = false;
     let semaphore = Arc::new(Semaphore::new(settings.concurrency.max(1)));
 
@@ -649,6 +756,16 @@ pub async fn execute(
             phase.kind,
             PhaseKind::JoinMasters | PhaseKind::JoinWorkers | PhaseKind::Network | PhaseKind::Post
         );
+        if let Some(reason) = &stopped {
+            for runs in &phase.runs {
+                let node = &runs[0].node;
+                if !state.contains_key(node) {
+                    let _ = events.send(Event::NodeSkipped { node: node.clone(), reason: reason.clone() });
+                    state.insert(node.clone(), NodeOutcome::Skipped { reason: reason.clone() });
+                }
+            }
+            continue;
+        }
         let runnable: Vec<&Vec<Run>> = phase
             .runs
             .iter()
@@ -706,6 +823,19 @@ pub async fn execute(
                         state.insert(node.clone(), NodeOutcome::Failed { step: step.clone(), exit_code, message });
                         match phase.kind {
                             PhaseKind::Init => blocked = Some(format!("kubeadm init failed on {node}")),
+                            PhaseKind::Versions | PhaseKind::Upgrade => {
+                                let reason = if phase.kind == PhaseKind::Versions {
+                                    format!("the versions {node} runs stopped the install before anything changed")
+                                } else {
+                                    format!("the upgrade stopped at {node} ({step} failed)")
+                                };
+                                for runs in queue.drain(..) {
+                                    let n = runs[0].node.clone();
+                                    let _ = events.send(Event::NodeSkipped { node: n.clone(), reason: reason.clone() });
+                                    state.insert(n, NodeOutcome::Skipped { reason: reason.clone() });
+                                }
+                                stopped = Some(reason);
+                            }
                             PhaseKind::Token => blocked = Some(format!("the bootstrap token check failed on {node}")),
                             PhaseKind::JoinMasters | PhaseKind::Forget => {
                                 let reason = format!("{step} failed on master {node}");
@@ -856,6 +986,38 @@ mod tests {
         std::fs::remove_file(assets.join("nodes/w0/kubeadm.yaml")).unwrap();
         std::fs::write(assets.join("nodes/w0/kubeadm.yaml"), b"kind: x\n").unwrap();
         assert!(ship_archive(&assets, &files, &Plaintexts::default()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    fn probe(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|l| l.to_string()).collect()
+    }
+
+    #[test]
+    fn versions_are_judged_by_the_skew_policy() {
+        let fresh = probe(&[]);
+        assert!(judge_versions("w0", &fresh, "1.36.4", true).is_ok(), "a fresh node");
+        let same = probe(&["kubelet v1.36.4", "joined", "apiserver v1.36.4"]);
+        assert!(judge_versions("m0", &same, "1.36.4", true).is_ok());
+        let older = probe(&["kubelet v1.35.4", "joined", "apiserver v1.35.4"]);
+        let err = judge_versions("m0", &older, "1.36.4", true).unwrap_err();
+        assert!(err.contains("m0's API server runs Kubernetes 1.35.4") && err.contains("hakube upgrade"), "{err}");
+        let worker = probe(&["kubelet v1.35.4", "joined"]);
+        assert!(judge_versions("w0", &worker, "1.36.4", true)
+            .unwrap_err()
+            .contains("w0 runs Kubernetes 1.35.4 in a cluster"));
+        assert!(judge_versions("w0", &worker, "1.36.4", false).is_ok(), "a node about to be reset");
+        let not_joined = probe(&["kubelet v1.35.4"]);
+        assert!(judge_versions("w0", &not_joined, "1.36.4", true).is_ok(), "packages only, no cluster");
+        let newer = probe(&["kubelet v1.36.4"]);
+        for install in [true, false] {
+            let err = judge_versions("w0", &newer, "1.35.4", install).unwrap_err();
+            assert!(err.contains("downgrade"), "{err}");
+        }
     }
 }
 

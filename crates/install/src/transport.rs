@@ -355,6 +355,47 @@ impl Connection {
         Ok(status.code())
     }
 
+    /// The bytes of file `path` on the node, read as root (`cat -- PATH`), for files that are
+    /// not text (an etcd snapshot); at most `limit` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Command`] when the file cannot be read (the message holds what cat
+    /// said), is larger than `limit`, or the command cannot run; [`TransportError::SudoPassword`].
+    pub async fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError> {
+        use tokio::io::AsyncReadExt;
+        let fail = |detail: String| TransportError::Command {
+            node: self.target.node.clone(),
+            what: format!("cat {path}"),
+            detail,
+        };
+        let mut cmd = self.root_command("cat");
+        cmd.arg("--").arg(path).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| fail(error_text(&e)))?;
+        let mut stdout = child.stdout().take().ok_or_else(|| fail("no stdout".into()))?;
+        let mut stderr = child.stderr().take().ok_or_else(|| fail("no stderr".into()))?;
+        let mut bytes = Vec::new();
+        let mut errors = Vec::new();
+        let mut limited = (&mut stdout).take(limit + 1);
+        let (read, _) = tokio::join!(limited.read_to_end(&mut bytes), stderr.read_to_end(&mut errors));
+        read.map_err(|e| fail(e.to_string()))?;
+        let errors = String::from_utf8_lossy(&errors).trim().to_string();
+        if bytes.len() as u64 > limit {
+            return Err(fail(format!("it is larger than {limit} bytes")));
+        }
+        let status = child.wait().await.map_err(|e| fail(error_text(&e)))?;
+        if self.target.user != "root" && errors.starts_with("sudo:") && errors.contains("password") {
+            return Err(TransportError::SudoPassword {
+                node: self.target.node.clone(),
+                user: self.target.user.clone(),
+            });
+        }
+        if !status.success() {
+            return Err(fail(if errors.is_empty() { format!("exit status {:?}", status.code()) } else { errors }));
+        }
+        Ok(bytes)
+    }
+
     /// Closes the control connection.
     pub async fn close(self) {
         let _ = self.session.close().await;

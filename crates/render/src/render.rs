@@ -507,10 +507,8 @@ fn fingerprints(files: &BTreeMap<String, Asset>, token_id: &str) -> String {
 pub fn upgrade_of(def: &ClusterDefinition, existing: &Existing) -> Result<Option<Upgrade>, RenderError> {
     use hakube_cluster::Version;
     let Some(to) = Version::parse(&def.kubernetes_version) else { return Ok(None) };
-    let Some(previous) = existing
-        .get(layout::MANIFEST)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|t| Manifest::parse(t).ok())
+    let Some(previous) =
+        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok())
     else {
         return Ok(None);
     };
@@ -727,8 +725,10 @@ pub fn render(
             .into_iter()
             .map(String::from)
             .collect();
-        let upgrade_steps =
-            crate::templates::upgrade_steps(def, &node.node_name, upgrade.as_ref()).into_iter().map(String::from).collect();
+        let upgrade_steps = crate::templates::upgrade_steps(def, &node.node_name, upgrade.as_ref())
+            .into_iter()
+            .map(String::from)
+            .collect();
         nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps, upgrade_steps });
         let name = &node.node_name;
         let config = crate::kubeadm::kubeadm_config(def, name, &hash, token.id()).map_err(|e| RenderError::Node {

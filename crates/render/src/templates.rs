@@ -400,7 +400,8 @@ pub fn upgrade_steps(def: &ClusterDefinition, node: &str, upgrade: Option<&Upgra
     }
     let mut steps = vec!["upgrade-preflight", "upgrade-snapshot", "upgrade-apply", "upgrade-drain", "upgrade-uncordon"];
     if def.hooks.network_provider.is_some()
-        && downloads::network_release(def, upgrade.from.minor).ok() != downloads::network_release(def, upgrade.to.minor).ok()
+        && downloads::network_release(def, upgrade.from.minor).ok()
+            != downloads::network_release(def, upgrade.to.minor).ok()
     {
         steps.push("upgrade-network");
     }

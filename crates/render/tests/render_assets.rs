@@ -271,8 +271,15 @@ fn a_new_version_renders_an_upgrade_one_minor_at_a_time() {
     let first_master = &manifest.nodes["master0"];
     assert_eq!(
         first_master.upgrade_steps,
-        ["upgrade-preflight", "upgrade-snapshot", "upgrade-apply", "upgrade-drain", "upgrade-uncordon", "upgrade-check"]
-            .map(String::from),
+        [
+            "upgrade-preflight",
+            "upgrade-snapshot",
+            "upgrade-apply",
+            "upgrade-drain",
+            "upgrade-uncordon",
+            "upgrade-check"
+        ]
+        .map(String::from),
         "calico's release is the same for both minors, so no upgrade-network"
     );
     assert_eq!(manifest.nodes["worker0"].upgrade_steps, ["upgrade-node"]);
@@ -290,7 +297,9 @@ fn a_new_version_renders_an_upgrade_one_minor_at_a_time() {
     render_into(&def, dir.path());
     assert_eq!(before, snapshot_of_dir(dir.path()), "a re-render of the same version changed bytes");
     let existing = assets::read_existing(dir.path()).unwrap();
-    for (version, needle) in [("1.38.0", "1.36 → 1.37 → 1.38"), ("1.35.4", "lower than 1.36.4"), ("1.36.3", "lower than 1.36.4")] {
+    for (version, needle) in
+        [("1.38.0", "1.36 → 1.37 → 1.38"), ("1.35.4", "lower than 1.36.4"), ("1.36.3", "lower than 1.36.4")]
+    {
         def.kubernetes_version = version.into();
         let err = render::render(&def, &existing, &templates(), &options()).unwrap_err().to_string();
         assert!(err.contains(needle), "{version}: {err}");
