@@ -129,12 +129,17 @@ fn span(calls: &[Call], verb: &str) -> Option<(Duration, Duration)> {
 }
 
 fn setup() -> World {
-    setup_with("hkt", "hkbr7", [10, 252], "stacked", false, Distro::Debian12, "calico")
+    setup_with("hkt", "hkbr7", [10, 252], "stacked", false, Distro::Debian12, "calico", DEFAULT_VERSION)
 }
+
+/// The lab's default Kubernetes release.
+const DEFAULT_VERSION: &str = hakube_cluster::definition::DEFAULT_KUBERNETES_VERSION;
 
 /// A lab with its own names and network (tests run side by side), rendered for, and with
 /// `sudo_user`, logged into as the lab's non-root user with passwordless sudo; `network` is
-/// the network add-on, whose files the lab's mirror serves.
+/// the network add-on, whose files the lab's mirror serves; `version` one of the mirror's
+/// Kubernetes releases.
+#[allow(clippy::too_many_arguments)]
 fn setup_with(
     prefix: &str,
     bridge: &str,
@@ -143,6 +148,7 @@ fn setup_with(
     sudo_user: bool,
     distro: Distro,
     network: &str,
+    version: &str,
 ) -> World {
     assert!(
         Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
@@ -156,6 +162,7 @@ fn setup_with(
         subnet_base,
         distro,
         network_provider: network.into(),
+        kubernetes_version: version.into(),
         ..LabConfig::new(3, 2, dir.path().join("lab"))
     };
     if sudo_user {
@@ -212,7 +219,7 @@ fn install_reset_and_failures_on_the_lab() {
 /// the running cluster as a new member and joins.
 #[test]
 fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
-    let w = setup_with("hku", "hkbr6", [10, 254], "external", false, Distro::Debian12, "calico");
+    let w = setup_with("hku", "hkbr6", [10, 254], "external", false, Distro::Debian12, "calico", DEFAULT_VERSION);
     assert_code(&w.install(&[]), 0, "full install, external etcd");
     let version = w.lab.definition()["etcd"]["version"].as_str().unwrap().to_string();
     for node in ["master0", "master1", "master2"] {
@@ -267,9 +274,8 @@ fn external_etcd_runs_for_real_and_a_reset_master_rejoins_it() {
 /// full install long after the bootstrap token expired re-arms it before a worker joins.
 #[test]
 fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
-    let w = setup_with("hkr", "hkbr1", [10, 246], "stacked", false, Distro::Debian12, "calico");
     // This cluster runs the mirror's 1.35 release, so that a later bump can be refused.
-    w.set_version("1.35.4");
+    let w = setup_with("hkr", "hkbr1", [10, 246], "stacked", false, Distro::Debian12, "calico", "1.35.4");
     let verbs = |node: &str| -> Vec<(String, Option<i32>)> {
         w.kubeadm_calls(node)
             .into_iter()
@@ -340,19 +346,23 @@ fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
     assert_eq!(joins.last().unwrap().exit, Some(0), "worker1 joined with the re-armed token");
 
     // Bumping kubernetesVersion and installing again changes no node's version: that would
-    // upgrade kubelets before the API servers (the version skew policy). Nor is any node
-    // downgraded.
+    // upgrade kubelets before the API servers (the version skew policy). Install reads the
+    // versions first and stops before anything is shipped, naming hakube upgrade.
     let kubeadm_before: Vec<usize> = w.lab.nodes().iter().map(|n| w.kubeadm_calls(&n.name).len()).collect();
     w.set_version("1.36.4");
     let out = w.install(&[]);
     assert_code(&out, 3, "install after bumping kubernetesVersion");
     assert!(text(&out).contains("5 of 5 node(s) did not finish"), "{}", text(&out));
-    let log = std::fs::read_to_string(w.logs().join("worker0.log")).unwrap();
     assert!(
-        log.contains("this node runs Kubernetes v1.35.4 in a cluster and kubernetesVersion is v1.36.4: hakube install never changes a running node's version"),
-        "{log}"
+        text(&out).contains("worker0 runs Kubernetes 1.35.4 in a cluster and kubernetesVersion is 1.36.4: hakube install never changes a running node's version")
+            && text(&out).contains("`hakube upgrade`"),
+        "{}",
+        text(&out)
     );
-    w.on_every_node("kubelet --version; apt-mark showhold | grep -c kube", "Kubernetes v1.35.4\n3\n");
+    w.on_every_node(
+        "kubelet --version; apt-mark showhold | grep -c kube; grep -c '^readonly KUBERNETES_VERSION=1.35.4$' /etc/hakube/boot.sh",
+        "Kubernetes v1.35.4\n3\n1\n",
+    );
     let kubeadm_after: Vec<usize> = w.lab.nodes().iter().map(|n| w.kubeadm_calls(&n.name).len()).collect();
     assert_eq!(kubeadm_before, kubeadm_after, "kubeadm ran on a node whose version was refused");
 }
@@ -483,7 +493,7 @@ fn walk(dir: &std::path::Path) -> Vec<(String, PathBuf)> {
 /// /usr/local/bin and calls by that path.
 #[test]
 fn a_non_root_login_user_installs_through_sudo() {
-    let w = setup_with("hks", "hkbr5", [10, 249], "stacked", true, Distro::Debian12, "cilium");
+    let w = setup_with("hks", "hkbr5", [10, 249], "stacked", true, Distro::Debian12, "cilium", DEFAULT_VERSION);
     let definition = std::fs::read_to_string(&w.definition).unwrap();
     assert!(definition.contains(&format!("\"sshLoginUser\": \"{}\"", hakube_lab::SUDO_USER)), "{definition}");
     assert_code(&w.install(&[]), 0, "install as a sudo user");
@@ -786,4 +796,116 @@ fn a_node_without_tar_is_named(w: &World) {
     assert!(text(&out).contains("the node has no tar"), "{}", text(&out));
     let (code, out) = w.on_node("worker0", "mv /usr/bin/tar.away /usr/bin/tar");
     assert_eq!(code, 0, "{out}");
+}
+
+/// `(start, end)` of every call on `node` of `program` whose arguments begin with `prefix`.
+fn spans(w: &World, node: &str, program: &str, prefix: &[&str]) -> Vec<(Duration, Duration)> {
+    w.calls(node)
+        .into_iter()
+        .filter(|c| c.name == program && c.args.len() >= prefix.len() && c.args.iter().zip(prefix).all(|(a, p)| a == p))
+        .map(|c| (c.start, c.end.expect("the call finished")))
+        .collect()
+}
+
+/// When dpkg on `node` last upgraded `package` (its /var/log/dpkg.log, which dpkg writes
+/// itself), as time since the Unix epoch, to the second.
+fn dpkg_upgraded(w: &World, node: &str, package: &str) -> Option<Duration> {
+    let (code, out) = w.on_node(
+        node,
+        &format!("awk '$3 == \"upgrade\" && index($4, \"{package}:\") == 1 {{ print $1, $2 }}' /var/log/dpkg.log | tail -n 1 | xargs -r -I{{}} date -d {{}} +%s"),
+    );
+    assert_eq!(code, 0, "{out}");
+    out.trim().parse().ok().map(Duration::from_secs)
+}
+
+/// Issue 13: a 3-master, 3-worker cluster installed at 1.35, then kubernetesVersion 1.36.4:
+/// install refuses before touching any node; `hakube upgrade` made to fail on the second
+/// master stops there within the skew policy; run again, it resumes without a second
+/// `kubeadm upgrade apply` and finishes: the first master's apply before any `upgrade node`,
+/// the other masters one at a time, each worker drained before dpkg changed its kubelet and
+/// uncordoned after, never more than upgrade.maxUnavailable (2) workers cordoned at once, no
+/// kubelet upgraded before the apply finished; an etcd snapshot was copied off first.
+#[test]
+fn an_upgrade_goes_one_minor_control_plane_first_and_resumes() {
+    assert!(
+        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
+        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = LabConfig {
+        prefix: "hkg".into(),
+        bridge: "hkbr13".into(),
+        subnet_base: [10, 241],
+        kubernetes_version: "1.35.4".into(),
+        ..LabConfig::new(3, 3, dir.path().join("lab"))
+    };
+    let mut definition = hakube_lab::definition(&config).expect("lab definition");
+    definition["upgrade"] = serde_json::json!({ "maxUnavailable": 2 });
+    let w = bring_up(dir, config, &definition);
+    assert_code(&w.install(&[]), 0, "install at 1.35.4");
+
+    w.set_version("1.36.4");
+    let out = w.install(&[]);
+    assert_code(&out, 3, "install after the version bump");
+    assert!(text(&out).contains("hakube upgrade"), "{}", text(&out));
+    w.on_every_node("grep -c '^readonly KUBERNETES_VERSION=1.35.4$' /etc/hakube/boot.sh", "1\n");
+
+    let fault = hakube_lab::Fault::parse("kubeadm.upgrade fail").unwrap();
+    w.lab.add_fault("master1", &fault).unwrap();
+    let upgrade = |w: &World| {
+        let out = w.hakube(&["upgrade", w.definition.to_str().unwrap(), "--connect-timeout", "3"]);
+        for line in text(&out).lines().filter(|l| l.contains(" FAILED ")) {
+            let node = line.split_whitespace().next().unwrap_or_default();
+            let log = std::fs::read_to_string(w.logs().join(format!("{node}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- end of {node}.log\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        out
+    };
+    let out = upgrade(&w);
+    assert_code(&out, 3, "upgrade with master1's kubeadm upgrade node failing");
+    assert_eq!(spans(&w, "master0", "kubeadm", &["upgrade", "apply"]).len(), 1);
+    for node in ["master2", "worker0", "worker1", "worker2"] {
+        assert!(spans(&w, node, "kubeadm", &["upgrade"]).is_empty(), "{node} was upgraded after master1 failed");
+        assert_eq!(w.on_node(node, "kubelet --version").1, "Kubernetes v1.35.4\n", "{node}");
+    }
+    let snapshots: Vec<_> =
+        std::fs::read_dir(w.dir.path().join("snapshots")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(snapshots.len(), 1, "{snapshots:?}");
+    assert!(std::fs::metadata(&snapshots[0]).unwrap().len() > 0);
+
+    w.lab.clear_faults("master1").unwrap();
+    assert_code(&upgrade(&w), 0, "the same upgrade again");
+    let apply = spans(&w, "master0", "kubeadm", &["upgrade", "apply"]);
+    assert_eq!(apply.len(), 1, "upgrade apply ran again on resume");
+    let apply_end = apply[0].1;
+    let (m1, m2) =
+        (spans(&w, "master1", "kubeadm", &["upgrade", "node"]), spans(&w, "master2", "kubeadm", &["upgrade", "node"]));
+    let (m1, m2) = (*m1.last().unwrap(), *m2.last().unwrap());
+    assert!(apply_end <= m1.0 && m1.1 <= m2.0, "masters not one at a time after the apply: {apply:?} {m1:?} {m2:?}");
+    for node in ["master0", "master1", "master2", "worker0", "worker1", "worker2"] {
+        let kubelet =
+            dpkg_upgraded(&w, node, "kubelet").unwrap_or_else(|| panic!("dpkg never upgraded {node}'s kubelet"));
+        assert!(kubelet.as_secs() >= apply_end.as_secs(), "{node}'s kubelet changed before the apply finished");
+    }
+    // Workers, from the first master: drain, then the kubelet package, then uncordon.
+    let mut cordoned = Vec::new();
+    for worker in ["worker0", "worker1", "worker2"] {
+        let drain = spans(&w, "master0", "kubectl", &["--kubeconfig", "/etc/kubernetes/admin.conf", "drain", worker]);
+        let uncordon =
+            spans(&w, "master0", "kubectl", &["--kubeconfig", "/etc/kubernetes/admin.conf", "uncordon", worker]);
+        let (drain, uncordon) = (*drain.last().expect("drained"), *uncordon.last().expect("uncordoned"));
+        let kubelet = dpkg_upgraded(&w, worker, "kubelet").unwrap();
+        assert!(drain.1.as_secs() <= kubelet.as_secs() && kubelet.as_secs() <= uncordon.0.as_secs() + 1, "{worker}");
+        cordoned.push((drain.0, uncordon.1));
+    }
+    let most = cordoned.iter().map(|(s, _)| cordoned.iter().filter(|(a, b)| a <= s && s < b).count()).max().unwrap();
+    assert!(most <= 2, "{most} workers cordoned at once, upgrade.maxUnavailable is 2");
+    assert!(
+        cordoned[2].0 >= cordoned[0].1.max(cordoned[1].1),
+        "worker2 (the second batch) began before the first ended"
+    );
+    w.on_every_node("kubelet --version; kubeadm version -o short", "Kubernetes v1.36.4\nv1.36.4\n");
+    // At the new version, install agrees again.
+    assert_code(&w.install(&[]), 0, "install after the upgrade");
 }

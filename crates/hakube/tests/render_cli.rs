@@ -194,3 +194,39 @@ fn install_warns_about_certificates_near_expiry_and_render_renews_the_leaf() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(stderr.matches("warning: assets/").count(), 1, "only the CA is left: {stderr}");
 }
+
+/// Issue 13: render refuses a kubernetesVersion two minors ahead of the assets, naming the
+/// chain, and a lower one; one minor ahead renders the upgrade and says nothing is lost.
+#[test]
+fn render_refuses_a_skipped_minor_and_a_downgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut def: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sample("lab-cluster.json")).unwrap()).unwrap();
+    let path = dir.path().join("c.json");
+    let write = |def: &serde_json::Value| std::fs::write(&path, serde_json::to_string_pretty(def).unwrap()).unwrap();
+    def["kubernetesVersion"] = "1.34.2".into();
+    def["packageRepository"]["url"] = "https://pkgs.k8s.io/core:/stable:/v1.34".into();
+    write(&def);
+    let c = path.to_str().unwrap();
+    assert_eq!(hakube(&["render", c], dir.path()).status.code(), Some(0));
+    let manifest = std::fs::read(dir.path().join("assets/manifest.json")).unwrap();
+    for (version, needle) in [("1.36.4", "1.34 → 1.35 → 1.36"), ("1.34.1", "lower than 1.34.2")] {
+        def["kubernetesVersion"] = version.into();
+        write(&def);
+        let out = hakube(&["render", c], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{version}: {}", text(&out));
+        assert!(text(&out).contains(needle), "{version}: {}", text(&out));
+        assert_eq!(std::fs::read(dir.path().join("assets/manifest.json")).unwrap(), manifest, "{version} wrote");
+    }
+    def["kubernetesVersion"] = "1.35.4".into();
+    write(&def);
+    let out = hakube(&["render", c], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan = hakube(&["upgrade", c, "--dry-run"], dir.path());
+    assert_eq!(plan.status.code(), Some(0), "{}", text(&plan));
+    assert!(
+        text(&plan).contains("boot.sh upgrade-apply") && text(&plan).contains("copy the etcd snapshot"),
+        "{}",
+        text(&plan)
+    );
+}
