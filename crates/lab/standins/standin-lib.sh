@@ -333,9 +333,10 @@ lab_cluster_scoped() {
 }
 
 # lab_node_address NODE: the address /etc/hosts gives NODE (the lab names every node there; the
-# site has no DNS); empty when it names none.
+# site has no DNS), not Debian's loopback line for the host name (127.0.1.1); empty when it
+# names none.
 lab_node_address() {
-  awk -v n="$1" '$1 !~ /^#/ { for (i = 2; i <= NF; i++) if (tolower($i) == n) { print $1; exit } }' /etc/hosts
+  awk -v n="$1" '$1 !~ /^(#|127\.|::1)/ { for (i = 2; i <= NF; i++) if (tolower($i) == n) { print $1; exit } }' /etc/hosts
 }
 
 # lab_etcd_member_add NODE ADDRESS: NODE's stacked etcd member, advertising https://ADDRESS:2379,

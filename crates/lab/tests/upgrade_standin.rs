@@ -395,10 +395,17 @@ fn kubeadm_upgrade_fails_where_kubeadm_fails() {
     // A control-plane kubelet newer than the target (kubelet 1.36.4 on master0, target 1.35.4).
     install(&lab, &mirror, "master0", "1.36", "kubelet=1.36.4-1.1");
     ok(&lab, "master0", "systemctl restart kubelet.service");
-    // The Node reports the upgraded kubelet, Ready; the others stay at 1.35.4.
+    // The Node reports the upgraded kubelet, Ready, once the restarted kubelet runs (systemctl
+    // restart returns when the service has started, before the kubelet reports: a script
+    // waits for Ready, as on a real node); the others stay at 1.35.4.
+    let started = Instant::now();
+    let mut rows = node_rows(&lab, "master0");
+    while !rows.starts_with("master0 v1.36.4 True \n") && started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+        rows = node_rows(&lab, "master0");
+    }
     assert_eq!(
-        node_rows(&lab, "master0"),
-        "master0 v1.36.4 True \nmaster1 v1.35.4 True \nworker0 v1.35.4 True \n",
+        rows, "master0 v1.36.4 True \nmaster1 v1.35.4 True \nworker0 v1.35.4 True \n",
         "after the kubelet upgrade"
     );
     let (code, out, err) = bash(&lab, "master0", "kubeadm upgrade apply -y v1.35.4");
