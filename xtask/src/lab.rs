@@ -10,8 +10,10 @@
 //! - `lab link NODE down|up`: cuts or restores NODE's link to the lab network.
 //! - `lab sshd NODE stop|start`, `lab reboot NODE`: what a site's machines do.
 //! - `lab fault NODE kubeadm[.SUBCOMMAND][@PHASE] fail [CODE] | hang | delay SECONDS | clear`:
-//!   makes the kubeadm stand-in on NODE fail, hang or take longer (`clear` removes every
-//!   fault of NODE).
+//!   makes the kubeadm stand-in on NODE fail, hang or take longer; `lab fault NODE
+//!   kubectl.drain[@NODE2] fail` and `kubectl.etcd-health[@MEMBER] fail`: NODE's kubectl drain
+//!   refused by a PodDisruptionBudget, an etcd member unhealthy (`clear` removes every fault of
+//!   NODE).
 //! - `lab status`: the nodes, their addresses, PIDs and whether their sshd listens.
 //! - `lab down`: stops everything the lab started, by PID.
 
@@ -28,6 +30,7 @@ const USAGE: &str =
        cargo xtask lab sshd NODE stop|start
        cargo xtask lab reboot NODE
        cargo xtask lab fault NODE kubeadm[.SUBCOMMAND][@PHASE] fail [CODE]|hang|delay SECONDS|clear
+       cargo xtask lab fault NODE kubectl.drain[@NODE2]|kubectl.etcd-health[@MEMBER] fail
        cargo xtask lab status
        cargo xtask lab down";
 

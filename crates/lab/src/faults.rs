@@ -1,6 +1,8 @@
-//! Faults a real site has, injected into the kubeadm stand-in: a subcommand or phase made
-//! to fail, hang or take longer. Each node's faults are lines of `/etc/hakube-lab/faults`,
-//! which the kubeadm stand-in reads before every phase (crates/lab/standins/kubeadm).
+//! Faults a real site has, injected into the stand-ins: a kubeadm subcommand or phase made
+//! to fail, hang or take longer, a kubectl drain refused by a PodDisruptionBudget, a stacked
+//! etcd member that does not answer its health check. Each node's faults are lines of
+//! `/etc/hakube-lab/faults`, which the kubeadm stand-in reads before every phase and the
+//! kubectl stand-in before each drain and etcd health check (crates/lab/standins/).
 
 use std::fmt;
 
@@ -21,24 +23,61 @@ pub enum FaultAction {
     Delay(u32),
 }
 
+/// The kubectl faults: (subcommand, what it does).
+pub const KUBECTL_FAULTS: [(&str, &str); 2] = [
+    ("drain", "kubectl.drain[@NODE] fail [CODE]: a PodDisruptionBudget refuses the eviction of default/web-0 until drain's --timeout (of NODE, or of any node); the drain exits CODE, the node stays cordoned"),
+    ("etcd-health", "kubectl.etcd-health[@NODE] fail: `etcdctl endpoint health` in an etcd pod reports NODE's member (without @NODE: the last member) unhealthy, exit 1"),
+];
+
 /// One fault: `kubeadm[.SUBCOMMAND][@PHASE] fail [CODE] | hang | delay SECONDS`, e.g.
-/// `kubeadm.init@wait-control-plane fail 1` or `kubeadm.join hang`.
+/// `kubeadm.init@wait-control-plane fail 1` or `kubeadm.join hang`; or one of
+/// [`KUBECTL_FAULTS`], `kubectl.drain[@NODE] …` and `kubectl.etcd-health[@NODE] …`, where the
+/// place after `@` is a node's name (the node drained, the etcd member that fails), e.g.
+/// `kubectl.drain@worker0 fail`. A fault acts on the node whose faults file holds it, that is
+/// where the stand-in runs (for kubectl: the node running `kubectl drain` or `kubectl exec`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
-    /// `init`, `join`, `reset`, `token`, … (`None`: every subcommand).
+    /// `kubeadm` or `kubectl`.
+    pub program: String,
+    /// kubeadm: `init`, `join`, `reset`, `token`, … (`None`: every subcommand); kubectl:
+    /// `drain` or `etcd-health` (required).
     pub subcommand: Option<String>,
-    /// A phase of kubeadm's (`preflight`, `kubelet-start`, `wait-control-plane`, …; `None`:
-    /// the subcommand as a whole, before its first phase).
+    /// kubeadm: a phase of kubeadm's (`preflight`, `kubelet-start`, `wait-control-plane`, …;
+    /// `None`: the subcommand as a whole, before its first phase); kubectl: a node's name
+    /// (`None`: any node for drain, the last etcd member for etcd-health).
     pub phase: Option<String>,
     /// What happens.
     pub action: FaultAction,
 }
 
 impl Fault {
+    /// `kubectl.drain[@NODE] fail`: a PodDisruptionBudget refuses the drain of `node` (`None`:
+    /// of any node) run on the node given this fault.
+    pub fn drain_refused(node: Option<&str>) -> Fault {
+        Fault {
+            program: "kubectl".into(),
+            subcommand: Some("drain".into()),
+            phase: node.map(str::to_string),
+            action: FaultAction::Fail(1),
+        }
+    }
+
+    /// `kubectl.etcd-health[@NODE] fail`: `etcdctl endpoint health`, run through `kubectl exec`
+    /// on the node given this fault, reports the etcd member of `member` (`None`: the last
+    /// member) unhealthy.
+    pub fn etcd_member_unhealthy(member: Option<&str>) -> Fault {
+        Fault {
+            program: "kubectl".into(),
+            subcommand: Some("etcd-health".into()),
+            phase: member.map(str::to_string),
+            action: FaultAction::Fail(1),
+        }
+    }
+
     /// Parses a fault from its text form (see [`Fault`]).
     ///
-    /// Errors: [`LabError::Config`] naming what is wrong: a program other than kubeadm,
-    /// names outside `[a-z0-9-]`, an unknown action, a code outside 1..=255, a missing or
+    /// Errors: [`LabError::Config`] naming what is wrong: a program other than kubeadm or
+    /// kubectl, a kubectl fault other than [`KUBECTL_FAULTS`], names outside `[a-z0-9-]`, an unknown action, a code outside 1..=255, a missing or
     /// non-numeric number of seconds.
     pub fn parse(text: &str) -> Result<Fault, LabError> {
         let bad = |why: &str| Err(LabError::Config(format!("fault {text:?}: {why}")));
@@ -52,8 +91,14 @@ impl Fault {
             Some((p, s)) => (p, Some(s)),
             None => (target, None),
         };
-        if program != "kubeadm" {
-            return bad("only kubeadm takes faults (kubeadm[.SUBCOMMAND][@PHASE])");
+        match program {
+            "kubeadm" => {}
+            "kubectl" => {
+                if !KUBECTL_FAULTS.iter().any(|(s, _)| Some(*s) == subcommand) {
+                    return bad("kubectl's faults are kubectl.drain[@NODE] and kubectl.etcd-health[@NODE]");
+                }
+            }
+            _ => return bad("only kubeadm (kubeadm[.SUBCOMMAND][@PHASE]) and kubectl take faults"),
         }
         let name_ok =
             |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
@@ -73,14 +118,19 @@ impl Fault {
             },
             _ => return bad("the action is fail [CODE], hang or delay SECONDS"),
         };
-        Ok(Fault { subcommand: subcommand.map(str::to_string), phase: phase.map(str::to_string), action })
+        Ok(Fault {
+            program: program.to_string(),
+            subcommand: subcommand.map(str::to_string),
+            phase: phase.map(str::to_string),
+            action,
+        })
     }
 }
 
 impl fmt::Display for Fault {
     /// The text form [`Fault::parse`] reads, one line of [`FAULTS_FILE`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "kubeadm")?;
+        write!(f, "{}", self.program)?;
         if let Some(s) = &self.subcommand {
             write!(f, ".{s}")?;
         }
@@ -106,10 +156,18 @@ mod tests {
             "kubeadm.join hang",
             "kubeadm@preflight delay 5",
             "kubeadm fail 1",
+            "kubectl.drain fail 1",
+            "kubectl.drain@worker0 fail 1",
+            "kubectl.etcd-health@master1 fail 1",
+            "kubectl.drain delay 3",
         ] {
             assert_eq!(Fault::parse(text).unwrap().to_string(), text);
         }
         assert_eq!(Fault::parse("kubeadm.init fail").unwrap().action, FaultAction::Fail(1));
+        assert_eq!(Fault::drain_refused(Some("worker0")).to_string(), "kubectl.drain@worker0 fail 1");
+        assert_eq!(Fault::drain_refused(None), Fault::parse("kubectl.drain fail").unwrap());
+        assert_eq!(Fault::etcd_member_unhealthy(Some("master1")).to_string(), "kubectl.etcd-health@master1 fail 1");
+        assert_eq!(Fault::etcd_member_unhealthy(None).to_string(), "kubectl.etcd-health fail 1");
         for bad in [
             "",
             "kubelet fail",
@@ -119,6 +177,9 @@ mod tests {
             "kubeadm delay",
             "kubeadm explode",
             "kubeadm@ hang",
+            "kubectl fail",
+            "kubectl.apply fail",
+            "kubectl.drain@Worker0 fail",
         ] {
             assert!(Fault::parse(bad).is_err(), "{bad:?} was accepted");
         }

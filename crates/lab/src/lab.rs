@@ -278,7 +278,9 @@ impl Lab {
     }
 
     /// Adds `fault` to `node`'s [`FAULTS_FILE`](crate::FAULTS_FILE): the kubeadm stand-in
-    /// there acts on it from its next phase on.
+    /// there acts on it from its next phase on, the kubectl stand-in from its next drain or
+    /// etcd health check (e.g. `lab.add_fault("master0", &Fault::drain_refused(Some("worker0")))`
+    /// makes master0's `kubectl drain worker0` fail).
     ///
     /// Errors: [`LabError::UnknownNode`], [`LabError::Io`].
     pub fn add_fault(&self, node: &str, fault: &crate::Fault) -> Result<(), LabError> {

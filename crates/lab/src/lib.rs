@@ -35,7 +35,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub use calls::{parse_calls, Call};
-pub use faults::{Fault, FaultAction, FAULTS_FILE};
+pub use faults::{Fault, FaultAction, FAULTS_FILE, KUBECTL_FAULTS};
 pub use hakube_cluster::Role;
 pub use lab::{clean, definition, Lab};
 pub use mirror::{MODPROBE, PACKAGED_STANDINS, STANDIN_LIBRARY};

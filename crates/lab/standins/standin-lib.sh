@@ -24,6 +24,11 @@
 #                         successful kubeadm upgrade apply
 #   kubelets/<node>       "<version> Ready|NotReady": the Node's status.nodeInfo.kubeletVersion
 #                         and Ready condition, as the kubelet reports them (lab__kubelet_status)
+#   cordoned/<node>       exists while the Node is cordoned: spec.unschedulable true (kubectl
+#                         cordon, drain; uncordon removes it)
+#   etcd-members          "<node> <address>" of each stacked etcd member (kubeadm init and a
+#                         stacked control-plane join add one, kubeadm reset removes it); its
+#                         client URL is https://<address>:2379
 #
 # Faults, per node: /etc/hakube-lab/faults (see lab_fault).
 
@@ -325,6 +330,50 @@ lab_cluster_scoped() {
       ippool | felixconfiguration | bgpconfiguration | imageset | tigerastatus) return 0 ;;
     *) return 1 ;;
   esac
+}
+
+# lab_node_address NODE: the address /etc/hosts gives NODE (the lab names every node there; the
+# site has no DNS), not Debian's loopback line for the host name (127.0.1.1); empty when it
+# names none.
+lab_node_address() {
+  awk -v n="$1" '$1 !~ /^(#|127\.|::1)/ { for (i = 2; i <= NF; i++) if (tolower($i) == n) { print $1; exit } }' /etc/hosts
+}
+
+# lab_etcd_member_add NODE ADDRESS: NODE's stacked etcd member, advertising https://ADDRESS:2379,
+# is in the etcd cluster (replacing an earlier member of NODE).
+lab_etcd_member_add() {
+  mkdir -p "$LAB_CLUSTER"
+  touch "$LAB_CLUSTER/etcd-members"
+  lab_locked lab__etcd_member_replace "$1" "$2"
+}
+lab__etcd_member_replace() {
+  local rest
+  rest=$(awk -v n="$1" '$1 != n' "$LAB_CLUSTER/etcd-members")
+  { [[ -z $rest ]] || printf '%s\n' "$rest"; [[ -z $2 ]] || printf '%s %s\n' "$1" "$2"; } >"$LAB_CLUSTER/etcd-members"
+}
+
+# lab_etcd_member_remove NODE: NODE's member left the etcd cluster.
+lab_etcd_member_remove() {
+  [[ -f $LAB_CLUSTER/etcd-members ]] || return 0
+  lab_locked lab__etcd_member_replace "$1" ''
+}
+
+# lab_etcd_members: "<node> <address>" of each stacked etcd member, in the order they joined.
+lab_etcd_members() {
+  [[ ! -f $LAB_CLUSTER/etcd-members ]] || cat "$LAB_CLUSTER/etcd-members"
+}
+
+# lab_cordoned NODE: whether NODE is cordoned (spec.unschedulable).
+lab_cordoned() { [[ -f $LAB_CLUSTER/cordoned/$1 ]]; }
+
+# lab_set_cordoned NODE true|false
+lab_set_cordoned() {
+  if [[ $2 == true ]]; then
+    mkdir -p "$LAB_CLUSTER/cordoned"
+    : >"$LAB_CLUSTER/cordoned/$1"
+  else
+    rm -f "$LAB_CLUSTER/cordoned/$1"
+  fi
 }
 
 # --- manifests kubectl apply -f URL gets ---------------------------------------------------------
