@@ -1005,9 +1005,21 @@ fn check_version(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     }
 }
 
+/// A Go duration for kubeadm (Go's `time.ParseDuration`, [`crate::duration`]) that is at
+/// least one second: certificate validity (RFC 5280 times) and the bootstrap token's
+/// expiration (RFC 3339 in its Secret) both count whole seconds, so a shorter one would
+/// be a credential that is already expired, or never expires when rounded to zero.
 fn parse_duration(text: &str, path: &JsonPath, c: &mut Checker<'_, '_>) -> Option<Duration> {
-    match go_parse_duration::parse_duration(text) {
-        Ok(nanos) if nanos > 0 => crate::definition::parse_go_duration(text),
+    match crate::duration::parse_go_duration_nanos(text) {
+        Ok(nanos) if nanos >= 1_000_000_000 => crate::duration::parse_go_duration(text).ok(),
+        Ok(nanos) if nanos > 0 => {
+            c.error(
+                path,
+                format!("{text:?} is shorter than a second"),
+                Some("certificates and tokens expire in whole seconds; write e.g. 24h, 8760h or 90m".into()),
+            );
+            None
+        }
         Ok(_) => {
             c.error(
                 path,
@@ -1016,11 +1028,14 @@ fn parse_duration(text: &str, path: &JsonPath, c: &mut Checker<'_, '_>) -> Optio
             );
             None
         }
-        Err(_) => {
+        Err(e) => {
             c.error(
                 path,
-                format!("{text:?} is not a Go duration"),
-                Some("write hours, minutes or seconds, e.g. 24h, 8760h or 90m".into()),
+                format!("{text:?} is not a Go duration ({e})"),
+                Some(
+                    "write a number and a unit (ns, us, µs, ms, s, m, h) one or more times, e.g. 24h, 8760h or 1h30m"
+                        .into(),
+                ),
             );
             None
         }

@@ -540,3 +540,30 @@ fn urls_names_addresses_and_enum_types_are_refused_where_they_are_wrong() {
         &["workers[0].taints[0].effect: ", "invalid type", "\"NoSchedule\""],
     );
 }
+
+/// Go durations: Go's own micro signs, fractions and odd bytes are diagnostics at the
+/// field, never a panic (the parser hakube used before panicked on any non-ASCII unit).
+#[test]
+fn go_durations_are_diagnostics_never_panics() {
+    let with = |fields: &str| VALID.replacen('{', &format!("{{ {fields},"), 1);
+    for (field, json) in [
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1µs" }"#),
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1μs" }"#),
+        ("pki.caCertificateValidityPeriod", r#""pki": { "caCertificateValidityPeriod": "500ms" }"#),
+    ] {
+        assert_invalid(&with(json), &[&format!("error: {field}: "), "shorter than a second"]);
+    }
+    for (field, json, says) in [
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1µ" }"#, r#"unknown unit "µ""#),
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "24 h" }"#, "not a Go duration"),
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1🦀h" }"#, "not a Go duration"),
+        ("pki.certificateValidityPeriod", r#""pki": { "certificateValidityPeriod": "8760" }"#, "missing unit"),
+        ("pki.certificateValidityPeriod", r#""pki": { "certificateValidityPeriod": "9999999h" }"#, "invalid duration"),
+        ("pki.caCertificateValidityPeriod", r#""pki": { "caCertificateValidityPeriod": "-1h" }"#, "longer than zero"),
+    ] {
+        assert_invalid(&with(json), &[&format!("error: {field}: "), says]);
+    }
+    // Fractions and micro-second parts that add up to a valid duration are accepted.
+    let (code, stderr) = validate_text(&with(r#""bootstrapToken": { "ttl": "1.5h30m1000000µs" }"#));
+    assert_eq!(code, 0, "{stderr}");
+}
