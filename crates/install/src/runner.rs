@@ -229,8 +229,11 @@ struct Shared {
     manifest: Manifest,
     settings: Settings,
     events: UnboundedSender<Event>,
-    control_dir: tempfile::TempDir,
+    /// Declared before `control_dir`, so that, dropped, the masters are told to exit while
+    /// their sockets still exist (fields drop in order); [`Shared::close_all`] closes them
+    /// before that on every way out of [`execute`].
     connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    control_dir: tempfile::TempDir,
     /// What is running right now, node -> step, for the Ctrl-C report.
     running: Mutex<BTreeMap<String, String>>,
     elapsed: Mutex<HashMap<String, Duration>>,
@@ -248,9 +251,26 @@ impl Shared {
         write.await.map_err(|e| format!("cannot write the log file {}: {e}", path.display()))
     }
 
+    /// Closes every node's connection. Called once no task holds one (their tasks were
+    /// joined or shut down); one still shared is dropped, which asks its master to exit.
+    async fn close_all(&self) {
+        let connections: Vec<Arc<Connection>> = self.connections.lock().await.drain().map(|(_, c)| c).collect();
+        for conn in connections {
+            if let Ok(conn) = Arc::try_unwrap(conn) {
+                conn.close().await;
+            }
+        }
+    }
+
     async fn connection(&self, node: &str) -> Result<Arc<Connection>, TransportError> {
-        if let Some(c) = self.connections.lock().await.get(node) {
-            return Ok(c.clone());
+        let cached = self.connections.lock().await.get(node).cloned();
+        if let Some(c) = cached {
+            // A master that exited (idle past ControlPersist, or its node went away) is
+            // replaced by a new connection.
+            if c.is_alive().await {
+                return Ok(c);
+            }
+            self.connections.lock().await.remove(node);
         }
         let target = target(&self.def, &self.settings.assets_dir, node).ok_or_else(|| TransportError::Command {
             node: node.into(),
@@ -650,6 +670,9 @@ pub async fn execute(
                 }
                 _ = cancel.cancelled() => {
                     interrupted = true;
+                    // The running steps' tasks are aborted and awaited, so that nothing
+                    // holds a connection when they are closed below.
+                    set.shutdown().await;
                     break 'phases;
                 }
             }
@@ -678,13 +701,7 @@ pub async fn execute(
             }
         })
         .collect();
-    if let Ok(shared) = Arc::try_unwrap(shared) {
-        for (_, conn) in shared.connections.into_inner() {
-            if let Ok(conn) = Arc::try_unwrap(conn) {
-                conn.close().await;
-            }
-        }
-    }
+    shared.close_all().await;
     Ok(Summary { nodes, interrupted })
 }
 
