@@ -740,11 +740,20 @@ const MAX_COMMON_NAME: usize = 64;
 /// A publicIP that is another node's privateIP: hakube would connect to that node and ship
 /// it this node's files.
 fn check_public_ips(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
-    let private: Vec<(IpAddr, JsonPath)> =
-        nodes_with_paths(def).filter_map(|(p, n)| Some((n.private_ip.parse().ok()?, p))).collect();
+    // By address, the first two nodes with it as privateIP (a second is itself an error):
+    // one lookup per node, not a scan of every node.
+    let mut private: HashMap<IpAddr, Vec<JsonPath>> = HashMap::new();
+    for (p, n) in nodes_with_paths(def) {
+        if let Ok(ip) = n.private_ip.parse::<IpAddr>() {
+            let paths = private.entry(ip).or_default();
+            if paths.len() < 2 {
+                paths.push(p);
+            }
+        }
+    }
     for (path, node) in nodes_with_paths(def) {
         let Some(public) = node.public_ip.as_deref().and_then(|p| p.parse::<IpAddr>().ok()) else { continue };
-        if let Some((_, other)) = private.iter().find(|(ip, p)| *ip == public && *p != path) {
+        if let Some(other) = private.get(&public).and_then(|paths| paths.iter().find(|p| **p != path)) {
             c.error(
                 &path.key("publicIP"),
                 format!("publicIP {public} is the privateIP of {other}"),
