@@ -1,8 +1,10 @@
 //! Project automation, run as `cargo xtask <task>` (alias in .cargo/config.toml).
 //!
 //! - `codegen`: regenerate committed generated files (schema/cluster.schema.json).
-//! - `ci`: install the Debian packages the tests need, then run the whole test suite.
-//!   README.md's test command and .ci/run both call exactly this.
+//! - `ci`: install the Debian packages the tests need, then run the whole test suite and
+//!   each fuzz target for 60 s (cargo-fuzz, installed when missing). README.md's test
+//!   command and .ci/run both call exactly this.
+//! - `fuzz [SECONDS]`: each fuzz target of fuzz/ for SECONDS (60), as `ci` runs them.
 //! - `bench install`: a full install on a 50-node lab (wall time, peak memory) next to one
 //!   round of plain parallel `ssh`.
 //! - `bench render`: `hakube render` (release build) of 10^3, 10^4 and 10^5 nodes and
@@ -36,7 +38,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("dpkg-dev", "dpkg-scanpackages for the lab mirror's package indexes"),
     ("apt-utils", "apt-ftparchive for the lab mirror's Release files"),
     ("openssl", "independent recomputation of the discovery token CA cert hash"),
+    ("g++", "builds libFuzzer for the fuzz targets (fuzz/)"),
 ];
+
+/// The fuzz targets of fuzz/ (cargo-fuzz), each run for [`FUZZ_SECONDS`] by `ci`.
+const FUZZ_TARGETS: &[&str] = &["definition", "manifest"];
+
+/// How long `ci` fuzzes each target.
+const FUZZ_SECONDS: u32 = 60;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,13 +54,23 @@ fn main() -> Result<()> {
         Some("codegen") => codegen(&root),
         Some("ci") => ci(&root),
         Some("lab") => lab::run(&root, &args[1..]),
+        Some("fuzz") => {
+            let seconds = match args.get(1) {
+                Some(text) => text.parse().with_context(|| format!("{text:?} is not a number of seconds"))?,
+                None => FUZZ_SECONDS,
+            };
+            for target in FUZZ_TARGETS {
+                fuzz(&root, target, seconds).with_context(|| format!("fuzz target {target}"))?;
+            }
+            Ok(())
+        }
         Some("bench") => match args.get(1).map(String::as_str) {
             Some("render") => bench_render(&root),
             Some("install") => bench_install::run(&root),
             _ => bail!("usage: cargo xtask bench render|install"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <codegen|ci|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  bench render  time and memory of render and validate at 10^3, 10^4, 10^5 nodes\n  bench install time a full install on a 50-node lab next to plain parallel ssh\n  lab           the local test lab: up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user], exec, link, sshd, reboot, fault, status, down");
+            eprintln!("usage: cargo xtask <codegen|ci|fuzz|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  fuzz [SECS]   run each fuzz target (fuzz/) for SECS seconds (60)\n  bench render  time and memory of render and validate at 10^3, 10^4, 10^5 nodes\n  bench install time a full install on a 50-node lab next to plain parallel ssh\n  lab           the local test lab: up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user], exec, link, sshd, reboot, fault, status, down");
             bail!("unknown or missing task")
         }
     }
@@ -99,11 +118,51 @@ fn ci(root: &Path) -> Result<()> {
         }
     }
     let status = child.wait()?;
+    // Each fuzz target counts as one test: passed when it ran its time without a crash.
+    for target in FUZZ_TARGETS {
+        match fuzz(root, target, FUZZ_SECONDS) {
+            Ok(()) => {
+                println!("fuzz {target}: no crash in {FUZZ_SECONDS} s");
+                passed += 1;
+            }
+            Err(e) => {
+                println!("fuzz {target}: FAILED: {e:#}");
+                failed += 1;
+            }
+        }
+    }
     println!("{passed} passed, {failed} failed");
     if !status.success() {
         bail!("cargo test failed with {status}");
     }
+    if failed > 0 {
+        bail!("{failed} fuzz target(s) failed; the input that crashed is under fuzz/artifacts/");
+    }
     Ok(())
+}
+
+/// Runs fuzz target `target` (fuzz/fuzz_targets/) for `seconds` with cargo-fuzz, installing
+/// cargo-fuzz from crates.io first when it is missing. cargo-fuzz needs nightly features
+/// (`-Z` flags), which `RUSTC_BOOTSTRAP=1` allows on the stable toolchain; no sanitizer
+/// (the targets hunt panics, and the build stays short). New inputs go to a corpus under
+/// the target directory, seeded from fuzz/seeds/<target>/; a crash is saved under
+/// fuzz/artifacts/<target>/ and fails the run.
+fn fuzz(root: &Path, target: &str, seconds: u32) -> Result<()> {
+    let have = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        println!("xtask ci: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let corpus = target_dir(root).join("fuzz-corpus").join(target);
+    std::fs::create_dir_all(&corpus)?;
+    run(Command::new("cargo")
+        .args(["fuzz", "run", target, "--sanitizer", "none"])
+        .arg(&corpus)
+        .arg(root.join("fuzz/seeds").join(target))
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .current_dir(root))
 }
 
 /// Installs the missing [`TEST_PACKAGES`] with apt-get (root on Debian/Ubuntu), so a
