@@ -729,11 +729,10 @@ impl Role {
 }
 
 /// Parses a Go duration (`87600h`, `90m`, `1h30m`) as kubeadm's configuration fields take
-/// it. `None` when it does not parse or is negative. Validation has already rejected both
-/// for a loaded definition.
+/// it (Go's `time.ParseDuration`, see [`crate::duration`]). `None` when it does not parse
+/// or is negative. Validation has already rejected both for a loaded definition.
 pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
-    let nanos = go_parse_duration::parse_duration(text).ok()?;
-    u64::try_from(nanos).ok().map(std::time::Duration::from_nanos)
+    crate::duration::parse_go_duration(text).ok()
 }
 
 impl PkiSettings {

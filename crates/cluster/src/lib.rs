@@ -14,6 +14,7 @@
 pub mod definition;
 mod diagnostic;
 pub mod downloads;
+pub mod duration;
 mod locate;
 pub mod ports;
 pub mod recipients;

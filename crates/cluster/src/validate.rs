@@ -791,11 +791,20 @@ const MAX_COMMON_NAME: usize = 64;
 /// A publicIP that is another node's privateIP: hakube would connect to that node and ship
 /// it this node's files.
 fn check_public_ips(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
-    let private: Vec<(IpAddr, JsonPath)> =
-        nodes_with_paths(def).filter_map(|(p, n)| Some((n.private_ip.parse().ok()?, p))).collect();
+    // By address, the first two nodes with it as privateIP (a second is itself an error):
+    // one lookup per node, not a scan of every node.
+    let mut private: HashMap<IpAddr, Vec<JsonPath>> = HashMap::new();
+    for (p, n) in nodes_with_paths(def) {
+        if let Ok(ip) = n.private_ip.parse::<IpAddr>() {
+            let paths = private.entry(ip).or_default();
+            if paths.len() < 2 {
+                paths.push(p);
+            }
+        }
+    }
     for (path, node) in nodes_with_paths(def) {
         let Some(public) = node.public_ip.as_deref().and_then(|p| p.parse::<IpAddr>().ok()) else { continue };
-        if let Some((_, other)) = private.iter().find(|(ip, p)| *ip == public && *p != path) {
+        if let Some(other) = private.get(&public).and_then(|paths| paths.iter().find(|p| **p != path)) {
             c.error(
                 &path.key("publicIP"),
                 format!("publicIP {public} is the privateIP of {other}"),
@@ -1056,9 +1065,21 @@ fn check_version(def: &ClusterDefinition, c: &mut Checker<'_, '_>) {
     }
 }
 
+/// A Go duration for kubeadm (Go's `time.ParseDuration`, [`crate::duration`]) that is at
+/// least one second: certificate validity (RFC 5280 times) and the bootstrap token's
+/// expiration (RFC 3339 in its Secret) both count whole seconds, so a shorter one would
+/// be a credential that is already expired, or never expires when rounded to zero.
 fn parse_duration(text: &str, path: &JsonPath, c: &mut Checker<'_, '_>) -> Option<Duration> {
-    match go_parse_duration::parse_duration(text) {
-        Ok(nanos) if nanos > 0 => crate::definition::parse_go_duration(text),
+    match crate::duration::parse_go_duration_nanos(text) {
+        Ok(nanos) if nanos >= 1_000_000_000 => crate::duration::parse_go_duration(text).ok(),
+        Ok(nanos) if nanos > 0 => {
+            c.error(
+                path,
+                format!("{text:?} is shorter than a second"),
+                Some("certificates and tokens expire in whole seconds; write e.g. 24h, 8760h or 90m".into()),
+            );
+            None
+        }
         Ok(_) => {
             c.error(
                 path,
@@ -1067,11 +1088,14 @@ fn parse_duration(text: &str, path: &JsonPath, c: &mut Checker<'_, '_>) -> Optio
             );
             None
         }
-        Err(_) => {
+        Err(e) => {
             c.error(
                 path,
-                format!("{text:?} is not a Go duration"),
-                Some("write hours, minutes or seconds, e.g. 24h, 8760h or 90m".into()),
+                format!("{text:?} is not a Go duration ({e})"),
+                Some(
+                    "write a number and a unit (ns, us, µs, ms, s, m, h) one or more times, e.g. 24h, 8760h or 1h30m"
+                        .into(),
+                ),
             );
             None
         }

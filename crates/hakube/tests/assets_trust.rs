@@ -197,3 +197,17 @@ fn render_removes_the_temporaries_a_killed_render_left() {
     );
     assert!(!assets.join("kubeconfig/.hakube-Xy12Ab").exists());
 }
+
+/// A node's log file that cannot be created (here a directory stands in its place) stops
+/// install before it connects, naming the file; it used to be skipped silently, and the
+/// node's output was lost.
+#[test]
+fn install_refuses_to_run_without_a_log_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("single-master.json");
+    assert_eq!(hakube(&["render", &lab], dir.path()).status.code(), Some(0));
+    std::fs::create_dir_all(dir.path().join("logs/worker1.log")).unwrap();
+    let out = hakube(&["install", &lab, "--connect-timeout", "1"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot write the log file logs/worker1.log: "), "{}", text(&out));
+}

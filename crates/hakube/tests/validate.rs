@@ -540,3 +540,63 @@ fn urls_names_addresses_and_enum_types_are_refused_where_they_are_wrong() {
         &["workers[0].taints[0].effect: ", "invalid type", "\"NoSchedule\""],
     );
 }
+
+/// Go durations: Go's own micro signs, fractions and odd bytes are diagnostics at the
+/// field, never a panic (the parser hakube used before panicked on any non-ASCII unit).
+#[test]
+fn go_durations_are_diagnostics_never_panics() {
+    let with = |fields: &str| VALID.replacen('{', &format!("{{ {fields},"), 1);
+    for (field, json) in [
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1µs" }"#),
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1μs" }"#),
+        ("pki.caCertificateValidityPeriod", r#""pki": { "caCertificateValidityPeriod": "500ms" }"#),
+    ] {
+        assert_invalid(&with(json), &[&format!("error: {field}: "), "shorter than a second"]);
+    }
+    for (field, json, says) in [
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1µ" }"#, r#"unknown unit "µ""#),
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "24 h" }"#, "not a Go duration"),
+        ("bootstrapToken.ttl", r#""bootstrapToken": { "ttl": "1🦀h" }"#, "not a Go duration"),
+        ("pki.certificateValidityPeriod", r#""pki": { "certificateValidityPeriod": "8760" }"#, "missing unit"),
+        ("pki.certificateValidityPeriod", r#""pki": { "certificateValidityPeriod": "9999999h" }"#, "invalid duration"),
+        ("pki.caCertificateValidityPeriod", r#""pki": { "caCertificateValidityPeriod": "-1h" }"#, "longer than zero"),
+    ] {
+        assert_invalid(&with(json), &[&format!("error: {field}: "), says]);
+    }
+    // Fractions and micro-second parts that add up to a valid duration are accepted.
+    let (code, stderr) = validate_text(&with(r#""bootstrapToken": { "ttl": "1.5h30m1000000µs" }"#));
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// A NUL or any other control character in a value that reaches ssh's command line or a
+/// file name (the login user, the key path, the bastion, the addresses ssh connects to,
+/// node names, which name files and log files, hook names) is an error at its JSON path:
+/// a NUL ends a C string, so ssh (or open(2)) would see a different value from the one
+/// validated.
+#[test]
+fn control_characters_in_ssh_values_and_file_names_are_refused() {
+    let with = |fields: &str| VALID.replacen('{', &format!("{{ {fields},"), 1);
+    let node = |fields: &str| {
+        VALID.replace(
+            r#""nodeName": "w0", "privateIP": "10.0.0.20""#,
+            &format!(r#""nodeName": "w0", "privateIP": "10.0.0.20", {fields}"#),
+        )
+    };
+    for bad in [r"\u0000", r"\n", r"\u001b[31m", r"\u007f", r"\u0085", r"\t"] {
+        let cases = [
+            ("sshLoginUser", with(&format!(r#""sshLoginUser": "ubuntu{bad}""#))),
+            ("sshLoginKey", with(&format!(r#""sshLoginKey": "~/.ssh/id{bad}""#))),
+            ("sshBastion", with(&format!(r#""sshBastion": "jump@bastion{bad}.example.com""#))),
+            ("sshBastion", with(&format!(r#""sshBastion": "ju{bad}mp@bastion.example.com:22""#))),
+            ("workers[0].sshLoginUser", node(&format!(r#""sshLoginUser": "{bad}admin""#))),
+            ("workers[0].sshLoginKey", node(&format!(r#""sshLoginKey": "/keys/w0{bad}""#))),
+            ("workers[0].publicIP", node(&format!(r#""publicIP": "192.0.2.1{bad}""#))),
+            ("workers[0].privateIP", VALID.replace(r#""10.0.0.20""#, &format!(r#""10.0.0.20{bad}""#))),
+            ("workers[0].nodeName", VALID.replace(r#""w0""#, &format!(r#""w0{bad}""#))),
+            ("hooks.preinstall", with(&format!(r#""hooks": {{ "preinstall": "none{bad}" }}"#))),
+        ];
+        for (path, text) in cases {
+            assert_invalid(&text, &[&format!("error: {path}: ")]);
+        }
+    }
+}

@@ -27,6 +27,9 @@ pub enum InstallError {
     /// The assets directory is missing, unreadable, stale or tampered with.
     #[error("{0}")]
     Assets(String),
+    /// The logs directory or a node's log file cannot be created or written.
+    #[error("{0}")]
+    Logs(String),
     /// The plan cannot be made.
     #[error(transparent)]
     Plan(#[from] plan::PlanError),

@@ -264,6 +264,27 @@ pub async fn open_log(path: &Path) -> std::io::Result<tokio::fs::File> {
     Ok(file)
 }
 
+/// The longest file name Linux file systems take (`NAME_MAX`, in bytes).
+const NAME_MAX: usize = 255;
+
+/// The file name of a node's log in the logs directory: `<node>.log`, or, when that would
+/// be longer than the 255 bytes a file name may have (`NAME_MAX`; a node name may be a
+/// 253-character RFC 1123 subdomain, as Kubernetes allows), the name's first 200 bytes,
+/// `-`, the first 16 hex digits of the name's sha256 and `.log` (221 bytes). The same node
+/// always gets the same file, and two long names that share their first 200 bytes get
+/// different ones.
+pub fn log_file_name(node: &str) -> String {
+    const SUFFIX: &str = ".log";
+    if node.len() + SUFFIX.len() <= NAME_MAX {
+        return format!("{node}{SUFFIX}");
+    }
+    let mut cut = 200;
+    while !node.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{}{SUFFIX}", &node[..cut], &sha256_hex(node.as_bytes())[..16])
+}
+
 /// Creates `path` empty with mode 0600 unless it exists, and makes an existing one 0600;
 /// its contents are kept (`known_hosts.accepted`, which ssh then appends to).
 ///
@@ -284,10 +305,13 @@ struct Shared {
     manifest: Manifest,
     settings: Settings,
     events: UnboundedSender<Event>,
-    control_dir: tempfile::TempDir,
-    /// Holds the login key when it is encrypted at rest.
-    agent: Option<LoginAgent>,
+    /// Declared before `control_dir`, so that, dropped, the masters are told to exit while
+    /// their sockets still exist (fields drop in order); [`Shared::close_all`] closes them
+    /// before that on every way out of [`execute`].
     connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
+    /// Holds the login key when it is encrypted at rest (its socket is in `control_dir`).
+    agent: Option<LoginAgent>,
+    control_dir: tempfile::TempDir,
     /// What is running right now, node -> step, for the Ctrl-C report.
     running: Mutex<BTreeMap<String, String>>,
     elapsed: Mutex<HashMap<String, Duration>>,
@@ -295,19 +319,36 @@ struct Shared {
 
 impl Shared {
     fn log_path(&self, node: &str) -> PathBuf {
-        self.settings.log_dir.join(format!("{node}.log"))
+        self.settings.log_dir.join(log_file_name(node))
     }
 
-    async fn append_log(&self, node: &str, text: &str) {
+    /// Appends to the node's log; the error names the file.
+    async fn append_log(&self, node: &str, text: &str) -> Result<(), String> {
         let path = self.log_path(node);
-        if let Ok(mut f) = open_log(&path).await {
-            let _ = f.write_all(text.as_bytes()).await;
+        let write = async { open_log(&path).await?.write_all(text.as_bytes()).await };
+        write.await.map_err(|e| format!("cannot write the log file {}: {e}", path.display()))
+    }
+
+    /// Closes every node's connection. Called once no task holds one (their tasks were
+    /// joined or shut down); one still shared is dropped, which asks its master to exit.
+    async fn close_all(&self) {
+        let connections: Vec<Arc<Connection>> = self.connections.lock().await.drain().map(|(_, c)| c).collect();
+        for conn in connections {
+            if let Ok(conn) = Arc::try_unwrap(conn) {
+                conn.close().await;
+            }
         }
     }
 
     async fn connection(&self, node: &str) -> Result<Arc<Connection>, TransportError> {
-        if let Some(c) = self.connections.lock().await.get(node) {
-            return Ok(c.clone());
+        let cached = self.connections.lock().await.get(node).cloned();
+        if let Some(c) = cached {
+            // A master that exited (idle past ControlPersist, or its node went away) is
+            // replaced by a new connection.
+            if c.is_alive().await {
+                return Ok(c);
+            }
+            self.connections.lock().await.remove(node);
         }
         let agent = self.agent.as_ref().map(LoginAgent::socket);
         let target =
@@ -562,7 +603,13 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
             args.extend(run.args.iter().cloned());
             let script = format!("{}/boot.sh", layout::REMOTE_DIR);
             // Lines go to the log file as they arrive; nothing is kept in memory.
-            let file = open_log(&host_log).await.ok();
+            let file = match open_log(&host_log).await {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    let message = format!("cannot write the log file {}: {e}", host_log.display());
+                    return RunResult::Failed { exit_code: None, message };
+                }
+            };
             let file = std::sync::Arc::new(tokio::sync::Mutex::new(file));
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
             let writer = {
@@ -593,9 +640,11 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
             }
         }
     };
-    if !lines.is_empty() {
-        shared.append_log(&run.host, &lines.concat()).await;
-    }
+    let logged = if lines.is_empty() { Ok(()) } else { shared.append_log(&run.host, &lines.concat()).await };
+    let result = match (result, logged) {
+        (Ok(()), Err(message)) => Err((None, message)),
+        (result, _) => result,
+    };
     match result {
         Ok(()) if skipped => RunResult::Skipped,
         Ok(()) => RunResult::Ok,
@@ -738,7 +787,10 @@ pub async fn execute(
         elapsed: Mutex::new(HashMap::new()),
     });
     for node in &involved {
-        shared.append_log(node, &format!("==> hakube run started at unix time {}\n", unix_now())).await;
+        shared
+            .append_log(node, &format!("==> hakube run started at unix time {}\n", unix_now()))
+            .await
+            .map_err(InstallError::Logs)?;
     }
 
     let mut state: BTreeMap<String, NodeOutcome> = BTreeMap::new();
@@ -851,6 +903,9 @@ pub async fn execute(
                 }
                 _ = cancel.cancelled() => {
                     interrupted = true;
+                    // The running steps' tasks are aborted and awaited, so that nothing
+                    // holds a connection when they are closed below.
+                    set.shutdown().await;
                     break 'phases;
                 }
             }
@@ -879,13 +934,7 @@ pub async fn execute(
             }
         })
         .collect();
-    if let Ok(shared) = Arc::try_unwrap(shared) {
-        for (_, conn) in shared.connections.into_inner() {
-            if let Ok(conn) = Arc::try_unwrap(conn) {
-                conn.close().await;
-            }
-        }
-    }
+    shared.close_all().await;
     Ok(Summary { nodes, interrupted })
 }
 
@@ -900,9 +949,14 @@ async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
             r.insert(node.clone(), run.step.clone());
         }
         let on = if run.host == run.node { String::new() } else { format!(" for {}", run.node) };
-        shared.append_log(&run.host, &format!("==> step {}{on} started at unix time {}\n", run.step, unix_now())).await;
         let start = Instant::now();
-        let result = run_one(shared, run).await;
+        let result = match shared
+            .append_log(&run.host, &format!("==> step {}{on} started at unix time {}\n", run.step, unix_now()))
+            .await
+        {
+            Ok(()) => run_one(shared, run).await,
+            Err(message) => RunResult::Failed { exit_code: None, message },
+        };
         let elapsed = start.elapsed();
         if let Ok(mut r) = shared.running.lock() {
             r.remove(&node);
@@ -910,19 +964,21 @@ async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
         if let Ok(mut e) = shared.elapsed.lock() {
             *e.entry(node.clone()).or_default() += elapsed;
         }
+        let result = match result {
+            RunResult::Ok | RunResult::Skipped => {
+                let word = if matches!(result, RunResult::Skipped) { "already done, skipped" } else { "finished" };
+                let line = format!("==> step {} {word} after {:.1}s\n", run.step, elapsed.as_secs_f64());
+                match shared.append_log(&run.host, &line).await {
+                    Ok(()) => result,
+                    Err(message) => RunResult::Failed { exit_code: None, message },
+                }
+            }
+            failed => failed,
+        };
         match result {
             RunResult::Ok | RunResult::Skipped => {
-                let (word, outcome) = if matches!(result, RunResult::Skipped) {
-                    ("already done, skipped", StepOutcome::Skipped)
-                } else {
-                    ("finished", StepOutcome::Done)
-                };
-                shared
-                    .append_log(
-                        &run.host,
-                        &format!("==> step {} {word} after {:.1}s\n", run.step, elapsed.as_secs_f64()),
-                    )
-                    .await;
+                let outcome =
+                    if matches!(result, RunResult::Skipped) { StepOutcome::Skipped } else { StepOutcome::Done };
                 let _ = shared.events.send(Event::StepFinished {
                     node: node.clone(),
                     step: run.step.clone(),
@@ -930,8 +986,14 @@ async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
                     elapsed,
                 });
             }
-            RunResult::Failed { exit_code, message } => {
-                shared.append_log(&run.host, &format!("==> step {} FAILED: {message}\n", run.step)).await;
+            RunResult::Failed { exit_code, mut message } => {
+                if let Err(e) =
+                    shared.append_log(&run.host, &format!("==> step {} FAILED: {message}\n", run.step)).await
+                {
+                    if !message.contains(&e) {
+                        message = format!("{message}; {e}");
+                    }
+                }
                 let _ = shared.events.send(Event::StepFinished {
                     node: node.clone(),
                     step: run.step.clone(),
@@ -962,6 +1024,29 @@ mod tests {
             nodes: vec!["w0".into()],
             destination: Some("/etc/hakube/kubeadm.yaml".into()),
         }
+    }
+
+    /// A node name may be a 253-character RFC 1123 subdomain; `<node>.log` would be 257
+    /// bytes, past NAME_MAX, and its log went missing. The name is shortened with a hash,
+    /// stays the same for the same node and differs for names sharing a prefix.
+    #[tokio::test]
+    async fn a_253_character_node_name_gets_a_log_file() {
+        let label = "a".repeat(63);
+        let long = format!("{label}.{label}.{label}.{}", "b".repeat(61));
+        assert_eq!(long.len(), 253);
+        let other = format!("{}c", &long[..252]);
+        let name = log_file_name(&long);
+        assert!(name.len() <= 255 && name.ends_with(".log") && name.starts_with(&long[..200]), "{name}");
+        assert_eq!(name, log_file_name(&long), "stable");
+        assert_ne!(name, log_file_name(&other), "two long names, one file");
+        assert_eq!(log_file_name("w0"), "w0.log");
+        let short = "x".repeat(251);
+        assert_eq!(log_file_name(&short), format!("{short}.log"), "255 bytes still fit");
+        let dir = tempfile::tempdir().unwrap();
+        let too_long = open_log(&dir.path().join(format!("{long}.log"))).await.expect_err("NAME_MAX");
+        assert_eq!(too_long.raw_os_error(), Some(rustix::io::Errno::NAMETOOLONG.raw_os_error()), "{too_long}");
+        open_log(&dir.path().join(&name)).await.unwrap();
+        assert!(dir.path().join(&name).is_file());
     }
 
     /// Issue 11, item 3: a file of the assets replaced by a link to a file with the same

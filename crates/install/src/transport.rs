@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use hakube_cluster::definition::HostKeyPolicy;
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 
 /// How to reach one node.
@@ -126,6 +126,22 @@ pub enum Stream {
     /// Standard error.
     Stderr,
 }
+
+/// How long a node's ControlMaster stays up with no command running over it
+/// (`ControlPersist=300s`, ssh_config(5)). The openssh crate's default is `yes`, forever:
+/// after a SIGKILL of hakube (nothing closes them then) the masters lived on. With this
+/// bound a master left behind exits five minutes after its last command ended; the runner
+/// closes every master itself on each way out ([`Connection::close`]) and opens a new one
+/// for a node whose master went away in between ([`Connection::is_alive`]).
+pub const CONTROL_PERSIST_IDLE: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(300) {
+    Some(n) => n,
+    None => unreachable!(),
+};
+
+/// The interval of ssh's keepalives over the master connection (`ServerAliveInterval`);
+/// with OpenSSH's default `ServerAliveCountMax` of 3, a master whose node stopped answering
+/// exits after about 45 seconds instead of waiting for TCP to give up.
+pub const SERVER_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// An open, multiplexed connection to one node.
 pub struct Connection {
@@ -254,7 +270,8 @@ impl Connection {
             })
             .user_known_hosts_file(Path::new(&known_hosts))
             .connect_timeout(std::time::Duration::from_secs(10))
-            .server_alive_interval(std::time::Duration::from_secs(15))
+            .server_alive_interval(SERVER_ALIVE_INTERVAL)
+            .control_persist(ControlPersist::IdleFor(CONTROL_PERSIST_IDLE))
             .control_directory(control_dir);
         if let Some(key) = &target.key {
             builder.keyfile(key);
@@ -396,7 +413,14 @@ impl Connection {
         Ok(bytes)
     }
 
-    /// Closes the control connection.
+    /// Whether the control connection still answers (`ssh -O check`); false once the
+    /// master exited, after [`CONTROL_PERSIST_IDLE`] or because the node went away.
+    pub async fn is_alive(&self) -> bool {
+        self.session.check().await.is_ok()
+    }
+
+    /// Closes the control connection: the master exits (`ssh -O exit`) and its socket
+    /// directory is removed.
     pub async fn close(self) {
         let _ = self.session.close().await;
     }

@@ -24,7 +24,7 @@ use rustix::io::Errno;
 
 use crate::layout;
 use crate::manifest::{sha256_hex, Manifest, ManifestError};
-use crate::render::{AssetSet, Existing};
+use crate::render::{Asset, AssetSet, Existing};
 
 /// Why reading or writing the assets directory failed.
 #[derive(Debug, thiserror::Error)]
@@ -419,13 +419,24 @@ impl AssetsDir {
 
     /// Every regular file below the directory (hidden entries such as `.git` skipped)
     /// by relative path.
+    ///
+    /// One directory is open at a time: a directory still to read waits by its relative
+    /// path (with the exposure of its parent) and is opened, from the assets directory
+    /// without following links, when its turn comes; holding every one open ran out of
+    /// file descriptors with thousands of nodes.
     fn read_all(&self) -> Result<Existing, AssetsError> {
         let mut out = BTreeMap::new();
-        let root = self.dir("", None)?.expect("the root exists");
-        let exposed = self.exposure_of(root.as_fd(), &self.path)?;
-        let mut stack = vec![(String::new(), root, exposed)];
-        while let Some((rel, fd, exposed)) = stack.pop() {
-            for (name, kind) in list(&fd, &self.shown(&rel))? {
+        let mut stack: Vec<(String, Option<String>)> = vec![(String::new(), None)];
+        while let Some((rel, parent_exposed)) = stack.pop() {
+            let shown_dir = self.shown(&rel);
+            let fd = self
+                .dir(&rel, None)?
+                .ok_or_else(|| io("open directory", &shown_dir)(std::io::ErrorKind::NotFound.into()))?;
+            let exposed = match parent_exposed {
+                Some(problem) => Some(problem),
+                None => self.exposure_of(fd.as_fd(), &shown_dir)?,
+            };
+            for (name, kind) in list(&fd, &shown_dir)? {
                 let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
                 let shown = self.shown(&child);
                 // Hidden entries (`.git`, render's temporaries) are not assets; the
@@ -434,15 +445,7 @@ impl AssetsDir {
                     continue;
                 }
                 match kind {
-                    FileType::Directory => {
-                        let sub = open_dir_at(fd.as_fd(), &name, &shown)?
-                            .ok_or_else(|| io("open directory", &shown)(std::io::ErrorKind::NotFound.into()))?;
-                        let sub_exposed = match &exposed {
-                            Some(problem) => Some(problem.clone()),
-                            None => self.exposure_of(sub.as_fd(), &shown)?,
-                        };
-                        stack.push((child, sub, sub_exposed));
-                    }
+                    FileType::Directory => stack.push((child, exposed.clone())),
                     FileType::Symlink => return Err(AssetsError::Symlink(shown)),
                     FileType::RegularFile => {
                         let Some(file) = open_file_at(fd.as_fd(), &name, &shown)? else { continue };
@@ -461,8 +464,10 @@ impl AssetsDir {
     /// directories such as `.git` nor following links; their relative paths, sorted.
     fn remove_temporaries(&self) -> Result<Vec<String>, AssetsError> {
         let mut removed = Vec::new();
-        let mut stack = vec![(String::new(), self.dir("", None)?.expect("the root exists"))];
-        while let Some((rel, fd)) = stack.pop() {
+        // One directory open at a time, as in `read_all`.
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let Some(fd) = self.dir(&rel, None)? else { continue };
             for (name, kind) in list(&fd, &self.shown(&rel))? {
                 let child = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
                 let shown = self.shown(&child);
@@ -474,11 +479,7 @@ impl AssetsDir {
                             Err(e) => return Err(errno("remove", &shown)(e)),
                         }
                     }
-                    FileType::Directory if !name.starts_with('.') => {
-                        if let Some(sub) = open_dir_at(fd.as_fd(), &name, &shown)? {
-                            stack.push((child, sub));
-                        }
-                    }
+                    FileType::Directory if !name.starts_with('.') => stack.push(child),
                     _ => {}
                 }
             }
@@ -597,6 +598,67 @@ pub struct WriteSummary {
     pub stale: Vec<String>,
 }
 
+/// The files [`write`] puts into one directory: `(relative path, file name, asset)`.
+type DirFiles<'s> = Vec<(&'s str, &'s str, &'s Asset)>;
+
+/// How many directories [`write`] holds open at a time.
+const OPEN_DIRS: usize = 256;
+
+/// A file staged in directory `parent` (relative to the assets directory) under the
+/// temporary name `temp`, its directory closed: renamed to `name` by
+/// [`Unpersisted::persist`].
+struct StagedFile<'a> {
+    parent: &'a str,
+    temp: String,
+    name: &'a str,
+    shown: PathBuf,
+}
+
+/// The files [`write`] staged and has not renamed yet; the temporary files of those left
+/// when dropped (an error on the way) are removed, each directory opened again without
+/// following links.
+struct Unpersisted<'d, 'a> {
+    assets: &'d AssetsDir,
+    files: Vec<StagedFile<'a>>,
+}
+
+impl Unpersisted<'_, '_> {
+    /// Renames every staged file over its target (a link there is replaced, never
+    /// followed), one directory open at a time.
+    fn persist(&mut self) -> Result<(), AssetsError> {
+        // From the end, so that what is renamed leaves the list without moving the rest.
+        self.files.sort_by(|a, b| b.parent.cmp(a.parent));
+        while let Some(last) = self.files.last() {
+            let parent = last.parent;
+            let shown = self.assets.shown(parent);
+            let fd = self
+                .assets
+                .dir(parent, None)?
+                .ok_or_else(|| io("open directory", &shown)(std::io::ErrorKind::NotFound.into()))?;
+            while let Some(f) = self.files.last().filter(|f| f.parent == parent) {
+                rfs::renameat(&fd, f.temp.as_str(), &fd, f.name).map_err(errno("replace", &f.shown))?;
+                self.files.pop();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Unpersisted<'_, '_> {
+    fn drop(&mut self) {
+        self.files.sort_by(|a, b| a.parent.cmp(b.parent));
+        let mut open: Option<(&str, Option<OwnedFd>)> = None;
+        for f in &self.files {
+            if open.as_ref().is_none_or(|(p, _)| *p != f.parent) {
+                open = Some((f.parent, self.assets.dir(f.parent, None).ok().flatten()));
+            }
+            if let Some((_, Some(fd))) = &open {
+                let _ = rfs::unlinkat(fd, f.temp.as_str(), AtFlags::empty());
+            }
+        }
+    }
+}
+
 /// A file staged under a temporary name in its directory; removed when dropped
 /// unpersisted, so a failed write leaves no temporary behind.
 struct Staged<'a> {
@@ -608,6 +670,13 @@ struct Staged<'a> {
 }
 
 impl Staged<'_> {
+    /// The temporary file's name, no longer removed when this is dropped (the caller
+    /// renames or removes it).
+    fn keep(mut self) -> String {
+        self.persisted = true;
+        std::mem::take(&mut self.temp)
+    }
+
     /// Renames the temporary file over its target (a link there is replaced, never followed).
     fn persist(mut self) -> Result<(), AssetsError> {
         rfs::renameat(self.dir, self.temp.as_str(), self.dir, self.name).map_err(errno("replace", &self.shown))?;
@@ -682,72 +751,91 @@ pub fn write(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<WriteSum
         }
     }
     let dir_mode = |rel: &str| if secret_dirs.contains(rel) { 0o700 } else { 0o755 };
-    // Each file's directory, opened (and created) once.
-    let mut dirs: BTreeMap<&str, OwnedFd> = BTreeMap::new();
-    for rel in set.files.keys() {
-        components(rel)?;
-        let parent = rel.rsplit_once('/').map_or("", |(p, _)| p);
-        if !dirs.contains_key(parent) {
-            let fd = assets.dir(parent, Some(&dir_mode))?.expect("created");
-            dirs.insert(parent, fd);
-        }
-    }
-    let mut pending = Vec::new();
+    // The files by directory. At most OPEN_DIRS directories are open at a time (a cluster
+    // has two per node, and the soft limit of open files is often 1024): each batch is
+    // opened (and created), its changed files staged, and closed; after one syncfs each
+    // directory is opened once more to rename its files into place.
+    let mut by_dir: BTreeMap<&str, DirFiles<'_>> = BTreeMap::new();
     for (rel, asset) in &set.files {
-        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
-        let fd = dirs[parent].as_fd();
-        let same_bytes = existing.get(rel) == Some(&asset.bytes);
-        let same_mode = same_bytes
-            && rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
-                FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && Mode::from_raw_mode(st.st_mode).bits() & 0o7777 == asset.mode
-            });
-        match (existing.contains_key(rel), same_mode) {
-            (_, true) => summary.kept.push(rel.clone()),
-            (false, false) => {
-                summary.created.push(rel.clone());
-                pending.push((fd, name, assets.shown(rel), asset));
-            }
-            (true, false) => {
-                summary.changed.push(rel.clone());
-                pending.push((fd, name, assets.shown(rel), asset));
-            }
-        }
+        components(rel)?;
+        let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel.as_str()));
+        by_dir.entry(parent).or_default().push((rel.as_str(), name, asset));
     }
-    // Each file is staged as a temporary file next to its target; one syncfs makes all of
-    // them durable, then each is renamed over its target. Every file is replaced
-    // atomically, without one fsync per file (thousands on a large cluster).
-    // Creating inodes is latency-bound, so a few threads stage side by side.
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = pending.len().clamp(1, 8);
-    let staged: Vec<Staged<'_>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| -> Result<Vec<Staged<'_>>, AssetsError> {
-                    let mut mine = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((fd, name, shown, asset)) = pending.get(i) else { return Ok(mine) };
-                        mine.push(stage(*fd, name, shown, asset.mode, |f| f.write_all(&asset.bytes))?);
+    let groups: Vec<(&str, DirFiles<'_>)> = by_dir.into_iter().collect();
+    let mut staged = Unpersisted { assets: &assets, files: Vec::new() };
+    for batch in groups.chunks(OPEN_DIRS) {
+        let mut fds = Vec::with_capacity(batch.len());
+        for (parent, _) in batch {
+            fds.push(assets.dir(parent, Some(&dir_mode))?.expect("created"));
+        }
+        let mut pending = Vec::new();
+        for ((parent, files), fd) in batch.iter().zip(&fds) {
+            let fd = fd.as_fd();
+            for &(rel, name, asset) in files {
+                let same_bytes = existing.get(rel) == Some(&asset.bytes);
+                let same_mode = same_bytes
+                    && rfs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW).is_ok_and(|st| {
+                        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                            && Mode::from_raw_mode(st.st_mode).bits() & 0o7777 == asset.mode
+                    });
+                match (existing.contains_key(rel), same_mode) {
+                    (_, true) => summary.kept.push(rel.to_string()),
+                    (false, false) => {
+                        summary.created.push(rel.to_string());
+                        pending.push((*parent, fd, name, assets.shown(rel), asset));
                     }
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        let mut first_error = None;
-        for h in handles {
-            match h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)) {
-                Ok(mine) => all.extend(mine),
-                Err(e) => first_error = first_error.or(Some(e)),
+                    (true, false) => {
+                        summary.changed.push(rel.to_string());
+                        pending.push((*parent, fd, name, assets.shown(rel), asset));
+                    }
+                }
             }
         }
-        first_error.map_or(Ok(all), Err)
-    })?;
-    if !staged.is_empty() {
+        // Each file is staged as a temporary file next to its target; one syncfs makes all
+        // of them durable, then each is renamed over its target. Every file is replaced
+        // atomically, without one fsync per file (thousands on a large cluster).
+        // Creating inodes is latency-bound, so a few threads stage side by side.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = pending.len().clamp(1, 8);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| -> (Vec<StagedFile<'_>>, Result<(), AssetsError>) {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((parent, fd, name, shown, asset)) = pending.get(i) else { return (mine, Ok(())) };
+                            match stage(*fd, name, shown, asset.mode, |f| f.write_all(&asset.bytes)) {
+                                Ok(temp) => mine.push(StagedFile {
+                                    parent,
+                                    temp: temp.keep(),
+                                    name,
+                                    shown: shown.to_path_buf(),
+                                }),
+                                Err(e) => return (mine, Err(e)),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut first_error = None;
+            for h in handles {
+                // On an error, what was staged is removed with the rest when `staged` drops.
+                let (mine, result) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                staged.files.extend(mine);
+                if let Err(e) = result {
+                    first_error = first_error.or(Some(e));
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })?;
+    }
+    if !staged.files.is_empty() {
         rfs::syncfs(&assets.root).map_err(errno("sync the file system of", dir))?;
     }
-    for temp in staged {
-        temp.persist()?;
+    staged.persist()?;
+    for list in [&mut summary.kept, &mut summary.created, &mut summary.changed] {
+        list.sort();
     }
     for d in &secret_dirs {
         let shown = assets.shown(d);

@@ -18,7 +18,7 @@
 use std::net::IpAddr;
 
 use hakube_cluster::definition::{EtcdTopology, TaintEffect};
-use hakube_cluster::{ClusterDefinition, Role, Version};
+use hakube_cluster::{ClusterDefinition, Node, Role, Version};
 use serde::{Deserialize, Serialize};
 
 /// Stands for the bootstrap token (`id.secret`) in the rendered file; the boot script
@@ -399,7 +399,24 @@ pub fn kubeadm_config(
     discovery_hash: &str,
     token_id: &str,
 ) -> Result<String, KubeadmError> {
-    config_of(def, node, discovery_hash, token_id, false)
+    let (role, n) = def.node(node).ok_or_else(|| KubeadmError::UnknownNode { node: node.to_string() })?;
+    config_of(def, role, n, discovery_hash, token_id, false)
+}
+
+/// [`kubeadm_config`] of a node the caller already holds (one of `def.nodes()`, with its
+/// role): no search by name, so rendering every node costs time linear in their number.
+///
+/// # Errors
+///
+/// As [`kubeadm_config`], except that the node is not looked up.
+pub fn kubeadm_config_of(
+    def: &ClusterDefinition,
+    role: Role,
+    node: &Node,
+    discovery_hash: &str,
+    token_id: &str,
+) -> Result<String, KubeadmError> {
+    config_of(def, role, node, discovery_hash, token_id, false)
 }
 
 /// The first master's `JoinConfiguration` with `controlPlane`, the YAML text of
@@ -419,20 +436,22 @@ pub fn first_master_join_config(
     if def.first_master().is_none_or(|m| m.node_name != node) {
         return Err(KubeadmError::Invalid { node: node.to_string(), problem: "not the first master".into() });
     }
-    config_of(def, node, discovery_hash, token_id, true)
+    let (role, n) = def.node(node).ok_or_else(|| KubeadmError::UnknownNode { node: node.to_string() })?;
+    config_of(def, role, n, discovery_hash, token_id, true)
 }
 
 /// The configuration of `node`: kubeadm init's for the first master unless `join_existing`,
 /// else the JoinConfiguration of its role.
 fn config_of(
     def: &ClusterDefinition,
-    node: &str,
+    role: Role,
+    n: &Node,
     discovery_hash: &str,
     token_id: &str,
     join_existing: bool,
 ) -> Result<String, KubeadmError> {
+    let node = n.node_name.as_str();
     let invalid = |problem: String| KubeadmError::Invalid { node: node.to_string(), problem };
-    let (role, n) = def.node(node).ok_or_else(|| KubeadmError::UnknownNode { node: node.to_string() })?;
     if node.chars().any(char::is_control) {
         return Err(invalid("the node name contains a control character".into()));
     }

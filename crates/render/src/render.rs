@@ -717,30 +717,24 @@ pub fn render(
     b.add(layout::KNOWN_HOSTS.into(), known_hosts, false, Ships::Nowhere);
 
     // Per node: kubeadm configuration and boot script.
+    // Each node is handed over with its role, never looked up by name, and the template
+    // context every node shares is built once: time linear in the number of nodes.
     let mut nodes = BTreeMap::new();
+    let shared = crate::templates::SharedContext::new(def);
     for (role, node) in def.nodes() {
         let first_master = def.first_master().is_some_and(|m| m.node_name == node.node_name);
-        let steps = crate::templates::boot_steps(def, &node.node_name)
-            .unwrap_or_default()
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let steps = crate::templates::boot_steps_of(def, role, &node.node_name).into_iter().map(String::from).collect();
         let upgrade_steps = crate::templates::upgrade_steps(def, &node.node_name, upgrade.as_ref())
             .into_iter()
             .map(String::from)
             .collect();
         nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps, upgrade_steps });
         let name = &node.node_name;
-        let config = crate::kubeadm::kubeadm_config(def, name, &hash, token.id()).map_err(|e| RenderError::Node {
-            node: name.clone(),
-            what: "kubeadm.yaml",
-            source: e.into(),
-        })?;
-        let script = templates.boot_script_for(def, name, upgrade.as_ref()).map_err(|e| RenderError::Node {
-            node: name.clone(),
-            what: "boot.sh",
-            source: e.into(),
-        })?;
+        let config = crate::kubeadm::kubeadm_config_of(def, role, node, &hash, token.id())
+            .map_err(|e| RenderError::Node { node: name.clone(), what: "kubeadm.yaml", source: e.into() })?;
+        let script = templates
+            .boot_script_of(def, &shared, role, node, upgrade.as_ref())
+            .map_err(|e| RenderError::Node { node: name.clone(), what: "boot.sh", source: e.into() })?;
         b.add(
             layout::kubeadm_config(name),
             config,
