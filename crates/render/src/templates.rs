@@ -427,7 +427,7 @@ pub fn upgrade_steps(def: &ClusterDefinition, node: &str, upgrade: Option<&Upgra
     if upgrade.from == upgrade.to {
         return Vec::new();
     }
-    if !def.first_master().is_some_and(|m| m.node_name == node) {
+    if def.first_master().is_none_or(|m| m.node_name != node) {
         return vec!["upgrade-node"];
     }
     let mut steps = vec!["upgrade-preflight", "upgrade-snapshot", "upgrade-apply", "upgrade-drain", "upgrade-uncordon"];
