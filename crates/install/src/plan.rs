@@ -184,7 +184,12 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     }
     // Before anything is shipped: the versions the targeted nodes run, and the API server's
     // on the first master (a node that joins must not be newer than it).
-    if matches!(mode, Mode::Install | Mode::ResetThenInstall) && !manifest.kubernetes_version.is_empty() {
+    // Resetting every master first makes a new cluster: then no running version binds it.
+    let whole_control_plane_reset = mode == Mode::ResetThenInstall && masters.iter().all(|m| is_target(m));
+    if matches!(mode, Mode::Install | Mode::ResetThenInstall)
+        && !manifest.kubernetes_version.is_empty()
+        && !whole_control_plane_reset
+    {
         let check = if mode == Mode::Install { VERSIONS_INSTALL } else { VERSIONS_RESET };
         let mut probed: Vec<&str> = targeted.iter().map(String::as_str).collect();
         if let Some(first) = first.filter(|f| !is_target(f)) {
@@ -606,6 +611,8 @@ mod tests {
         assert_eq!(probed, ["m0", "w1"]);
         assert_eq!(plan.phases[0].runs[1][0].args[1], VERSIONS_RESET);
         assert!(build(&m, &order, &[], Mode::Reset).unwrap().phases.iter().all(|p| p.kind != PhaseKind::Versions));
+        let whole = build(&m, &order, &[], Mode::ResetThenInstall).unwrap();
+        assert!(whole.phases.iter().all(|p| p.kind != PhaseKind::Versions), "every master reset: a new cluster");
     }
 
     fn upgrade_manifest() -> (Manifest, Vec<String>) {
