@@ -42,7 +42,8 @@ impl World {
     /// `hakube install` of the lab's definition; when a node fails, the end of its log goes to
     /// the test's output (shown when the test fails).
     fn install(&self, extra: &[&str]) -> Output {
-        let mut args = vec!["install", self.definition.to_str().unwrap(), "--connect-timeout", "3"];
+        // Long enough for a loaded CI machine's sshd, which may close the first connections.
+        let mut args = vec!["install", self.definition.to_str().unwrap(), "--connect-timeout", "20"];
         args.extend_from_slice(extra);
         let out = self.hakube(&args);
         for line in text(&out).lines().filter(|l| l.contains(" FAILED ")) {
@@ -853,7 +854,7 @@ fn an_upgrade_goes_one_minor_control_plane_first_and_resumes() {
     let fault = hakube_lab::Fault::parse("kubeadm.upgrade fail").unwrap();
     w.lab.add_fault("master1", &fault).unwrap();
     let upgrade = |w: &World| {
-        let out = w.hakube(&["upgrade", w.definition.to_str().unwrap(), "--connect-timeout", "3"]);
+        let out = w.hakube(&["upgrade", w.definition.to_str().unwrap(), "--connect-timeout", "20"]);
         for line in text(&out).lines().filter(|l| l.contains(" FAILED ")) {
             let node = line.split_whitespace().next().unwrap_or_default();
             let log = std::fs::read_to_string(w.logs().join(format!("{node}.log"))).unwrap_or_default();

@@ -315,6 +315,10 @@ struct Shared {
     /// What is running right now, node -> step, for the Ctrl-C report.
     running: Mutex<BTreeMap<String, String>>,
     elapsed: Mutex<HashMap<String, Duration>>,
+    /// Nodes whose [`VERSIONS`] step refused the run (a version install must not change),
+    /// as opposed to failing to reach the node: a refusal stops everything, an unreachable
+    /// node fails alone.
+    refused: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -568,8 +572,14 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                 Ok(Some(0)) => {
                     lines.extend(out.iter().map(|l| format!("{l}\n")));
                     let (expected, check) = (run.args.first().cloned().unwrap_or_default(), run.args.get(1).cloned());
-                    judge_versions(&run.node, &out, &expected, check.as_deref() == Some(VERSIONS_INSTALL))
-                        .map_err(|m| (None, m))
+                    judge_versions(&run.node, &out, &expected, check.as_deref() == Some(VERSIONS_INSTALL)).map_err(
+                        |m| {
+                            if let Ok(mut refused) = shared.refused.lock() {
+                                refused.insert(run.node.clone());
+                            }
+                            (None, m)
+                        },
+                    )
                 }
                 Ok(code) => Err((code, "reading the Kubernetes versions failed".to_string())),
                 Err(e) => Err((None, e.to_string())),
@@ -785,6 +795,7 @@ pub async fn execute(
         connections: tokio::sync::Mutex::new(HashMap::new()),
         running: Mutex::new(BTreeMap::new()),
         elapsed: Mutex::new(HashMap::new()),
+        refused: Mutex::new(Default::default()),
     });
     for node in &involved {
         shared
@@ -875,6 +886,8 @@ pub async fn execute(
                         state.insert(node.clone(), NodeOutcome::Failed { step: step.clone(), exit_code, message });
                         match phase.kind {
                             PhaseKind::Init => blocked = Some(format!("kubeadm init failed on {node}")),
+                            PhaseKind::Versions
+                                if !shared.refused.lock().is_ok_and(|r| r.contains(&node)) => {}
                             PhaseKind::Versions | PhaseKind::Upgrade => {
                                 let reason = if phase.kind == PhaseKind::Versions {
                                     format!("the versions {node} runs stopped the install before anything changed")

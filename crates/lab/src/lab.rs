@@ -503,7 +503,15 @@ impl Lab {
             // which early in boot may still close connections.
             let state = self.command(&node.name, "systemctl")?.args(["is-system-running", "--wait"]).output();
             let state = state.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-            if state == "running" || state == "degraded" {
+            // And logins are allowed: pam_nologin refuses every user but root while
+            // /run/nologin exists (systemd's tmpfiles create it at boot, until
+            // systemd-user-sessions.service removes it); the lab saw a first login of the
+            // sudo user refused so ("Access denied ... by PAM account configuration").
+            let logins = || {
+                self.command(&node.name, "test")
+                    .is_ok_and(|mut c| c.args(["!", "-e", "/run/nologin"]).status().is_ok_and(|s| s.success()))
+            };
+            if (state == "running" || state == "degraded") && wait_for_within(BOOT_TIMEOUT, logins) {
                 return Ok(());
             }
             return Err(LabError::Start {
