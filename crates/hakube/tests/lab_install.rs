@@ -42,11 +42,17 @@ impl World {
     /// `hakube install` of the lab's definition; when a node fails, the end of its log goes to
     /// the test's output (shown when the test fails).
     fn install(&self, extra: &[&str]) -> Output {
+        self.run_logged("install", extra)
+    }
+    /// `hakube COMMAND` (install, upgrade) of the lab's definition; when a node fails, the
+    /// end of its log goes to the test's output (shown when the test fails).
+    fn run_logged(&self, command: &str, extra: &[&str]) -> Output {
         // Long enough for a loaded CI machine's sshd, which may close the first connections.
-        let mut args = vec!["install", self.definition.to_str().unwrap(), "--connect-timeout", "20"];
+        let mut args = vec![command, self.definition.to_str().unwrap(), "--connect-timeout", "20"];
         args.extend_from_slice(extra);
         let out = self.hakube(&args);
-        for line in text(&out).lines().filter(|l| l.contains(" FAILED ")) {
+        // The summary table's rows: `NODE  FAILED  TIME  DETAIL`.
+        for line in text(&out).lines().filter(|l| l.split_whitespace().nth(1) == Some("FAILED")) {
             let node = line.split_whitespace().next().unwrap_or_default();
             let log = std::fs::read_to_string(self.logs().join(format!("{node}.log"))).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -112,6 +118,13 @@ impl World {
     }
 }
 
+fn require_root() {
+    assert!(
+        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
+        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
+    );
+}
+
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -151,10 +164,7 @@ fn setup_with(
     network: &str,
     version: &str,
 ) -> World {
-    assert!(
-        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
-        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
-    );
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     // Its own names and network, so it can run while `cargo xtask lab` has a lab up.
     let mut config = LabConfig {
@@ -378,10 +388,7 @@ fn interrupted_inits_and_joins_are_finished_and_an_expired_token_is_re_armed() {
 /// operator's disk by render or install (the clone and the logs hold none).
 #[test]
 fn a_full_install_on_debian_13_from_a_clone_of_encrypted_assets() {
-    assert!(
-        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
-        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
-    );
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let config = LabConfig {
         prefix: "hkd".into(),
@@ -828,10 +835,7 @@ fn dpkg_upgraded(w: &World, node: &str, package: &str) -> Option<Duration> {
 /// kubelet upgraded before the apply finished; an etcd snapshot was copied off first.
 #[test]
 fn an_upgrade_goes_one_minor_control_plane_first_and_resumes() {
-    assert!(
-        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
-        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
-    );
+    require_root();
     let dir = tempfile::tempdir().unwrap();
     let config = LabConfig {
         prefix: "hkg".into(),
@@ -853,16 +857,7 @@ fn an_upgrade_goes_one_minor_control_plane_first_and_resumes() {
 
     let fault = hakube_lab::Fault::parse("kubeadm.upgrade fail").unwrap();
     w.lab.add_fault("master1", &fault).unwrap();
-    let upgrade = |w: &World| {
-        let out = w.hakube(&["upgrade", w.definition.to_str().unwrap(), "--connect-timeout", "20"]);
-        for line in text(&out).lines().filter(|l| l.contains(" FAILED ")) {
-            let node = line.split_whitespace().next().unwrap_or_default();
-            let log = std::fs::read_to_string(w.logs().join(format!("{node}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- end of {node}.log\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        }
-        out
-    };
+    let upgrade = |w: &World| w.run_logged("upgrade", &[]);
     let out = upgrade(&w);
     assert_code(&out, 3, "upgrade with master1's kubeadm upgrade node failing");
     assert_eq!(spans(&w, "master0", "kubeadm", &["upgrade", "apply"]).len(), 1);

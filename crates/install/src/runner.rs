@@ -819,16 +819,7 @@ pub async fn execute(
             phase.kind,
             PhaseKind::JoinMasters | PhaseKind::JoinWorkers | PhaseKind::Network | PhaseKind::Post
         );
-        if let Some(reason) = &stopped {
-            for runs in &phase.runs {
-                let node = &runs[0].node;
-                if !state.contains_key(node) {
-                    let _ = events.send(Event::NodeSkipped { node: node.clone(), reason: reason.clone() });
-                    state.insert(node.clone(), NodeOutcome::Skipped { reason: reason.clone() });
-                }
-            }
-            continue;
-        }
+
         let runnable: Vec<&Vec<Run>> = phase
             .runs
             .iter()
@@ -837,7 +828,10 @@ pub async fn execute(
                 !state.contains_key(&r.node) && (r.host == r.node || !state.contains_key(&r.host))
             })
             .collect();
-        if let (true, Some(reason)) = (depends_on_control_plane, &blocked) {
+        // After a stop, nothing runs; after a failed init (and the like), nothing that needs
+        // the control plane: every node of the phase not already decided is skipped.
+        let skip = stopped.as_ref().or(blocked.as_ref().filter(|_| depends_on_control_plane));
+        if let Some(reason) = skip {
             for runs in &phase.runs {
                 let node = &runs[0].node;
                 if !state.contains_key(node) {

@@ -900,9 +900,7 @@ fn remove(assets: &AssetsDir, rel: &str) -> Result<bool, AssetsError> {
 ///
 /// [`AssetsError::Manifest`] when it lists anything [`Manifest::validate`] refuses.
 fn previous_manifest(dir: &Path, existing: &Existing) -> Result<Option<Manifest>, AssetsError> {
-    let Some(old) =
-        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok())
-    else {
+    let Some(old) = Manifest::of_existing(existing) else {
         return Ok(None);
     };
     old.validate().map_err(|problem| AssetsError::Manifest { path: dir.join(layout::MANIFEST), problem })?;
@@ -988,8 +986,7 @@ impl std::fmt::Display for Discrepancy {
 pub fn check(dir: &Path, set: &AssetSet, existing: &Existing) -> Result<Vec<Discrepancy>, AssetsError> {
     let mut out = Vec::new();
     let assets = AssetsDir::open(dir)?;
-    let on_disk_manifest =
-        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok());
+    let on_disk_manifest = Manifest::of_existing(existing);
     if let Some(m) = &on_disk_manifest {
         for (rel, entry) in &m.files {
             if let Some(bytes) = existing.get(rel) {
@@ -1068,12 +1065,7 @@ pub fn check_without_identity(
     existing: &Existing,
 ) -> Result<Vec<Discrepancy>, AssetsError> {
     let mut out = plaintext_secrets(existing, true);
-    let Some(manifest) = existing
-        .get(layout::MANIFEST)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|t| Manifest::parse(t).ok())
-        .filter(|m| m.validate().is_ok())
-    else {
+    let Some(manifest) = Manifest::of_existing(existing).filter(|m| m.validate().is_ok()) else {
         out.insert(0, Discrepancy::Manifest);
         return Ok(out);
     };

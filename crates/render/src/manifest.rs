@@ -96,6 +96,16 @@ impl Manifest {
         serde_json::from_str(text)
     }
 
+    /// The manifest among the existing assets (`existing`, by relative path), when there is
+    /// one that parses; unvalidated ([`Manifest::validate`] is the caller's step when it
+    /// acts on the entries).
+    pub fn of_existing(existing: &crate::render::Existing) -> Option<Manifest> {
+        existing
+            .get(crate::layout::MANIFEST)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| Manifest::parse(t).ok())
+    }
+
     /// Checks that the manifest describes only files render itself produces, as
     /// [`crate::layout::file`] recognises them: every key a relative, normalised path of
     /// the layout; its `secret` and `mode` the layout's; a lowercase hex SHA-256; the nodes

@@ -507,9 +507,7 @@ fn fingerprints(files: &BTreeMap<String, Asset>, token_id: &str) -> String {
 pub fn upgrade_of(def: &ClusterDefinition, existing: &Existing) -> Result<Option<Upgrade>, RenderError> {
     use hakube_cluster::Version;
     let Some(to) = Version::parse(&def.kubernetes_version) else { return Ok(None) };
-    let Some(previous) =
-        existing.get(layout::MANIFEST).and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| Manifest::parse(t).ok())
-    else {
+    let Some(previous) = Manifest::of_existing(existing) else {
         return Ok(None);
     };
     let Some(from) = Version::parse(&previous.kubernetes_version) else { return Ok(None) };

@@ -293,12 +293,7 @@ pub fn encrypt(plaintext: &[u8], recipients: &[Recipient], path: &str) -> Result
 
 /// The recipients the manifest among `existing` records (empty when there is none).
 pub fn previous_recipients(existing: &Existing) -> Vec<String> {
-    existing
-        .get(layout::MANIFEST)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|t| Manifest::parse(t).ok())
-        .map(|m| m.recipients)
-        .unwrap_or_default()
+    Manifest::of_existing(existing).map(|m| m.recipients).unwrap_or_default()
 }
 
 /// Whether `existing` holds any ciphertext of the layout.

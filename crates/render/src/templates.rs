@@ -171,8 +171,7 @@ impl Templates {
     /// kubernetesVersion or cloud-config, [`TemplateError::Render`] when a template fails
     /// (for instance a value with a control character reaching `shell_quote`).
     pub fn boot_script(&self, def: &ClusterDefinition, node: &str) -> Result<String, TemplateError> {
-        let (role, n) = def.node(node).ok_or_else(|| TemplateError::UnknownNode { node: node.to_string() })?;
-        self.boot_script_of(def, &SharedContext::new(def), role, n, None)
+        self.boot_script_for(def, node, None)
     }
 
     /// [`Templates::boot_script`] of a render that carries `upgrade`: the script also holds
