@@ -8,7 +8,8 @@
 //!   file per node and sends [`events::Event`]s.
 //!
 //! This crate knows nothing of templates or certificate generation: it reads the assets
-//! through `manifest.json` and the layout that hakube-render defines. It never prints.
+//! through `manifest.json` and the layout that hakube-assets defines (no OpenSSL, no
+//! template engine: `cargo tree -p hakube-install` shows neither). It never prints.
 
 #![deny(missing_docs)]
 
@@ -40,12 +41,12 @@ pub enum InstallError {
 /// # Errors
 ///
 /// [`InstallError::Assets`] naming the file and telling the user to run `hakube render`.
-pub fn read_manifest(assets_dir: &std::path::Path) -> Result<hakube_render::manifest::Manifest, InstallError> {
-    let path = assets_dir.join(hakube_render::layout::MANIFEST);
+pub fn read_manifest(assets_dir: &std::path::Path) -> Result<hakube_assets::manifest::Manifest, InstallError> {
+    let path = assets_dir.join(hakube_assets::layout::MANIFEST);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         InstallError::Assets(format!("failed to read {}: {e}; run `hakube render` first", path.display()))
     })?;
-    hakube_render::manifest::Manifest::parse(&text).map_err(|e| {
+    hakube_assets::manifest::Manifest::parse(&text).map_err(|e| {
         InstallError::Assets(format!("failed to parse {}: {e}; run `hakube render` again", path.display()))
     })
 }

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use hakube_assets::manifest::{Manifest, NodeEntry};
 use hakube_cluster::Role;
-use hakube_render::manifest::{Manifest, NodeEntry};
 
 /// What a plan is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub const VERSIONS_INSTALL: &str = "install";
 /// [`VERSIONS`] before a reset and reinstall: only the API server's version must match (the
 /// node's own kubelet is reset).
 pub const VERSIONS_RESET: &str = "reset";
-/// Built-in: copy the first master's etcd snapshot ([`hakube_render::layout::REMOTE_ETCD_SNAPSHOT`])
+/// Built-in: copy the first master's etcd snapshot ([`hakube_assets::layout::REMOTE_ETCD_SNAPSHOT`])
 /// to the operator's machine, encrypted when the assets have recipients.
 pub const FETCH_SNAPSHOT: &str = "fetch-snapshot";
 

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
+use hakube_assets::dir::AssetsDir;
+use hakube_assets::layout;
+use hakube_assets::manifest::{sha256_hex, Manifest, ManifestEntry};
+use hakube_assets::secrets::Plaintexts;
 use hakube_cluster::definition::HostKeyPolicy;
 use hakube_cluster::ClusterDefinition;
-use hakube_render::assets::AssetsDir;
-use hakube_render::layout;
-use hakube_render::manifest::{sha256_hex, Manifest, ManifestEntry};
-use hakube_render::secrets::Plaintexts;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -37,7 +37,7 @@ pub struct Settings {
     /// How long to keep retrying a connection that fails for network reasons.
     pub connect_budget: Duration,
     /// The plaintext of every encrypted file that ships (and of the encrypted SSH login
-    /// key), decrypted in memory before the run (`hakube_render::secrets::decrypt_for_install`);
+    /// key), decrypted in memory before the run (`hakube_assets::secrets::decrypt_for_install`);
     /// shipped only inside the SSH stream, never written to the operator's disk.
     pub plaintexts: Arc<Plaintexts>,
     /// Where `hakube upgrade` puts the etcd snapshot it copies off the first master
@@ -400,7 +400,7 @@ enum RunResult {
     Failed { exit_code: Option<i32>, message: String },
 }
 
-/// Verifies the assets before anything connects ([`hakube_render::assets::verify`]: only
+/// Verifies the assets before anything connects ([`hakube_assets::dir::verify`]: only
 /// the layout's files and destinations, every file's sha256 and mode as recorded, no link
 /// followed), so a stale or tampered asset never reaches a machine; `manifest` must be the
 /// one on disk. `nodes` are the targeted nodes (every file is checked, whoever it ships to).
@@ -409,7 +409,7 @@ enum RunResult {
 ///
 /// [`InstallError::Assets`] naming the file and saying to run `hakube render`.
 pub fn check_local_assets(assets_dir: &Path, manifest: &Manifest, nodes: &[String]) -> Result<(), InstallError> {
-    let verified = hakube_render::assets::verify(assets_dir).map_err(|e| InstallError::Assets(e.to_string()))?;
+    let verified = hakube_assets::dir::verify(assets_dir).map_err(|e| InstallError::Assets(e.to_string()))?;
     if verified != *manifest {
         return Err(InstallError::Assets(format!(
             "{} changed since install read it; run `hakube render`, then install again",
@@ -727,11 +727,11 @@ fn save_snapshot(settings: &Settings, manifest: &Manifest, bytes: &[u8]) -> Resu
         (dir.join(&name), bytes.to_vec())
     } else {
         let (recipients, _) =
-            hakube_render::secrets::parse_recipients(&manifest.recipients).map_err(|e| e.to_string())?;
-        let sealed = hakube_render::secrets::encrypt(bytes, &recipients, &name).map_err(|e| e.to_string())?;
+            hakube_assets::secrets::parse_recipients(&manifest.recipients).map_err(|e| e.to_string())?;
+        let sealed = hakube_assets::secrets::encrypt(bytes, &recipients, &name).map_err(|e| e.to_string())?;
         (dir.join(format!("{name}{}", layout::AGE_SUFFIX)), sealed)
     };
-    hakube_render::assets::write_atomic(&path, 0o600, &data).map_err(|e| e.to_string())?;
+    hakube_assets::dir::write_atomic(&path, 0o600, &data).map_err(|e| e.to_string())?;
     Ok(path)
 }
 

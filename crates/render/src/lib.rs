@@ -10,8 +10,6 @@
 pub mod assets;
 pub mod kubeadm;
 pub mod kubeconfig;
-pub mod layout;
-pub mod manifest;
 pub mod pki;
 pub mod render;
 pub mod secrets;
@@ -19,4 +17,5 @@ pub mod sshkeys;
 pub mod templates;
 pub mod token;
 
+pub use hakube_assets::{layout, manifest};
 pub use templates::Templates;

@@ -32,7 +32,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The files of the assets directory as they were before this render, by relative path.
 /// Empty for a first render.
-pub type Existing = BTreeMap<String, Vec<u8>>;
+pub use hakube_assets::Existing;
 
 /// One file of the assets directory.
 #[derive(Clone, PartialEq, Eq)]

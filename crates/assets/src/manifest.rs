@@ -99,7 +99,7 @@ impl Manifest {
     /// The manifest among the existing assets (`existing`, by relative path), when there is
     /// one that parses; unvalidated ([`Manifest::validate`] is the caller's step when it
     /// acts on the entries).
-    pub fn of_existing(existing: &crate::render::Existing) -> Option<Manifest> {
+    pub fn of_existing(existing: &crate::Existing) -> Option<Manifest> {
         existing
             .get(crate::layout::MANIFEST)
             .and_then(|b| std::str::from_utf8(b).ok())
@@ -221,8 +221,8 @@ pub enum ManifestError {
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = openssl::sha::sha256(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Parses a mode string such as `"0600"`.
