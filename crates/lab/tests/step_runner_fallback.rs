@@ -97,9 +97,7 @@ impl Runner {
     }
 
     fn runs(&self) -> Vec<String> {
-        fs::read_to_string(self.path("fake-runs"))
-            .map(|s| s.lines().map(str::to_string).collect())
-            .unwrap_or_default()
+        fs::read_to_string(self.path("fake-runs")).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
     }
 
     fn log(&self, unit: &str) -> String {
