@@ -158,8 +158,9 @@ unit_for_key() {
   listing=$(systemctl list-units --all --plain --no-legend --no-pager --type=service -- "${UNIT_PREFIX}*.service") ||
     die 1 "systemctl list-units failed"
   while read -r first rest; do
-    # Some versions mark failed units with a bullet even in --plain output.
-    if [[ $first == "●" ]]; then
+    # Without --plain systemctl marks failed units with a bullet (`*` in the C locale); in
+    # case a version does so with --plain too, it is skipped.
+    if [[ $first == "●" || $first == "*" ]]; then
       read -r first rest <<<"$rest"
     fi
     if [[ $first == "$UNIT_PREFIX"*.service ]]; then

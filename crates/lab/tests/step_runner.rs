@@ -301,6 +301,11 @@ fn follow_resumes_byte_for_byte_after_a_dropped_connection() {
     first.wait().unwrap();
     let a = reader.finish();
     assert_eq!(f.status(unit), "running", "the connection dropped while the step ran");
+    // Nothing of the dropped follow stays on the node: tail sees its output pipe closed.
+    poll(10, "the dropped follow's tail to end", || {
+        let (code, _, _) = f.bash("pgrep -f 'tail -c [+]1 -f'");
+        (code == 1).then_some(())
+    });
     assert!(a.len() < expected.len(), "{} of {} bytes", a.len(), expected.len());
 
     // Resumed where the received bytes end; it ends only once the step has.
