@@ -15,7 +15,7 @@
 //! token/bootstrap-token  token/discovery-token-ca-cert-hash
 //! ssh/id_ed25519 ssh/id_ed25519.pub  ssh/known_hosts
 //! ssh/host-keys/<node>/ssh_host_ed25519_key .pub
-//! nodes/<node>/boot.sh  nodes/<node>/kubeadm.yaml
+//! nodes/<node>/boot.sh  nodes/<node>/kubeadm.yaml  scripts/step.sh
 //! nodes/<first master>/kubeadm-join.yaml
 //! fingerprints.txt  .gitignore
 //! ```
@@ -61,6 +61,10 @@ pub fn host_key(node: &str) -> String {
 pub fn boot_script(node: &str) -> String {
     format!("nodes/{node}/boot.sh")
 }
+
+/// The step runner every node gets at [`crate::steps::STEP_SCRIPT`]: runs each boot.sh
+/// step as a transient systemd unit that outlives the SSH session.
+pub const STEP_RUNNER: &str = "scripts/step.sh";
 
 /// The kubeadm configuration of `node`.
 pub fn kubeadm_config(node: &str) -> String {
@@ -191,6 +195,7 @@ fn plain_file(path: &str) -> Option<LayoutFile> {
         _ if path == BOOTSTRAP_TOKEN => make(true, Some(format!("{REMOTE_SECRETS_DIR}/bootstrap-token")), None),
         _ if path == DISCOVERY_HASH || path == FINGERPRINTS || path == GITIGNORE => make(false, None, None),
         _ if path == LOGIN_KEY => make(true, None, None),
+        _ if path == STEP_RUNNER => make(false, Some(crate::steps::STEP_SCRIPT.to_string()), None),
         _ if path == LOGIN_KEY_PUB || path == KNOWN_HOSTS => make(false, None, None),
         ["ssh", "host-keys", node, "ssh_host_ed25519_key"] if is_node_name(node) => make(true, None, Some(node)),
         ["ssh", "host-keys", node, "ssh_host_ed25519_key.pub"] if is_node_name(node) => make(false, None, Some(node)),
@@ -220,6 +225,7 @@ mod tests {
             (BOOTSTRAP_TOKEN.into(), true, Some("/etc/hakube/secrets/bootstrap-token")),
             (LOGIN_KEY.into(), true, None),
             (KNOWN_HOSTS.into(), false, None),
+            (STEP_RUNNER.into(), false, Some("/etc/hakube/step.sh")),
         ] {
             let f = file(&path).unwrap_or_else(|| panic!("{path} not recognised"));
             assert_eq!((f.secret, f.destination.as_deref()), (secret, dest), "{path}");

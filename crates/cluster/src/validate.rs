@@ -117,6 +117,8 @@ impl HookKind {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HookCatalog {
     names: BTreeMap<HookKind, BTreeSet<String>>,
+    /// Every hook name counts as existing ([`HookCatalog::any`]).
+    any: bool,
 }
 
 impl HookCatalog {
@@ -127,12 +129,19 @@ impl HookCatalog {
         for (kind, name) in hooks {
             names.entry(kind).or_default().insert(Self::normalise(name).to_string());
         }
-        HookCatalog { names }
+        HookCatalog { names, any: false }
+    }
+
+    /// A catalog in which every hook exists: for reading a definition to compare it with
+    /// assets already rendered (install's staleness check), where which hook templates
+    /// render had is render's business, not install's.
+    pub fn any() -> Self {
+        HookCatalog { names: BTreeMap::new(), any: true }
     }
 
     /// Whether a hook of that kind and (normalised) name exists.
     pub fn contains(&self, kind: HookKind, name: &str) -> bool {
-        self.names.get(&kind).is_some_and(|s| s.contains(Self::normalise(name)))
+        self.any || self.names.get(&kind).is_some_and(|s| s.contains(Self::normalise(name)))
     }
 
     /// The names of one kind, sorted.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use hakube_assets::Manifest;
 use hakube_install::plan::{self, Mode};
 use hakube_install::{Event, NodeOutcome, Settings, StepOutcome, Summary};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -19,11 +20,11 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// The options `install` and `reset` share.
 pub struct Request<'a> {
-    pub definition: &'a Path,
+    /// The definition to compare the assets with (`None`: `--assets-only`, the assets alone).
+    pub definition: Option<&'a Path>,
     pub nodes: &'a [String],
     pub assets_dir: &'a Path,
     pub log_dir: &'a Path,
-    pub templates: Option<&'a Path>,
     pub concurrency: Option<usize>,
     pub connect_timeout: Duration,
     pub dry_run: bool,
@@ -43,27 +44,50 @@ pub struct Request<'a> {
 /// steps wait for each other until they time out.
 ///
 /// Errors: the concurrency needed, the masters and the flag or field to raise.
-fn check_etcd_quorum(def: &hakube_cluster::ClusterDefinition, targets: &[String], concurrency: usize) -> Result<()> {
-    if def.etcd.topology != hakube_cluster::definition::EtcdTopology::External {
+fn check_etcd_quorum(manifest: &Manifest, targets: &[String], concurrency: usize) -> Result<()> {
+    if manifest.install.etcd_topology != hakube_cluster::definition::EtcdTopology::External {
         return Ok(());
     }
-    let masters = def.masters.len();
-    let targeted = def.masters.iter().filter(|m| targets.contains(&m.node_name)).count();
-    let quorum = masters / 2 + 1;
-    let needed = quorum.saturating_sub(masters - targeted);
+    let masters: Vec<&String> =
+        manifest.nodes.iter().filter(|(_, n)| n.role == hakube_cluster::Role::Master).map(|(name, _)| name).collect();
+    let targeted = masters.iter().filter(|m| targets.contains(m)).count();
+    let quorum = masters.len() / 2 + 1;
+    let needed = quorum.saturating_sub(masters.len() - targeted);
     if concurrency < needed {
         bail!(
-            "installing {targeted} of {masters} masters with external etcd needs {needed} of them running their etcd steps at once (a quorum is {quorum} members), but the concurrency is {concurrency}: pass --concurrency {needed} or more (or raise installConcurrency)"
+            "installing {targeted} of {} masters with external etcd needs {needed} of them running their etcd steps at once (a quorum is {quorum} members), but the concurrency is {concurrency}: pass --concurrency {needed} or more (or raise installConcurrency)",
+            masters.len()
         );
     }
     Ok(())
+}
+
+/// Refuses assets rendered from another definition than `path`'s: each difference that
+/// changes what install does is named (a node's address or port, the version, ...), and
+/// the fix is to render again. The definition is read as render reads it, except that any
+/// hook name is accepted (render already checked them against its templates).
+fn check_fresh(path: &Path, assets_dir: &Path, manifest: &Manifest) -> Result<bool> {
+    let Some(loaded) = crate::load_definition(path, &hakube_cluster::HookCatalog::any())? else {
+        return Ok(false);
+    };
+    let stale = manifest.stale_against(&loaded.definition);
+    if !stale.is_empty() {
+        bail!(
+            "{} is stale for {}:\n  {}\nrun `hakube render {}` first (or install from the assets alone with --assets-only)",
+            assets_dir.join(hakube_assets::layout::MANIFEST).display(),
+            path.display(),
+            stale.join("\n  "),
+            path.display()
+        );
+    }
+    Ok(true)
 }
 
 /// The plaintexts of the encrypted files install ships or uses, decrypted in memory before
 /// anything connects, so a missing identity stops the run before it touches a node.
 fn decrypt_secrets(
     assets_dir: &Path,
-    manifest: &hakube_render::manifest::Manifest,
+    manifest: &Manifest,
     identities: &[std::path::PathBuf],
 ) -> Result<hakube_render::secrets::Plaintexts> {
     use hakube_render::secrets;
@@ -82,48 +106,25 @@ fn decrypt_secrets(
 }
 
 pub fn run(req: Request<'_>) -> Result<ExitCode> {
-    let catalog = crate::hooks::catalog(req.templates)?;
-    let Some(loaded) = crate::load_definition(req.definition, &catalog)? else {
-        return Ok(ExitCode::from(1));
-    };
-    let def = loaded.definition;
-    // Untrusted until verified: only the layout's files, destinations and sha256s (issue 11).
+    // Untrusted until verified: only the layout's files, destinations and sha256s (issue 11);
+    // what install needs besides the files is in the manifest too.
     let manifest = hakube_render::assets::verify(req.assets_dir)?;
-    let order: Vec<String> = def.nodes().map(|(_, n)| n.node_name.clone()).collect();
-    let rendered: Vec<&String> = manifest.nodes.keys().collect();
-    let missing: Vec<&String> = order.iter().filter(|n| !manifest.nodes.contains_key(*n)).collect();
-    if !missing.is_empty() || rendered.len() != order.len() {
-        bail!(
-            "{} is stale for {}: run `hakube render {}` first",
-            req.assets_dir.join("manifest.json").display(),
-            req.definition.display(),
-            req.definition.display()
-        );
+    if let Some(path) = req.definition {
+        if !check_fresh(path, req.assets_dir, &manifest)? {
+            return Ok(ExitCode::from(1));
+        }
     }
     let plan = match req.mode {
-        Mode::Upgrade => {
-            let workers = def.workers.len();
-            let batch = plan::worker_batch(workers, def.upgrade.max_unavailable.as_ref());
-            plan::build_upgrade(&manifest, &order, req.nodes, batch)?
-        }
-        mode => plan::build(&manifest, &order, req.nodes, mode)?,
+        Mode::Upgrade => plan::build_upgrade(&manifest, req.nodes)?,
+        mode => plan::build(&manifest, req.nodes, mode)?,
     };
-    if req.mode == Mode::Upgrade && manifest.kubernetes_version != def.kubernetes_version {
-        bail!(
-            "{} was rendered for Kubernetes {}, the definition says {}: run `hakube render {}` first",
-            req.assets_dir.join("manifest.json").display(),
-            manifest.kubernetes_version,
-            def.kubernetes_version,
-            req.definition.display()
-        );
-    }
     if req.mode != Mode::Reset {
         for warning in expiring_certificates(req.assets_dir, &manifest, SystemTime::now()) {
             eprintln!("hakube: warning: {warning}");
         }
     }
     if req.dry_run {
-        println!("plan for {} node(s) of cluster {:?}:", plan.targets.len(), def.cluster_name);
+        println!("plan for {} node(s) of cluster {:?}:", plan.targets.len(), manifest.cluster_name);
         print!("{plan}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -131,9 +132,9 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
         eprintln!("hakube: reset cancelled");
         return Ok(ExitCode::from(1));
     }
-    let concurrency = req.concurrency.unwrap_or(def.install_concurrency as usize);
+    let concurrency = req.concurrency.unwrap_or(manifest.install.concurrency as usize);
     if req.mode == Mode::Install {
-        check_etcd_quorum(&def, &plan.targets, concurrency)?;
+        check_etcd_quorum(&manifest, &plan.targets, concurrency)?;
     }
     let plaintexts = decrypt_secrets(req.assets_dir, &manifest, req.identities)?;
     let settings = Settings {
@@ -155,7 +156,7 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
             }
         });
         let reporter = tokio::spawn(report(rx, plan.targets.clone()));
-        let result = hakube_install::execute(&def, &manifest, &plan, &settings, tx, cancel).await;
+        let result = hakube_install::execute(&manifest, &plan, &settings, tx, cancel).await;
         let _ = reporter.await;
         result
     })?;
@@ -174,11 +175,7 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
 /// expired at `now`, each as one line naming the file (under `assets_dir`), its dates
 /// (UTC, `YYYY-MM-DD`) and what to run. A file that cannot be read (a link below the
 /// assets directory is never followed) is skipped: shipping reports it.
-fn expiring_certificates(
-    assets_dir: &Path,
-    manifest: &hakube_render::manifest::Manifest,
-    now: SystemTime,
-) -> Vec<String> {
+fn expiring_certificates(assets_dir: &Path, manifest: &Manifest, now: SystemTime) -> Vec<String> {
     let Ok(Some(assets)) = hakube_render::assets::AssetsDir::open(assets_dir) else { return Vec::new() };
     let files: Vec<(&str, Vec<u8>)> = manifest
         .files

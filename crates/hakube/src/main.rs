@@ -174,13 +174,21 @@ struct IdentityArgs {
     identity: Vec<PathBuf>,
 }
 
-/// Options shared by install and reset.
+/// Options shared by install, upgrade and reset.
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The cluster definition (JSON).
-    definition: PathBuf,
+    /// The cluster definition (JSON) the assets were rendered from: install compares it with
+    /// the assets and refuses stale ones, naming what changed. With --assets-only, this
+    /// argument is the first NODE.
+    #[arg(required_unless_present = "assets_only")]
+    definition: Option<PathBuf>,
     /// Only these nodes (default: all).
     nodes: Vec<String>,
+    /// Run from the assets directory alone (everything install needs is in its
+    /// manifest.json, e.g. in a fresh clone holding only the assets): no definition is
+    /// read, and every positional argument is a NODE.
+    #[arg(long)]
+    assets_only: bool,
     /// Print the plan, node by node and step by step, and touch nothing.
     #[arg(long)]
     dry_run: bool,
@@ -196,9 +204,6 @@ struct RunArgs {
     /// How long to keep retrying a node that refuses or drops connections, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     connect_timeout: u64,
-    /// A directory of templates (only used here to know which hooks exist).
-    #[arg(long, value_name = "DIR")]
-    templates: Option<PathBuf>,
     #[command(flatten)]
     identity: IdentityArgs,
 }
@@ -247,10 +252,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Install { common, reset } => {
             let mode = if reset { Mode::ResetThenInstall } else { Mode::Install };
+            let common = common.positional_nodes();
             install::run(request(&common, mode, false))
         }
-        Command::Reset { common, yes } => install::run(request(&common, Mode::Reset, yes)),
+        Command::Reset { common, yes } => install::run(request(&common.positional_nodes(), Mode::Reset, yes)),
         Command::Upgrade { common, snapshot_dir } => {
+            let common = common.positional_nodes();
             install::run(install::Request { snapshot_dir: &snapshot_dir, ..request(&common, Mode::Upgrade, false) })
         }
         Command::Kubeconfig { definition, assets_dir, target, ttl, identity } => kubeconfig::run(kubeconfig::Request {
@@ -268,13 +275,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+impl RunArgs {
+    /// With --assets-only there is no definition: the first positional argument is a NODE.
+    fn positional_nodes(mut self) -> RunArgs {
+        if self.assets_only {
+            if let Some(first) = self.definition.take() {
+                self.nodes.insert(0, first.to_string_lossy().into_owned());
+            }
+        }
+        self
+    }
+}
+
 fn request(common: &RunArgs, mode: Mode, assume_yes: bool) -> install::Request<'_> {
     install::Request {
-        definition: &common.definition,
+        definition: if common.assets_only { None } else { common.definition.as_deref() },
         nodes: &common.nodes,
         assets_dir: &common.assets_dir,
         log_dir: &common.log_dir,
-        templates: common.templates.as_deref(),
         concurrency: common.concurrency.map(|c| c as usize),
         connect_timeout: std::time::Duration::from_secs(common.connect_timeout),
         dry_run: common.dry_run,

@@ -99,6 +99,62 @@ fn reset_needs_confirmation_or_yes() {
     assert!(text(&out).contains("boot.sh forget master2 (on master0)"), "{}", text(&out));
 }
 
+/// Install is a function of the assets (issue 12, item 4): from a directory holding only
+/// the assets (as a fresh clone of them would), `--assets-only` plans without any
+/// definition; given a definition that changed since render, install refuses and names the
+/// node and the field, and a definition that differs only in formatting is not stale.
+#[test]
+fn install_runs_from_the_assets_alone_and_refuses_stale_ones_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = sample("lab-cluster.json");
+    let text_of = |p: &str| std::fs::read_to_string(p).unwrap();
+    let copy = dir.path().join("cluster.json");
+    std::fs::write(&copy, text_of(&lab)).unwrap();
+    let copy = copy.to_str().unwrap();
+    assert_eq!(hakube(&["render", copy], dir.path()).status.code(), Some(0));
+    let alone = tempfile::tempdir().unwrap();
+    let status = Command::new("cp").arg("-a").arg(dir.path().join("assets")).arg(alone.path()).status().unwrap();
+    assert!(status.success());
+    let out = hakube(&["install", "--assets-only", "--dry-run"], alone.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("master0                  boot.sh init"), "{}", text(&out));
+    let out = hakube(&["install", "--assets-only", "worker1", "--dry-run"], alone.path());
+    assert!(text(&out).contains("worker1") && !text(&out).contains("worker0"), "{}", text(&out));
+    let out = hakube(&["install", "--assets-only", "nosuchnode", "--dry-run"], alone.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("nosuchnode"), "{}", text(&out));
+
+    // Reformatted (same values): not stale.
+    let value: serde_json::Value = serde_json::from_str(&text_of(copy)).unwrap();
+    std::fs::write(copy, serde_json::to_string(&value).unwrap()).unwrap();
+    let out = hakube(&["install", copy, "--dry-run"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // worker1's sshPort changed without rendering again: refused, naming node and field.
+    let mut changed = value.clone();
+    changed["workers"][1]["sshPort"] = serde_json::json!(2222);
+    std::fs::write(copy, serde_json::to_string_pretty(&changed).unwrap()).unwrap();
+    for command in ["install", "reset"] {
+        let out = hakube(&[command, copy, "--dry-run"], dir.path());
+        assert_eq!(out.status.code(), Some(1), "{command}: {}", text(&out));
+        assert!(
+            text(&out).contains("node worker1's sshPort is 2222 in the definition, 22 in the assets"),
+            "{}",
+            text(&out)
+        );
+        assert!(text(&out).contains("run `hakube render"), "{}", text(&out));
+    }
+    // Another change that install does not itself use is still stale, by the hash.
+    let mut changed = value.clone();
+    changed["podNetworkCIDR"] = serde_json::json!("10.200.0.0/16");
+    std::fs::write(copy, serde_json::to_string_pretty(&changed).unwrap()).unwrap();
+    let out = hakube(&["install", copy, "--dry-run"], dir.path());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("definitionSha256"), "{}", text(&out));
+    // --templates is gone from install.
+    let out = hakube(&["install", copy, "--templates", "x", "--dry-run"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
 /// External etcd: each master's etcd step waits for a quorum of members, so installing all
 /// three masters one at a time could only time out; install refuses before connecting.
 #[test]

@@ -91,7 +91,6 @@ async fn masters_are_bounded_and_closed_on_every_way_out() {
     let set = render::render(&def, &existing, &templates, &options).unwrap();
     assets::write(&assets_dir, &set, &existing).unwrap();
     let manifest = hakube_install::read_manifest(&assets_dir).unwrap();
-    let order: Vec<String> = def.nodes().map(|(_, n)| n.node_name.clone()).collect();
     let settings = runner::Settings {
         assets_dir: assets_dir.clone(),
         log_dir: scratch.path().join("logs"),
@@ -103,9 +102,9 @@ async fn masters_are_bounded_and_closed_on_every_way_out() {
 
     // Every node fails its first step: each master started is told to exit before
     // `execute` returns, while its socket is there.
-    let plan = plan::build(&manifest, &order, &[], Mode::Install).unwrap();
+    let plan = plan::build(&manifest, &[], Mode::Install).unwrap();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let summary = runner::execute(&def, &manifest, &plan, &settings, tx, CancellationToken::new()).await.unwrap();
+    let summary = runner::execute(&manifest, &plan, &settings, tx, CancellationToken::new()).await.unwrap();
     assert!(!summary.success() && !summary.interrupted);
     let (masters, exits) = calls(&fake);
     assert!(!masters.is_empty(), "no master started");
@@ -130,7 +129,7 @@ async fn masters_are_bounded_and_closed_on_every_way_out() {
         on_step.cancel();
         said
     });
-    let summary = runner::execute(&def, &manifest, &plan, &settings, tx, cancel).await.unwrap();
+    let summary = runner::execute(&manifest, &plan, &settings, tx, cancel).await.unwrap();
     std::fs::write(fake.join("release"), "").unwrap();
     assert!(summary.interrupted, "not interrupted");
     assert_eq!(watcher.await.unwrap(), "started\n");

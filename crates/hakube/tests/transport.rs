@@ -324,6 +324,25 @@ async fn a_rebooted_node_is_reached_again_under_its_pinned_key(w: &World) {
     conn.close().await;
 }
 
+/// The manifest render would record for `def` (its SSH targets and install settings).
+fn manifest_of(def: &hakube_cluster::ClusterDefinition) -> hakube_assets::Manifest {
+    use hakube_assets::manifest::{install_entry, ssh_entry};
+    let mut m =
+        hakube_assets::Manifest::parse(r#"{ "format": 2, "clusterName": "t", "nodes": {}, "files": {} }"#).unwrap();
+    m.install = install_entry(def);
+    for (role, n) in def.nodes() {
+        let entry = hakube_assets::NodeEntry {
+            role,
+            first_master: false,
+            steps: Vec::new(),
+            upgrade_steps: Vec::new(),
+            ssh: ssh_entry(def, n),
+        };
+        m.nodes.insert(n.node_name.clone(), entry);
+    }
+    m
+}
+
 /// Issue 11, item 6: `accept-new` applies only to nodes render pinned no key for. worker0's
 /// host key was replaced above; the assets' known_hosts (render's pins) still holds the one
 /// generated for it, so under accept-new the connection is refused and nothing is recorded.
@@ -344,7 +363,7 @@ async fn accept_new_never_overrides_a_rendered_host_key(w: &World) {
         std::fs::write(assets.join("ssh/known_hosts"), known).unwrap();
         serde_json::from_value(text).unwrap()
     };
-    let def = definition(&pins);
+    let def = manifest_of(&definition(&pins));
     let target = hakube_install::runner::target(&def, &assets, "worker0", None).unwrap();
     assert_eq!(target.policy, HostKeyPolicy::Strict, "worker0 has a rendered key");
     let err = Connection::connect(&target, w.control.path()).await.err().expect("accepted a replaced host key");
@@ -362,7 +381,7 @@ async fn accept_new_never_overrides_a_rendered_host_key(w: &World) {
         .filter(|l| !l.split(' ').next().unwrap().split(',').any(|p| p == address))
         .map(|l| format!("{l}\n"))
         .collect();
-    let def = definition(&others);
+    let def = manifest_of(&definition(&others));
     let target = hakube_install::runner::target(&def, &assets, "worker0", None).unwrap();
     assert_eq!(target.policy, HostKeyPolicy::AcceptNew);
     hakube_install::runner::create_private_file(&target.known_hosts).unwrap();

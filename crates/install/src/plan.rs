@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use hakube_assets::manifest::{Manifest, NodeEntry};
+use hakube_assets::steps::InstallPhase;
 use hakube_cluster::Role;
 
 /// What a plan is for.
@@ -138,22 +139,15 @@ fn run(node: &str, step: &str) -> Run {
     Run { node: node.into(), host: node.into(), step: step.into(), args: Vec::new() }
 }
 
-/// Splits a node's steps around its `init`/`join` step.
-fn split_steps(entry: &NodeEntry) -> (Vec<&str>, Option<&str>, Vec<&str>) {
-    let steps: Vec<&str> = entry.steps.iter().map(String::as_str).collect();
-    match steps.iter().position(|s| *s == "init" || *s == "join") {
-        Some(i) => (steps[..i].to_vec(), Some(steps[i]), steps[i + 1..].to_vec()),
-        None => (steps, None, Vec::new()),
-    }
-}
-
-/// Builds the plan for `targets` (empty: every node), in the manifest's node order
-/// given by `order` (the definition's order: masters first).
+/// Builds the plan for `targets` (empty: every node), in the manifest's node order (the
+/// definition's: masters first), each node's steps placed by the phase the manifest records
+/// for them (`phases`): install reads the assets only.
 ///
 /// # Errors
 ///
 /// [`PlanError`] for an unknown node name.
-pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mode) -> Result<Plan, PlanError> {
+pub fn build(manifest: &Manifest, targets: &[String], mode: Mode) -> Result<Plan, PlanError> {
+    let order = &manifest.node_order;
     let nodes: &BTreeMap<String, NodeEntry> = &manifest.nodes;
     for t in targets {
         if !nodes.contains_key(t) {
@@ -180,7 +174,7 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     };
 
     if mode == Mode::Upgrade {
-        return build_upgrade(manifest, order, targets, 1);
+        return build_upgrade(manifest, targets);
     }
     // Before anything is shipped: the versions the targeted nodes run, and the API server's
     // on the first master (a node that joins must not be newer than it).
@@ -253,24 +247,23 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     let mut post = Vec::new();
     for n in &targeted {
         let entry = &nodes[n];
-        let (before, middle, after) = split_steps(entry);
-        prepare.push(before.iter().map(|s| run(n, s)).collect());
-        match (middle, entry.role) {
-            // With a master outside the targets the cluster exists: the first master joins
-            // it (`boot.sh init --existing`) instead of creating one.
-            (Some(s @ "init"), _) => init.push(vec![Run {
-                args: helper.map(|_| vec!["--existing".to_string()]).unwrap_or_default(),
-                ..run(n, s)
-            }]),
-            (Some(s), Role::Master) => join_masters.push(run(n, s)),
-            (Some(s), Role::Worker) => join_workers.push(vec![run(n, s)]),
-            (None, _) => {}
+        let steps = |phase| manifest.steps_in(n, phase).into_iter().map(|s| run(n, s)).collect::<Vec<Run>>();
+        prepare.push(steps(InstallPhase::Prepare));
+        // With a master outside the targets the cluster exists: the first master joins it
+        // (`boot.sh init --existing`) instead of creating one.
+        for r in steps(InstallPhase::Init) {
+            init.push(vec![Run { args: helper.map(|_| vec!["--existing".to_string()]).unwrap_or_default(), ..r }]);
         }
-        // Add-ons the first master applies once the control plane is complete
-        // (cloud-provider, network) run after every join; the rest is post-install.
-        let cut = after.iter().position(|s| *s == "network").map_or(0, |i| i + 1);
-        network.push(after[..cut].iter().map(|s| run(n, s)).collect());
-        post.push(after[cut..].iter().map(|s| run(n, s)).collect());
+        for r in steps(InstallPhase::Join) {
+            match entry.role {
+                Role::Master => join_masters.push(r),
+                Role::Worker => join_workers.push(vec![r]),
+            }
+        }
+        // Add-ons the first master applies once the control plane is complete run after
+        // every join; the rest is post-install.
+        network.push(steps(InstallPhase::AddOns));
+        post.push(steps(InstallPhase::Post));
     }
     push(PhaseKind::Prepare, "prepare nodes", Order::Parallel, prepare);
     // Every run that joins a node first makes sure the rendered bootstrap token exists and is
@@ -328,20 +321,6 @@ pub fn build(manifest: &Manifest, order: &[String], targets: &[String], mode: Mo
     Ok(Plan { phases, targets: targeted })
 }
 
-/// The batch size of a worker upgrade for `workers` workers and `upgrade.maxUnavailable`:
-/// a count as it is, a percentage of the workers rounded down (as Kubernetes scales a
-/// maxUnavailable percentage, intstr.GetScaledValueFromIntOrPercent without rounding up);
-/// at least 1. Unset: one node or 10 %, whichever is larger.
-pub fn worker_batch(workers: usize, max_unavailable: Option<&hakube_cluster::definition::MaxUnavailable>) -> usize {
-    use hakube_cluster::definition::MaxUnavailable;
-    let n = match max_unavailable {
-        Some(MaxUnavailable::Count(c)) => *c as usize,
-        Some(MaxUnavailable::Percent(p)) => workers * p.trim_end_matches('%').parse::<usize>().unwrap_or(0) / 100,
-        None => workers / 10,
-    };
-    n.max(1)
-}
-
 /// The plan of `hakube upgrade` for `targets` (empty: every node) from a manifest that
 /// carries an upgrade, in kubeadm's order (kubernetes.io "Upgrading kubeadm clusters"):
 ///
@@ -352,7 +331,7 @@ pub fn worker_batch(workers: usize, max_unavailable: Option<&hakube_cluster::def
 ///    upgraded), `upgrade-snapshot` and [`FETCH_SNAPSHOT`];
 /// 3. the first master's `upgrade-apply`, when targeted;
 /// 4. the other targeted masters' `upgrade-node`, one at a time;
-/// 5. the targeted workers in batches of `batch` ([`worker_batch`]), one phase per batch so
+/// 5. the targeted workers in batches of `batch` (the manifest's `install.upgradeBatch`, `hakube_assets::manifest::upgrade_batch`), one phase per batch so
 ///    that never more than `batch` are cordoned at once: `upgrade-drain W` on the first
 ///    master, `upgrade-node` on W, `upgrade-uncordon W` on the first master;
 /// 6. `upgrade-network` on the first master when its boot script has it and it is targeted;
@@ -364,12 +343,8 @@ pub fn worker_batch(workers: usize, max_unavailable: Option<&hakube_cluster::def
 ///
 /// [`PlanError::UnknownNode`], [`PlanError::NoUpgrade`] when the manifest carries no
 /// upgrade.
-pub fn build_upgrade(
-    manifest: &Manifest,
-    order: &[String],
-    targets: &[String],
-    batch: usize,
-) -> Result<Plan, PlanError> {
+pub fn build_upgrade(manifest: &Manifest, targets: &[String]) -> Result<Plan, PlanError> {
+    let (order, batch) = (&manifest.node_order, manifest.install.upgrade_batch.max(1) as usize);
     let nodes = &manifest.nodes;
     for t in targets {
         if !nodes.contains_key(t) {
@@ -505,18 +480,42 @@ mod tests {
                 steps.push("network".into());
             }
             steps.push("post".into());
-            nodes.insert(name.to_string(), NodeEntry { role, first_master: first, steps, upgrade_steps: Vec::new() });
+            let ssh = Default::default();
+            nodes.insert(
+                name.to_string(),
+                NodeEntry { role, first_master: first, steps, upgrade_steps: Vec::new(), ssh },
+            );
             order.push(name.to_string());
         }
         (
             Manifest {
-                format: 1,
+                format: hakube_assets::manifest::FORMAT_VERSION,
                 cluster_name: "t".into(),
                 kubernetes_version: String::new(),
                 upgrade_from: None,
                 nodes,
                 files: BTreeMap::new(),
                 recipients: Vec::new(),
+                definition_sha256: String::new(),
+                node_order: order.clone(),
+                install: hakube_assets::manifest::InstallEntry {
+                    concurrency: 10,
+                    upgrade_batch: 1,
+                    ..Default::default()
+                },
+                phases: [
+                    (InstallPhase::Prepare, &["prepare", "runtime", "packages", "pki"][..]),
+                    (InstallPhase::Init, &["init"]),
+                    (InstallPhase::Join, &["join"]),
+                    (InstallPhase::AddOns, &["network"]),
+                    (InstallPhase::Post, &["post"]),
+                ]
+                .iter()
+                .map(|(phase, steps)| hakube_assets::manifest::PhaseEntry {
+                    phase: *phase,
+                    steps: steps.iter().map(|s| s.to_string()).collect(),
+                })
+                .collect(),
             },
             order,
         )
@@ -528,8 +527,8 @@ mod tests {
 
     #[test]
     fn a_full_install_runs_in_ha_order() {
-        let (m, order) = manifest();
-        let plan = build(&m, &order, &[], Mode::Install).unwrap();
+        let (m, _) = manifest();
+        let plan = build(&m, &[], Mode::Install).unwrap();
         use PhaseKind::*;
         // The token is re-armed before init where a cluster may already run (m1: a fresh
         // one has none, and `boot.sh token` does nothing there), and after init on m0,
@@ -549,8 +548,8 @@ mod tests {
 
     #[test]
     fn one_worker_joins_after_the_token_is_checked_on_a_master() {
-        let (m, order) = manifest();
-        let plan = build(&m, &order, &["w1".into()], Mode::Install).unwrap();
+        let (m, _) = manifest();
+        let plan = build(&m, &["w1".into()], Mode::Install).unwrap();
         use PhaseKind::*;
         assert_eq!(kinds(&plan), vec![Ship, Prepare, Token, JoinWorkers, Post]);
         assert_eq!(plan.phases[2].runs, vec![vec![run("m0", "token")]]);
@@ -564,8 +563,8 @@ mod tests {
 
     #[test]
     fn resetting_a_master_forgets_it_through_another_master_first() {
-        let (m, order) = manifest();
-        let plan = build(&m, &order, &["m2".into()], Mode::Reset).unwrap();
+        let (m, _) = manifest();
+        let plan = build(&m, &["m2".into()], Mode::Reset).unwrap();
         use PhaseKind::*;
         assert_eq!(kinds(&plan), vec![Ship, Forget, Reset]);
         assert_eq!(
@@ -577,8 +576,8 @@ mod tests {
 
     #[test]
     fn the_first_master_reset_alone_rejoins_through_a_running_master() {
-        let (m, order) = manifest();
-        let plan = build(&m, &order, &["m0".into()], Mode::ResetThenInstall).unwrap();
+        let (m, _) = manifest();
+        let plan = build(&m, &["m0".into()], Mode::ResetThenInstall).unwrap();
         use PhaseKind::*;
         assert_eq!(kinds(&plan), vec![Ship, Forget, Reset, Prepare, Token, Init, Network, Post]);
         // Its etcd member leaves through m1, the token is re-armed there, and its init step
@@ -590,7 +589,7 @@ mod tests {
         assert_eq!(plan.phases[4].runs, vec![vec![run("m1", "token")]]);
         assert_eq!(plan.phases[5].runs, vec![vec![Run { args: vec!["--existing".into()], ..run("m0", "init") }]]);
         // Resetting everything and installing again creates the cluster anew.
-        let all = build(&m, &order, &[], Mode::ResetThenInstall).unwrap();
+        let all = build(&m, &[], Mode::ResetThenInstall).unwrap();
         let init = all.phases.iter().find(|p| p.kind == Init).unwrap();
         assert_eq!(init.runs, vec![vec![run("m0", "init")]]);
     }
@@ -599,24 +598,24 @@ mod tests {
     /// the first master outside the targets, there too (its API server's version).
     #[test]
     fn an_install_reads_the_versions_before_anything_is_shipped() {
-        let (mut m, order) = manifest();
+        let (mut m, _) = manifest();
         m.kubernetes_version = "1.36.4".into();
-        let plan = build(&m, &order, &[], Mode::Install).unwrap();
+        let plan = build(&m, &[], Mode::Install).unwrap();
         assert_eq!(plan.phases[0].kind, PhaseKind::Versions);
         assert_eq!(plan.phases[1].kind, PhaseKind::Ship);
         assert_eq!(plan.phases[0].runs.len(), 5);
         assert_eq!(plan.phases[0].runs[0][0].args, ["1.36.4", VERSIONS_INSTALL]);
-        let plan = build(&m, &order, &["w1".into()], Mode::ResetThenInstall).unwrap();
+        let plan = build(&m, &["w1".into()], Mode::ResetThenInstall).unwrap();
         let probed: Vec<&str> = plan.phases[0].runs.iter().map(|r| r[0].host.as_str()).collect();
         assert_eq!(probed, ["m0", "w1"]);
         assert_eq!(plan.phases[0].runs[1][0].args[1], VERSIONS_RESET);
-        assert!(build(&m, &order, &[], Mode::Reset).unwrap().phases.iter().all(|p| p.kind != PhaseKind::Versions));
-        let whole = build(&m, &order, &[], Mode::ResetThenInstall).unwrap();
+        assert!(build(&m, &[], Mode::Reset).unwrap().phases.iter().all(|p| p.kind != PhaseKind::Versions));
+        let whole = build(&m, &[], Mode::ResetThenInstall).unwrap();
         assert!(whole.phases.iter().all(|p| p.kind != PhaseKind::Versions), "every master reset: a new cluster");
     }
 
     fn upgrade_manifest() -> (Manifest, Vec<String>) {
-        let (mut m, order) = manifest();
+        let (mut m, _) = manifest();
         m.kubernetes_version = "1.36.4".into();
         m.upgrade_from = Some("1.35.4".into());
         for (name, entry) in m.nodes.iter_mut() {
@@ -635,13 +634,21 @@ mod tests {
                 vec!["upgrade-node".into()]
             };
         }
-        (m, order)
+        (m, Vec::new())
     }
 
     #[test]
     fn an_upgrade_goes_control_plane_first_then_workers_in_batches() {
-        let (m, order) = upgrade_manifest();
-        let plan = build_upgrade(&m, &order, &[], 1).unwrap();
+        let (m, _) = upgrade_manifest();
+        let plan = build_upgrade(
+            &{
+                let mut m = m.clone();
+                m.install.upgrade_batch = 1;
+                m
+            },
+            &[],
+        )
+        .unwrap();
         let steps: Vec<Vec<(String, String)>> = plan
             .phases
             .iter()
@@ -661,32 +668,48 @@ mod tests {
         assert!(plan.phases[1..].iter().all(|p| p.kind == PhaseKind::Upgrade));
         assert_eq!(plan.phases[4].runs[0][0].args, ["w0"]);
         // A batch of two: both workers in one phase.
-        let plan = build_upgrade(&m, &order, &[], 2).unwrap();
+        let plan = build_upgrade(
+            &{
+                let mut m = m.clone();
+                m.install.upgrade_batch = 2;
+                m
+            },
+            &[],
+        )
+        .unwrap();
         assert_eq!(plan.phases.len(), 6);
         assert_eq!(plan.phases[4].runs.len(), 2);
         // One worker: the control plane must already be upgraded; nothing else is touched.
-        let plan = build_upgrade(&m, &order, &["w1".into()], 1).unwrap();
+        let plan = build_upgrade(
+            &{
+                let mut m = m.clone();
+                m.install.upgrade_batch = 1;
+                m
+            },
+            &["w1".into()],
+        )
+        .unwrap();
         assert_eq!(plan.phases[0].runs.iter().map(|r| r[0].node.as_str()).collect::<Vec<_>>(), ["m0", "w1"]);
         assert_eq!(plan.phases[1].runs[0][0].args, ["--control-plane-upgraded"]);
         assert!(plan.phases.iter().flat_map(|p| p.runs.iter().flatten()).all(|r| r.step != "upgrade-apply"));
-        let (plain, order) = manifest();
-        assert_eq!(build_upgrade(&plain, &order, &[], 1), Err(PlanError::NoUpgrade));
-    }
-
-    #[test]
-    fn the_worker_batch_follows_max_unavailable() {
-        use hakube_cluster::definition::MaxUnavailable::{Count, Percent};
-        assert_eq!(worker_batch(10, None), 1, "one node or 10 %, whichever is larger");
-        assert_eq!(worker_batch(25, None), 2);
-        assert_eq!(worker_batch(10, Some(&Percent("25%".into()))), 2, "rounded down");
-        assert_eq!(worker_batch(3, Some(&Percent("10%".into()))), 1, "at least one");
-        assert_eq!(worker_batch(5, Some(&Count(3))), 3);
+        let (plain, _) = manifest();
+        assert_eq!(
+            build_upgrade(
+                &{
+                    let mut m = plain.clone();
+                    m.install.upgrade_batch = 1;
+                    m
+                },
+                &[]
+            ),
+            Err(PlanError::NoUpgrade)
+        );
     }
 
     #[test]
     fn unknown_nodes_are_named() {
-        let (m, order) = manifest();
-        let err = build(&m, &order, &["w9".into()], Mode::Install).unwrap_err();
+        let (m, _) = manifest();
+        let err = build(&m, &["w9".into()], Mode::Install).unwrap_err();
         assert_eq!(
             err.to_string(),
             "there is no node named \"w9\" in the cluster definition (nodes: m0, m1, m2, w0, w1)"

@@ -14,7 +14,6 @@ use hakube_assets::layout;
 use hakube_assets::manifest::{sha256_hex, Manifest, ManifestEntry};
 use hakube_assets::secrets::Plaintexts;
 use hakube_cluster::definition::HostKeyPolicy;
-use hakube_cluster::ClusterDefinition;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
@@ -101,22 +100,23 @@ impl Summary {
     }
 }
 
-/// The connection details of `node`, from the definition and the assets; its host key is
-/// checked as [`host_key_check`] decides. The login key is the node's or the definition's
-/// `sshLoginKey`, else render's `ssh/id_ed25519`, else, when render's key is encrypted,
-/// the one held by `agent` (the socket of a [`LoginAgent`]).
-pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str, agent: Option<&Path>) -> Option<Target> {
-    let (_, n) = def.node(node)?;
-    let key = n.ssh_login_key.clone().or_else(|| def.ssh_login_key.clone()).map(|k| expand_home(&k)).or_else(|| {
+/// The connection details of `node`, from the manifest (what render recorded of the
+/// definition: address, port, user, login key, bastion, host-key policy) and the assets; its
+/// host key is checked as [`host_key_check`] decides. The login key is the one the manifest
+/// names (the node's or the definition's `sshLoginKey`), else render's `ssh/id_ed25519`,
+/// else, when render's key is encrypted, the one held by `agent` (the socket of a
+/// [`LoginAgent`]). `None` for a node the manifest does not list.
+pub fn target(manifest: &Manifest, assets_dir: &Path, node: &str, agent: Option<&Path>) -> Option<Target> {
+    let ssh = &manifest.nodes.get(node)?.ssh;
+    let key = ssh.login_key.as_deref().map(expand_home).or_else(|| {
         let generated = assets_dir.join(layout::LOGIN_KEY);
         generated.exists().then_some(generated)
     });
     let agent = if key.is_none() { agent.map(Path::to_path_buf) } else { None };
-    let host = n.ssh_address().to_string();
-    let port = n.ssh_port.unwrap_or(def.ssh_port);
+    let (host, port) = (ssh.address.clone(), ssh.port);
     // A file that cannot be read pins nothing; under strict ssh then refuses the unknown key.
     let rendered = std::fs::read_to_string(assets_dir.join(layout::KNOWN_HOSTS)).unwrap_or_default();
-    let policy = host_key_check(def.host_key_policy, &rendered, &host, port);
+    let policy = host_key_check(manifest.install.host_key_policy, &rendered, &host, port);
     let known_hosts = match policy {
         HostKeyPolicy::Strict => assets_dir.join(layout::KNOWN_HOSTS),
         HostKeyPolicy::AcceptNew => assets_dir.join(layout::KNOWN_HOSTS_ACCEPTED),
@@ -124,11 +124,11 @@ pub fn target(def: &ClusterDefinition, assets_dir: &Path, node: &str, agent: Opt
     Some(Target {
         node: node.to_string(),
         host,
-        user: n.ssh_login_user.clone().unwrap_or_else(|| def.ssh_login_user.clone()),
+        user: ssh.user.clone(),
         port,
         key,
         agent,
-        jump_hosts: jump_hosts(def.ssh_bastion.as_deref()),
+        jump_hosts: manifest.install.bastion.clone(),
         known_hosts,
         policy,
     })
@@ -219,17 +219,6 @@ pub fn host_key_check(policy: HostKeyPolicy, rendered: &str, host: &str, port: u
     }
 }
 
-/// sshBastion's hops, each `[user@]host[:port]` as `hakube_cluster::ssh` parses it. A value
-/// that does not parse (validation refuses it) is passed on whole, for the transport to
-/// refuse with the reason before ssh runs.
-fn jump_hosts(bastion: Option<&str>) -> Vec<String> {
-    match bastion.map(hakube_cluster::ssh::parse_jump_hosts) {
-        None => Vec::new(),
-        Some(Ok(hops)) => hops.iter().map(ToString::to_string).collect(),
-        Some(Err(_)) => bastion.into_iter().map(str::to_string).collect(),
-    }
-}
-
 fn expand_home(path: &str) -> PathBuf {
     match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
         (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
@@ -301,7 +290,6 @@ pub fn create_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 struct Shared {
-    def: ClusterDefinition,
     manifest: Manifest,
     settings: Settings,
     events: UnboundedSender<Event>,
@@ -356,10 +344,10 @@ impl Shared {
         }
         let agent = self.agent.as_ref().map(LoginAgent::socket);
         let target =
-            target(&self.def, &self.settings.assets_dir, node, agent).ok_or_else(|| TransportError::Command {
+            target(&self.manifest, &self.settings.assets_dir, node, agent).ok_or_else(|| TransportError::Command {
                 node: node.into(),
                 what: "connect".into(),
-                detail: "the node is not in the definition".into(),
+                detail: "the node is not in manifest.json".into(),
             })?;
         if target.policy == HostKeyPolicy::AcceptNew {
             create_private_file(&target.known_hosts).map_err(|e| TransportError::Command {
@@ -485,13 +473,11 @@ fn ship_archive(
         let dest = entry.destination.as_deref().unwrap_or_default();
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
-        header.set_mode(if path.ends_with(".sh") {
-            0o700
-        } else if entry.secret {
-            0o600
-        } else {
-            0o644
-        });
+        // The manifest's mode, the layout's rule (validated): 0755 for a script, 0644 for
+        // other public files, 0600 for a secret, and for the plaintext of a ciphertext.
+        let mode =
+            if entry.encrypted { 0o600 } else { hakube_assets::manifest::parse_mode(&entry.mode).unwrap_or(0o600) };
+        header.set_mode(mode);
         header.set_uid(0);
         header.set_gid(0);
         header.set_mtime(0);
@@ -755,7 +741,6 @@ fn verify_sums(expected: &[ShippedSum], sums: &[String]) -> Result<(), (Option<i
 /// Only for problems before any node is touched (the log directory cannot be created,
 /// the assets do not match their manifest); node failures are in the [`Summary`].
 pub async fn execute(
-    def: &ClusterDefinition,
     manifest: &Manifest,
     plan: &Plan,
     settings: &Settings,
@@ -786,7 +771,6 @@ pub async fn execute(
         None => None,
     };
     let shared = Arc::new(Shared {
-        def: def.clone(),
         manifest: manifest.clone(),
         settings: settings.clone(),
         events: events.clone(),
@@ -1143,14 +1127,28 @@ mod host_key_tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("ssh")).unwrap();
         std::fs::write(dir.path().join(layout::KNOWN_HOSTS), "10.0.0.10 ssh-ed25519 AAAAm0\n").unwrap();
-        let def: ClusterDefinition = serde_json::from_str(
-            r#"{ "hostKeyPolicy": "accept-new", "masters": [ { "nodeName": "m0", "privateIP": "10.0.0.10" } ],
-                 "workers": [ { "nodeName": "w0", "privateIP": "10.0.0.20" } ] }"#,
-        )
-        .unwrap();
-        let m0 = target(&def, dir.path(), "m0", None).unwrap();
+        let mut manifest: Manifest =
+            Manifest::parse(r#"{ "format": 2, "clusterName": "t", "nodes": {}, "files": {} }"#).unwrap();
+        manifest.install.host_key_policy = HostKeyPolicy::AcceptNew;
+        for (name, address) in [("m0", "10.0.0.10"), ("w0", "10.0.0.20")] {
+            let ssh = hakube_assets::manifest::SshEntry {
+                address: address.into(),
+                port: 22,
+                user: "root".into(),
+                login_key: None,
+            };
+            let entry = hakube_assets::NodeEntry {
+                role: hakube_cluster::Role::Master,
+                first_master: false,
+                steps: Vec::new(),
+                upgrade_steps: Vec::new(),
+                ssh,
+            };
+            manifest.nodes.insert(name.into(), entry);
+        }
+        let m0 = target(&manifest, dir.path(), "m0", None).unwrap();
         assert_eq!((m0.policy, m0.known_hosts), (HostKeyPolicy::Strict, dir.path().join(layout::KNOWN_HOSTS)));
-        let w0 = target(&def, dir.path(), "w0", None).unwrap();
+        let w0 = target(&manifest, dir.path(), "w0", None).unwrap();
         assert_eq!(
             (w0.policy, w0.known_hosts),
             (HostKeyPolicy::AcceptNew, dir.path().join(layout::KNOWN_HOSTS_ACCEPTED))

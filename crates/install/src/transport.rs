@@ -372,6 +372,60 @@ impl Connection {
         Ok(status.code())
     }
 
+    /// Runs `program args...` as root on the node and hands its standard output to
+    /// `on_bytes` in the chunks it arrives in, unsplit (so a caller can count bytes exactly,
+    /// as `step.sh follow` offsets need); standard error comes back as text. Returns the exit
+    /// code (`None`: killed by a signal, or the connection dropped before it ended).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::SudoPassword`]; [`TransportError::Command`] when the command could
+    /// not be started.
+    pub async fn stream(
+        &self,
+        program: &str,
+        args: &[String],
+        mut on_bytes: impl FnMut(&[u8]),
+    ) -> Result<(Option<i32>, String), TransportError> {
+        use tokio::io::AsyncReadExt;
+        let what = format!("{program} {}", args.join(" "));
+        let fail = |detail: String| TransportError::Command {
+            node: self.target.node.clone(),
+            what: what.trim().to_string(),
+            detail,
+        };
+        let mut cmd = self.root_command(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| fail(error_text(&e)))?;
+        let mut stdout = child.stdout().take().ok_or_else(|| fail("no stdout".into()))?;
+        let mut stderr = child.stderr().take().ok_or_else(|| fail("no stderr".into()))?;
+        let errors = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let _ = stderr.read_to_end(&mut errors).await;
+            errors
+        });
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => on_bytes(&buf[..n]),
+            }
+        }
+        let errors = String::from_utf8_lossy(&errors.await.unwrap_or_default()).trim().to_string();
+        if self.target.user != "root" && errors.starts_with("sudo:") && errors.contains("password") {
+            return Err(TransportError::SudoPassword {
+                node: self.target.node.clone(),
+                user: self.target.user.clone(),
+            });
+        }
+        let code = match child.wait().await {
+            Ok(status) => status.code(),
+            Err(openssh::Error::Remote(e)) if e.kind() == std::io::ErrorKind::NotFound => Some(127),
+            Err(_) => None,
+        };
+        Ok((code, errors))
+    }
+
     /// The bytes of file `path` on the node, read as root (`cat -- PATH`), for files that are
     /// not text (an etcd snapshot); at most `limit` bytes.
     ///

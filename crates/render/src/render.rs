@@ -87,6 +87,15 @@ pub struct AssetSet {
     pub kubernetes_version: String,
     /// The upgrade the boot scripts carry, if any (recorded in the manifest).
     pub upgrade: Option<Upgrade>,
+    /// The definition's hash ([`hakube_assets::manifest::definition_sha256`]; recorded in
+    /// the manifest).
+    pub definition_sha256: String,
+    /// The nodes in the definition's order (recorded in the manifest).
+    pub node_order: Vec<String>,
+    /// The definition's install settings (recorded in the manifest).
+    pub install: hakube_assets::manifest::InstallEntry,
+    /// The install phases and their steps (recorded in the manifest).
+    pub phases: Vec<hakube_assets::manifest::PhaseEntry>,
 }
 
 /// A leaf certificate render renewed from the same CA because it was in the last third
@@ -255,6 +264,10 @@ impl AssetSet {
             nodes: self.nodes.clone(),
             files,
             recipients: self.recipients.clone(),
+            definition_sha256: self.definition_sha256.clone(),
+            node_order: self.node_order.clone(),
+            install: self.install.clone(),
+            phases: self.phases.clone(),
         }
     }
 }
@@ -317,7 +330,6 @@ fn crypto(what: impl Into<String>) -> impl FnOnce(BoxError) -> RenderError {
 
 const SECRET: u32 = 0o600;
 const PUBLIC: u32 = 0o644;
-const EXECUTABLE: u32 = 0o755;
 
 struct Builder<'a> {
     def: &'a ClusterDefinition,
@@ -346,13 +358,9 @@ impl Builder<'_> {
             Ships::Nowhere => (Vec::new(), None),
             Ships::To(nodes, dest) => (nodes, Some(dest)),
         };
-        let mode = if secret {
-            SECRET
-        } else if path.ends_with(".sh") {
-            EXECUTABLE
-        } else {
-            PUBLIC
-        };
+        // The layout's rule (0600 secret, 0755 script, 0644 otherwise), the one install
+        // ships by; a path outside the layout (none is rendered) gets the safe default.
+        let mode = layout::file(&path).map_or(if secret { SECRET } else { PUBLIC }, |f| f.mode);
         self.files.insert(path, Asset { bytes: bytes.into(), secret, mode, nodes, destination, encrypted: false });
     }
 
@@ -618,6 +626,12 @@ pub fn render(
         true,
         Ships::To(b.all_nodes(), format!("{}/bootstrap-token", layout::REMOTE_SECRETS_DIR)),
     );
+    b.add(
+        layout::STEP_RUNNER.into(),
+        crate::templates::step_runner(),
+        false,
+        Ships::To(b.all_nodes(), hakube_assets::steps::STEP_SCRIPT.to_string()),
+    );
     let hash = pki::discovery_token_ca_cert_hash(&cluster_ca.cert_pem)
         .map_err(|e| crypto(layout::DISCOVERY_HASH)(e.into()))?;
     b.add(layout::DISCOVERY_HASH.into(), format!("{hash}\n"), false, Ships::Nowhere);
@@ -726,7 +740,8 @@ pub fn render(
             .into_iter()
             .map(String::from)
             .collect();
-        nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps, upgrade_steps });
+        let ssh = hakube_assets::manifest::ssh_entry(def, node);
+        nodes.insert(node.node_name.clone(), NodeEntry { role, first_master, steps, upgrade_steps, ssh });
         let name = &node.node_name;
         let config = crate::kubeadm::kubeadm_config_of(def, role, node, &hash, token.id())
             .map_err(|e| RenderError::Node { node: name.clone(), what: "kubeadm.yaml", source: e.into() })?;
@@ -743,7 +758,7 @@ pub fn render(
             layout::boot_script(name),
             script,
             false,
-            Ships::To(vec![name.clone()], format!("{}/boot.sh", layout::REMOTE_DIR)),
+            Ships::To(vec![name.clone()], hakube_assets::steps::BOOT_SCRIPT.to_string()),
         );
         if first_master {
             let join = crate::kubeadm::first_master_join_config(def, name, &hash, token.id())
@@ -765,8 +780,14 @@ pub fn render(
         .into_iter()
         .filter(|w| w.is_ca || w.bounded_by.is_some())
         .collect();
+    let node_order: Vec<String> = def.nodes().map(|(_, n)| n.node_name.clone()).collect();
+    let phases = crate::templates::phases(&node_order, &nodes);
     Ok(AssetSet {
         cluster_name: def.cluster_name.clone(),
+        definition_sha256: hakube_assets::manifest::definition_sha256(def),
+        install: hakube_assets::manifest::install_entry(def),
+        node_order,
+        phases,
         nodes,
         files: b.files,
         renewed: b.renewed,

@@ -22,6 +22,7 @@
 //! safe even in a comment. The exception is a cloud-config file, which is embedded
 //! verbatim in a quoted heredoc (nothing in it is expanded).
 
+use hakube_assets::steps::InstallPhase;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
@@ -360,7 +361,7 @@ impl Templates {
             upgrade_steps: Vec::new(),
             upgrade_from: None,
             upgrade_nodes: Vec::new(),
-            etcd_snapshot_path: crate::layout::REMOTE_ETCD_SNAPSHOT,
+            facts: hakube_assets::steps::facts().into_iter().collect(),
         })
     }
 }
@@ -477,6 +478,76 @@ pub fn boot_steps_of(def: &ClusterDefinition, role: Role, node: &str) -> Vec<&'s
     steps
 }
 
+/// templates/step.sh, the step runner every node gets, as it is kept in the source tree: a
+/// plain bash script (its tests run it as it is, without systemd and on lab nodes).
+pub const STEP_RUNNER_SOURCE: &str = include_str!("../../../templates/step.sh");
+
+/// The step runner as render ships it: [`STEP_RUNNER_SOURCE`] with each constant of its
+/// constant block whose name is one of [`hakube_assets::steps::facts`] set to that fact's
+/// value (shell-quoted), so bash and install read the same paths and names. Constants that
+/// are not facts (`SYSTEMD_DIR`, sd_booted(3)'s directory) stay as they are.
+pub fn step_runner() -> String {
+    let facts: std::collections::BTreeMap<&str, &str> = hakube_assets::steps::facts().into_iter().collect();
+    let mut out = String::with_capacity(STEP_RUNNER_SOURCE.len());
+    for line in STEP_RUNNER_SOURCE.split_inclusive('\n') {
+        let fact = line
+            .strip_prefix("readonly ")
+            .and_then(|rest| rest.split_once('='))
+            .and_then(|(name, _)| facts.get(name).map(|value| (name, value)));
+        match fact {
+            Some((name, value)) => {
+                // The facts are constants of hakube-assets: plain paths and words, which
+                // shlex always quotes.
+                let quoted = shlex::try_quote(value).map_or_else(|_| (*value).to_string(), Cow::into_owned);
+                out.push_str(&format!("readonly {name}={quoted}\n"));
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
+}
+
+/// The install phase boot.sh step `step` belongs to ([`boot_steps_of`] names every step);
+/// `None` for a name that is not one of them.
+pub fn step_phase(step: &str) -> Option<InstallPhase> {
+    match step {
+        "preinstall" | "prepare" | "runtime" | "packages" | "pki" | "etcd" | "images" => Some(InstallPhase::Prepare),
+        "init" => Some(InstallPhase::Init),
+        "join" => Some(InstallPhase::Join),
+        // Add-ons the first master applies once the control plane is complete.
+        "cloud-provider" | "network" => Some(InstallPhase::AddOns),
+        "post" => Some(InstallPhase::Post),
+        _ => None,
+    }
+}
+
+/// The manifest's `phases`: for each install phase, the steps of `nodes` in it, in the
+/// order they first appear going through the nodes in `order`. A step [`step_phase`] does
+/// not know goes into [`InstallPhase::Prepare`] before init/join and into
+/// [`InstallPhase::Post`] after, so a hook cannot fall out of the plan.
+pub fn phases(
+    order: &[String],
+    nodes: &std::collections::BTreeMap<String, hakube_assets::NodeEntry>,
+) -> Vec<hakube_assets::manifest::PhaseEntry> {
+    let mut out: Vec<hakube_assets::manifest::PhaseEntry> = InstallPhase::ALL
+        .iter()
+        .map(|&phase| hakube_assets::manifest::PhaseEntry { phase, steps: Vec::new() })
+        .collect();
+    for entry in order.iter().filter_map(|n| nodes.get(n)) {
+        let mut after_join = false;
+        for step in &entry.steps {
+            let phase = step_phase(step).unwrap_or(if after_join { InstallPhase::Post } else { InstallPhase::Prepare });
+            after_join |= matches!(phase, InstallPhase::Init | InstallPhase::Join);
+            let slot = out.iter_mut().find(|p| p.phase == phase).expect("every phase is listed");
+            if !slot.steps.contains(step) {
+                slot.steps.push(step.clone());
+            }
+        }
+    }
+    out.retain(|p| !p.steps.is_empty());
+    out
+}
+
 /// The part of the boot scripts' template context that is the same for every node of a
 /// definition, built once per render: the whole definition as a template value (`cluster`).
 pub struct SharedContext {
@@ -500,8 +571,9 @@ struct BootContext<'a> {
     upgrade_from: Option<String>,
     /// Every node of the cluster, for the first master's upgrade checks.
     upgrade_nodes: Vec<String>,
-    /// [`crate::layout::REMOTE_ETCD_SNAPSHOT`].
-    etcd_snapshot_path: &'static str,
+    /// The on-node paths and protocol values hakube-assets spells
+    /// ([`hakube_assets::steps::facts`]), by name: `{{ facts.STATE_DIR }}`.
+    facts: std::collections::BTreeMap<&'static str, &'static str>,
     /// The whole definition, with its JSON field names (for hooks that want more), shared
     /// by every node ([`SharedContext`]).
     cluster: minijinja::Value,
@@ -852,5 +924,37 @@ mod tests {
         assert!(matches!(err, TemplateError::MissingHook { .. }), "{err}");
         assert!(err.to_string().contains("hooks/network/nope.sh.j2"), "{err}");
         assert!(matches!(t.boot_script(&definition(""), "zz"), Err(TemplateError::UnknownNode { .. })));
+    }
+}
+
+#[cfg(test)]
+mod step_runner_tests {
+    use super::*;
+
+    /// Every fact the step runner declares is rendered in from hakube-assets, and nothing
+    /// else of the script changes.
+    #[test]
+    fn the_step_runner_gets_the_facts_rendered_in() {
+        let rendered = step_runner();
+        let facts: std::collections::BTreeMap<&str, &str> = hakube_assets::steps::facts().into_iter().collect();
+        let mut seen = 0;
+        for (source, out) in STEP_RUNNER_SOURCE.lines().zip(rendered.lines()) {
+            match source
+                .strip_prefix("readonly ")
+                .and_then(|r| r.split_once('='))
+                .and_then(|(n, _)| facts.get(n).map(|v| (n, v)))
+            {
+                Some((name, value)) => {
+                    assert_eq!(out, format!("readonly {name}={value}"), "{name}");
+                    seen += 1;
+                }
+                None => assert_eq!(source, out),
+            }
+        }
+        assert_eq!(STEP_RUNNER_SOURCE.lines().count(), rendered.lines().count());
+        for name in ["BOOT_SCRIPT", "STEP_LOG_DIR", "STEP_RUN_DIR", "UNIT_PREFIX"] {
+            assert!(rendered.contains(&format!("readonly {name}={}\n", facts[name])), "{name} not rendered in");
+        }
+        assert_eq!(seen, 4, "the step runner's facts");
     }
 }
