@@ -11,7 +11,6 @@ use hakube_assets::Manifest;
 use hakube_install::plan::{self, Mode};
 use hakube_install::{Event, NodeOutcome, Settings, StepOutcome, Summary};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use tokio_util::sync::CancellationToken;
 
 /// Exit code when one or more nodes failed.
 pub const EXIT_NODES_FAILED: u8 = 3;
@@ -148,15 +147,21 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     let summary = runtime.block_on(async {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let on_ctrl_c = cancel.clone();
+        // The first Ctrl-C starts nothing new and waits for the running steps (they run
+        // detached on the nodes); the second stops waiting and leaves them running there.
+        let interrupt = hakube_install::Interrupt::default();
+        let on_ctrl_c = interrupt.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                on_ctrl_c.cancel();
+                on_ctrl_c.no_new_steps.cancel();
+                eprintln!("\nhakube: Ctrl-C: no new step starts; waiting for the running ones, which run on the nodes whatever hakube does (Ctrl-C again to stop waiting: they keep running, and `hakube install` again attaches to them)");
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    on_ctrl_c.stop_waiting.cancel();
+                }
             }
         });
         let reporter = tokio::spawn(report(rx, plan.targets.clone()));
-        let result = hakube_install::execute(&manifest, &plan, &settings, tx, cancel).await;
+        let result = hakube_install::execute(&manifest, &plan, &settings, tx, interrupt).await;
         let _ = reporter.await;
         result
     })?;
@@ -298,9 +303,10 @@ fn print_summary(summary: &Summary) {
                 ("FAILED".to_string(), format!("step {step}{code}: {message}; log {}", n.log.display()))
             }
             NodeOutcome::Skipped { reason } => ("skipped".to_string(), reason.clone()),
-            NodeOutcome::Interrupted { running: Some(step) } => {
-                ("interrupted".to_string(), format!("step {step} was running and may still be running on the node"))
-            }
+            NodeOutcome::Interrupted { running: Some(step) } => (
+                "interrupted".to_string(),
+                format!("step {step} was left running on the node; `hakube install` again attaches to it"),
+            ),
             NodeOutcome::Interrupted { running: None } => ("interrupted".to_string(), "not started".to_string()),
         };
         println!("{:<width$}  {:<12} {:>7.1}s  {}", n.node, result, n.elapsed.as_secs_f64(), detail);

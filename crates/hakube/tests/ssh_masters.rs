@@ -16,7 +16,6 @@ use std::time::{Duration, SystemTime};
 use hakube_cluster::HookCatalog;
 use hakube_install::{plan, runner, Mode};
 use hakube_render::{assets, render, Templates};
-use tokio_util::sync::CancellationToken;
 
 const FAKE_SSH: &str = r#"#!/bin/sh
 log="$FAKE_SSH_DIR/calls"
@@ -104,7 +103,7 @@ async fn masters_are_bounded_and_closed_on_every_way_out() {
     // `execute` returns, while its socket is there.
     let plan = plan::build(&manifest, &[], Mode::Install).unwrap();
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let summary = runner::execute(&manifest, &plan, &settings, tx, CancellationToken::new()).await.unwrap();
+    let summary = runner::execute(&manifest, &plan, &settings, tx, runner::Interrupt::default()).await.unwrap();
     assert!(!summary.success() && !summary.interrupted);
     let (masters, exits) = calls(&fake);
     assert!(!masters.is_empty(), "no master started");
@@ -121,12 +120,13 @@ async fn masters_are_bounded_and_closed_on_every_way_out() {
     let fifo = fake.join("started");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let cancel = CancellationToken::new();
+    let cancel = runner::Interrupt::default();
     let on_step = cancel.clone();
     let watcher = tokio::task::spawn_blocking(move || {
         // Blocks until a step's command runs over a master, then presses Ctrl-C.
         let said = std::fs::read_to_string(&fifo).unwrap();
-        on_step.cancel();
+        on_step.no_new_steps.cancel();
+        on_step.stop_waiting.cancel();
         said
     });
     let summary = runner::execute(&manifest, &plan, &settings, tx, cancel).await.unwrap();

@@ -20,7 +20,7 @@ pub mod transport;
 
 pub use events::{Event, StepOutcome};
 pub use plan::{Mode, Plan};
-pub use runner::{execute, NodeOutcome, NodeSummary, Settings, Summary};
+pub use runner::{execute, Interrupt, NodeOutcome, NodeSummary, Settings, Summary};
 
 /// Why an install could not start (node failures are reported in a [`Summary`], not here).
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,8 @@ pub enum Mode {
 
 /// A built-in step the runner performs itself rather than through boot.sh.
 pub const SHIP: &str = "ship";
-/// Built-in: remove /etc/hakube and /var/lib/hakube from a node (last step of `hakube reset`).
+/// Built-in: remove /etc/hakube, /var/lib/hakube and the step runner's logs from a node (last
+/// step of `hakube reset`).
 pub const PURGE: &str = "purge";
 /// Built-in: read the Kubernetes versions a node runs (its kubelet, its API server) and
 /// refuse to go on when they are not the manifest's; args: the manifest's version and

@@ -13,6 +13,7 @@ use hakube_assets::dir::AssetsDir;
 use hakube_assets::layout;
 use hakube_assets::manifest::{sha256_hex, Manifest, ManifestEntry};
 use hakube_assets::secrets::Plaintexts;
+use hakube_assets::steps;
 use hakube_cluster::definition::HostKeyPolicy;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedSender;
@@ -43,6 +44,19 @@ pub struct Settings {
     /// (`<dir>/<cluster>-etcd-<unix time>.db`, or `.db.age` encrypted to the manifest's
     /// recipients; mode 0600 in a 0700 directory). `None`: no snapshot is expected.
     pub snapshot_dir: Option<PathBuf>,
+}
+
+/// How Ctrl-C stops a run (issue 12, item 2). The steps run detached on the nodes, so
+/// stopping hakube never stops a step: `no_new_steps` (the first Ctrl-C) lets the running
+/// steps finish, hakube still following them, and starts nothing after them;
+/// `stop_waiting` (the second) stops following at once, leaving them running on the nodes,
+/// where the next `hakube install` with the same assets attaches to them.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    /// Start no new step.
+    pub no_new_steps: CancellationToken,
+    /// Stop waiting for the running ones.
+    pub stop_waiting: CancellationToken,
 }
 
 /// How a node ended.
@@ -290,6 +304,10 @@ pub fn create_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 struct Shared {
+    /// Cancelled by the first Ctrl-C: no step starts after it (running ones go on).
+    no_new_steps: CancellationToken,
+    /// This run's id (12 hex digits), part of every unit name it starts.
+    run_id: String,
     manifest: Manifest,
     settings: Settings,
     events: UnboundedSender<Event>,
@@ -584,7 +602,13 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
         PURGE => match conn
             .run(
                 "rm",
-                &["-rf".into(), "--".into(), layout::REMOTE_DIR.into(), "/var/lib/hakube".into()],
+                &[
+                    "-rf".into(),
+                    "--".into(),
+                    layout::REMOTE_DIR.into(),
+                    steps::STATE_ROOT.into(),
+                    steps::STEP_LOG_DIR.into(),
+                ],
                 None,
                 |s, l| lines.push(log_line(s, l)),
             )
@@ -594,45 +618,22 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
             Ok(code) => Err((code, "removing hakube's files failed".to_string())),
             Err(e) => Err((None, e.to_string())),
         },
-        step => {
-            let mut args = vec![step.to_string()];
-            args.extend(run.args.iter().cloned());
-            let script = format!("{}/boot.sh", layout::REMOTE_DIR);
+        _ => {
             // Lines go to the log file as they arrive; nothing is kept in memory.
             let file = match open_log(&host_log).await {
-                Ok(file) => Some(file),
+                Ok(file) => file,
                 Err(e) => {
                     let message = format!("cannot write the log file {}: {e}", host_log.display());
                     return RunResult::Failed { exit_code: None, message };
                 }
             };
-            let file = std::sync::Arc::new(tokio::sync::Mutex::new(file));
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-            let writer = {
-                let file = file.clone();
-                tokio::spawn(async move {
-                    while let Some(line) = rx.recv().await {
-                        if let Some(f) = file.lock().await.as_mut() {
-                            let _ = f.write_all(line.as_bytes()).await;
-                        }
-                    }
-                })
-            };
-            let marker = format!("::hakube:: step={step} status=skipped");
-            let code = conn
-                .run(&script, &args, None, |s, l| {
-                    if l.trim() == marker {
-                        skipped = true;
-                    }
-                    let _ = tx.send(log_line(s, l));
-                })
-                .await;
-            drop(tx);
-            let _ = writer.await;
-            match code {
-                Ok(Some(0)) => Ok(()),
-                Ok(code) => Err((code, format!("boot.sh {step} failed"))),
-                Err(e) => Err((None, e.to_string())),
+            drop(conn);
+            match run_detached(shared, run, file).await {
+                Ok(was_skipped) => {
+                    skipped = was_skipped;
+                    Ok(())
+                }
+                Err(e) => Err(e),
             }
         }
     };
@@ -645,6 +646,129 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
         Ok(()) if skipped => RunResult::Skipped,
         Ok(()) => RunResult::Ok,
         Err((exit_code, message)) => RunResult::Failed { exit_code, message },
+    }
+}
+
+/// How long a step's output may stay unreachable (the connection dropped, the node's link
+/// down, a laptop asleep) before hakube stops waiting for it; the step goes on running on
+/// the node and the next `hakube install` attaches to it again.
+const REATTACH_BUDGET: Duration = Duration::from_secs(600);
+
+/// Runs one boot.sh step detached on its node (issue 12, item 1), through the step runner
+/// (`step.sh`, [`steps::STEP_SCRIPT`]): `step.sh start` makes it a transient systemd unit
+/// named after the run and the step ([`steps::unit_name`]), or attaches to the unit of an
+/// earlier run still running the same step ([`steps::Started::Attached`]: nothing new
+/// starts); `step.sh follow UNIT OFFSET` streams its log from the byte offset hakube has,
+/// into `log` (`LOG_DIR/<node>.log`); when the connection drops, hakube reconnects with
+/// backoff (for up to [`REATTACH_BUDGET`]) and follows on from the same offset, so the log
+/// is complete and the step ran once. The exit code is the one boot.sh reported in its
+/// `::hakube:: step=NAME status=failed exit=N` marker ([`steps::parse_marker`]), else the
+/// unit's (`step.sh status`). Whether the step was skipped (already done) is the marker's.
+async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Result<bool, (Option<i32>, String)> {
+    let key = steps::step_key(&run.step, &run.args);
+    let unit = steps::unit_name(&shared.run_id, &key);
+    let mut start = vec!["start".to_string(), unit, key, run.step.clone()];
+    start.extend(run.args.iter().cloned());
+    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    let conn = shared.connection(&run.host).await.map_err(|e| (None, e.to_string()))?;
+    let code = conn
+        .run(steps::STEP_SCRIPT, &start, None, |s, l| match s {
+            Stream::Stdout => out.push(l.to_string()),
+            Stream::Stderr => errors.push(l.to_string()),
+        })
+        .await
+        .map_err(|e| (None, e.to_string()))?;
+    drop(conn);
+    let started = match (code, out.first().and_then(|l| steps::parse_start(l))) {
+        (Some(0), Some(started)) => started,
+        (code, _) => {
+            return Err((code, format!("the step runner could not start boot.sh {}: {}", run.step, errors.join("; "))))
+        }
+    };
+    let mut log = log;
+    let unit = match started {
+        steps::Started::Started(unit) => unit,
+        steps::Started::Attached(unit) => {
+            let line =
+                format!("==> attached to {unit}, an earlier run's boot.sh {} still running on the node\n", run.step);
+            let _ = log.write_all(line.as_bytes()).await;
+            unit
+        }
+    };
+    let mut offset: u64 = 0;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut marker: Option<steps::Marker> = None;
+    let mut unreachable_since: Option<Instant> = None;
+    loop {
+        let conn = match shared.connection(&run.host).await {
+            Ok(conn) => conn,
+            Err(e) if e.is_retryable() && unreachable_since.is_none_or(|t| t.elapsed() < REATTACH_BUDGET) => {
+                unreachable_since.get_or_insert_with(Instant::now);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                return Err((None, format!("{e}; boot.sh {} may still be running on the node as {unit}, and `hakube install` again attaches to it", run.step)))
+            }
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let follow = ["follow".to_string(), unit.clone(), offset.to_string()];
+        // The sender moves into the closure, so the writer below ends when the stream does.
+        let streamed = conn.stream(steps::STEP_SCRIPT, &follow, move |bytes| {
+            let _ = tx.send(bytes.to_vec());
+        });
+        let writer = async {
+            while let Some(bytes) = rx.recv().await {
+                offset += bytes.len() as u64;
+                pending.extend_from_slice(&bytes);
+                while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=at).collect();
+                    if let Some(m) = steps::parse_marker(&String::from_utf8_lossy(&line)) {
+                        marker = Some(m);
+                    }
+                }
+                log.write_all(&bytes).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        };
+        let (streamed, written) = tokio::join!(streamed, writer);
+        written.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
+        drop(conn);
+        match streamed {
+            Ok((Some(0), _)) => break,
+            Ok((Some(3), errors)) => return Err((None, format!("the node has no log of {unit}: {errors}"))),
+            Ok((Some(2), errors)) => return Err((None, format!("the step runner refused to follow {unit}: {errors}"))),
+            // The connection dropped (or the follow was cut): reattach from the same offset.
+            _ => {
+                unreachable_since.get_or_insert_with(Instant::now);
+                let line = format!("==> lost the connection while following {unit} at byte {offset}; reattaching\n");
+                let _ = shared.events.send(Event::Connecting {
+                    node: run.host.clone(),
+                    attempt: 0,
+                    last_error: Some(line.trim().to_string()),
+                });
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
+    }
+    log.flush().await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
+    // The unit's own exit status, and then its state is forgotten (the log stays on the node).
+    let conn = shared.connection(&run.host).await.map_err(|e| (None, e.to_string()))?;
+    let mut status = None;
+    let _ = conn
+        .run(steps::STEP_SCRIPT, &["status".to_string(), unit.clone()], None, |s, l| {
+            if s == Stream::Stdout {
+                status = steps::parse_status(l);
+            }
+        })
+        .await;
+    let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.clone()], None, |_, _| {}).await;
+    match (&marker, status) {
+        (Some(steps::Marker::Failed(_, code)), _) => Err((Some(*code), format!("boot.sh {} failed", run.step))),
+        (_, Some(steps::UnitStatus::Exited(0))) => Ok(matches!(marker, Some(steps::Marker::Skipped(_)))),
+        (_, Some(steps::UnitStatus::Exited(code))) => Err((Some(code), format!("boot.sh {} failed", run.step))),
+        (_, other) => Err((None, format!("the step runner reported {other:?} for {unit} after its log ended"))),
     }
 }
 
@@ -745,8 +869,10 @@ pub async fn execute(
     plan: &Plan,
     settings: &Settings,
     events: UnboundedSender<Event>,
-    cancel: CancellationToken,
+    interrupt: Interrupt,
 ) -> Result<Summary, InstallError> {
+    let cancel = interrupt.stop_waiting.clone();
+    let no_new = interrupt.no_new_steps.clone();
     let mut involved: Vec<String> = plan.targets.clone();
     for phase in &plan.phases {
         for r in phase.runs.iter().flatten() {
@@ -771,6 +897,8 @@ pub async fn execute(
         None => None,
     };
     let shared = Arc::new(Shared {
+        run_id: new_run_id(),
+        no_new_steps: no_new.clone(),
         manifest: manifest.clone(),
         settings: settings.clone(),
         events: events.clone(),
@@ -795,7 +923,7 @@ pub async fn execute(
     let semaphore = Arc::new(Semaphore::new(settings.concurrency.max(1)));
 
     'phases: for (index, phase) in plan.phases.iter().enumerate() {
-        if cancel.is_cancelled() {
+        if no_new.is_cancelled() || cancel.is_cancelled() {
             interrupted = true;
             break;
         }
@@ -838,7 +966,7 @@ pub async fn execute(
         let mut queue: std::collections::VecDeque<Vec<Run>> = runnable.into_iter().cloned().collect();
         loop {
             // Start what may start: everything (bounded) in parallel, one group at a time otherwise.
-            while (!sequential || set.is_empty()) && !cancel.is_cancelled() {
+            while (!sequential || set.is_empty()) && !no_new.is_cancelled() {
                 let Some(runs) = queue.pop_front() else { break };
                 let shared = shared.clone();
                 let semaphore = semaphore.clone();
@@ -848,7 +976,7 @@ pub async fn execute(
                 });
             }
             if set.is_empty() {
-                if cancel.is_cancelled() && !queue.is_empty() {
+                if no_new.is_cancelled() {
                     interrupted = true;
                 }
                 break;
@@ -935,6 +1063,9 @@ type GroupResult = (String, Result<(), (String, Option<i32>, String)>);
 async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
     let node = runs[0].node.clone();
     for run in runs {
+        if shared.no_new_steps.is_cancelled() {
+            break;
+        }
         let _ = shared.events.send(Event::StepStarted { node: node.clone(), step: run.step.clone() });
         if let Ok(mut r) = shared.running.lock() {
             r.insert(node.clone(), run.step.clone());
@@ -996,6 +1127,16 @@ async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
         }
     }
     (node, Ok(()))
+}
+
+/// A fresh run id: 12 lowercase hex digits of the sha256 of the time, the process id and a
+/// random hasher seed; unit names of different runs differ by it.
+fn new_run_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u32(std::process::id());
+    sha256_hex(&h.finish().to_le_bytes())[..12].to_string()
 }
 
 fn unix_now() -> u64 {

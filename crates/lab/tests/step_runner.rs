@@ -5,7 +5,7 @@
 //! boot.sh is tests/fake_boot.sh. Needs root (CI runs as root); the first run builds the
 //! Debian 12 image.
 //!
-//! The lab here uses prefix `hk8`, bridge `hkbr8` and 10.250.0.0/16, so it never collides with
+//! The lab here uses prefix `hkq`, bridge `hkbr10` and 10.240.0.0/16, so it never collides with
 //! another test binary's lab; one lab at a time within this binary.
 
 use std::fs;
@@ -55,9 +55,9 @@ fn fixture() -> Fixture {
         .unwrap();
     assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
     let config = LabConfig {
-        prefix: "hk8".into(),
-        bridge: "hkbr8".into(),
-        subnet_base: [10, 250],
+        prefix: "hkq".into(),
+        bridge: "hkbr10".into(),
+        subnet_base: [10, 240],
         sudo_user: true,
         login_user: SUDO_USER.into(),
         authorized_key: Some(fs::read_to_string(key.with_extension("pub")).unwrap()),
