@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, StepOutcome};
 use crate::plan::{Order, PhaseKind, Plan, Run, FETCH_SNAPSHOT, PURGE, SHIP, VERSIONS, VERSIONS_INSTALL};
-use crate::transport::{Connection, Stream, Target, TransportError};
+use crate::transport::{Connection, NodeConnection, Stream, Target, Transport, TransportError};
 use crate::InstallError;
 
 /// Everything an install or reset needs besides the plan.
@@ -311,13 +311,11 @@ struct Shared {
     manifest: Manifest,
     settings: Settings,
     events: UnboundedSender<Event>,
-    /// Declared before `control_dir`, so that, dropped, the masters are told to exit while
+    /// Declared before `transport`, so that, dropped, the masters are told to exit while
     /// their sockets still exist (fields drop in order); [`Shared::close_all`] closes them
     /// before that on every way out of [`execute`].
-    connections: tokio::sync::Mutex<HashMap<String, Arc<Connection>>>,
-    /// Holds the login key when it is encrypted at rest (its socket is in `control_dir`).
-    agent: Option<LoginAgent>,
-    control_dir: tempfile::TempDir,
+    connections: tokio::sync::Mutex<HashMap<String, Arc<dyn NodeConnection>>>,
+    transport: Arc<dyn Transport>,
     /// What is running right now, node -> step, for the Ctrl-C report.
     running: Mutex<BTreeMap<String, String>>,
     elapsed: Mutex<HashMap<String, Duration>>,
@@ -342,15 +340,13 @@ impl Shared {
     /// Closes every node's connection. Called once no task holds one (their tasks were
     /// joined or shut down); one still shared is dropped, which asks its master to exit.
     async fn close_all(&self) {
-        let connections: Vec<Arc<Connection>> = self.connections.lock().await.drain().map(|(_, c)| c).collect();
+        let connections: Vec<Arc<dyn NodeConnection>> = self.connections.lock().await.drain().map(|(_, c)| c).collect();
         for conn in connections {
-            if let Ok(conn) = Arc::try_unwrap(conn) {
-                conn.close().await;
-            }
+            conn.close().await;
         }
     }
 
-    async fn connection(&self, node: &str) -> Result<Arc<Connection>, TransportError> {
+    async fn connection(&self, node: &str) -> Result<Arc<dyn NodeConnection>, TransportError> {
         let cached = self.connections.lock().await.get(node).cloned();
         if let Some(c) = cached {
             // A master that exited (idle past ControlPersist, or its node went away) is
@@ -360,20 +356,6 @@ impl Shared {
             }
             self.connections.lock().await.remove(node);
         }
-        let agent = self.agent.as_ref().map(LoginAgent::socket);
-        let target =
-            target(&self.manifest, &self.settings.assets_dir, node, agent).ok_or_else(|| TransportError::Command {
-                node: node.into(),
-                what: "connect".into(),
-                detail: "the node is not in manifest.json".into(),
-            })?;
-        if target.policy == HostKeyPolicy::AcceptNew {
-            create_private_file(&target.known_hosts).map_err(|e| TransportError::Command {
-                node: node.into(),
-                what: "connect".into(),
-                detail: format!("failed to create {}: {e}", target.known_hosts.display()),
-            })?;
-        }
         let attempt = std::sync::atomic::AtomicU32::new(1);
         let _ = self.events.send(Event::Connecting { node: node.into(), attempt: 1, last_error: None });
         let backoff = ExponentialBuilder::default()
@@ -381,7 +363,7 @@ impl Shared {
             .with_max_delay(Duration::from_secs(5))
             .with_total_delay(Some(self.settings.connect_budget))
             .without_max_times();
-        let conn = (|| Connection::connect(&target, self.control_dir.path()))
+        let conn = (|| self.transport.connect(node))
             .retry(backoff)
             .when(TransportError::is_retryable)
             .notify(|err, _| {
@@ -393,9 +375,64 @@ impl Shared {
                 });
             })
             .await?;
-        let conn = Arc::new(conn);
         self.connections.lock().await.insert(node.into(), conn.clone());
         Ok(conn)
+    }
+}
+
+/// The [`Transport`] of a real install: one multiplexed OpenSSH connection per node
+/// ([`Connection`]) to the target [`target`] derives from the manifest, its control sockets
+/// in a private directory, an encrypted login key held by a [`LoginAgent`].
+pub struct OpenSsh {
+    manifest: Manifest,
+    assets_dir: PathBuf,
+    /// Holds the login key when it is encrypted at rest (its socket is in `control_dir`).
+    agent: Option<LoginAgent>,
+    control_dir: tempfile::TempDir,
+}
+
+impl OpenSsh {
+    /// The transport for `manifest`'s nodes, with the assets in `assets_dir`; `login_key`
+    /// is the plaintext of render's encrypted login key, when it is encrypted.
+    ///
+    /// # Errors
+    ///
+    /// [`InstallError::Assets`] when the control directory cannot be made or the agent
+    /// cannot hold the key.
+    pub async fn new(
+        manifest: &Manifest,
+        assets_dir: &Path,
+        login_key: Option<&[u8]>,
+    ) -> Result<OpenSsh, InstallError> {
+        let control_dir = crate::transport::control_directory(std::env::var_os("XDG_RUNTIME_DIR").as_deref())
+            .map_err(|e| InstallError::Assets(format!("failed to create a directory for SSH control sockets: {e}")))?;
+        let agent = match login_key {
+            Some(key) => Some(LoginAgent::start(control_dir.path(), key).await.map_err(|e| {
+                InstallError::Assets(format!("failed to hold the login key {} in memory: {e}", layout::LOGIN_KEY))
+            })?),
+            None => None,
+        };
+        Ok(OpenSsh { manifest: manifest.clone(), assets_dir: assets_dir.to_path_buf(), agent, control_dir })
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for OpenSsh {
+    async fn connect(&self, node: &str) -> Result<Arc<dyn NodeConnection>, TransportError> {
+        let agent = self.agent.as_ref().map(LoginAgent::socket);
+        let target = target(&self.manifest, &self.assets_dir, node, agent).ok_or_else(|| TransportError::Command {
+            node: node.into(),
+            what: "connect".into(),
+            detail: "the node is not in manifest.json".into(),
+        })?;
+        if target.policy == HostKeyPolicy::AcceptNew {
+            create_private_file(&target.known_hosts).map_err(|e| TransportError::Command {
+                node: node.into(),
+                what: "connect".into(),
+                detail: format!("failed to create {}: {e}", target.known_hosts.display()),
+            })?;
+        }
+        Ok(Arc::new(Connection::connect(&target, self.control_dir.path()).await?))
     }
 }
 
@@ -530,7 +567,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                     "tar",
                     &["-x".into(), "-f".into(), "-".into(), "-C".into(), "/".into(), "--no-same-owner".into()],
                     Some(archive),
-                    |s, l| lines.push(log_line(s, l)),
+                    &mut |s, l| lines.push(log_line(s, l)),
                 )
                 .await;
             match code {
@@ -540,7 +577,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                     args.extend(dests.iter().cloned());
                     let mut sums = Vec::new();
                     match conn
-                        .run("sha256sum", &args, None, |s, l| {
+                        .run("sha256sum", &args, None, &mut |s, l| {
                             if s == Stream::Stdout {
                                 sums.push(l.to_string())
                             } else {
@@ -567,7 +604,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
         VERSIONS => {
             let mut out = Vec::new();
             match conn
-                .run("sh", &["-c".into(), VERSION_PROBE.into()], None, |s, l| match s {
+                .run("sh", &["-c".into(), VERSION_PROBE.into()], None, &mut |s, l| match s {
                     Stream::Stdout => out.push(l.to_string()),
                     Stream::Stderr => lines.push(log_line(s, l)),
                 })
@@ -610,7 +647,7 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
                     steps::STEP_LOG_DIR.into(),
                 ],
                 None,
-                |s, l| lines.push(log_line(s, l)),
+                &mut |s, l| lines.push(log_line(s, l)),
             )
             .await
         {
@@ -672,7 +709,7 @@ async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Resul
     let (mut out, mut errors) = (Vec::new(), Vec::new());
     let conn = shared.connection(&run.host).await.map_err(|e| (None, e.to_string()))?;
     let code = conn
-        .run(steps::STEP_SCRIPT, &start, None, |s, l| match s {
+        .run(steps::STEP_SCRIPT, &start, None, &mut |s, l| match s {
             Stream::Stdout => out.push(l.to_string()),
             Stream::Stderr => errors.push(l.to_string()),
         })
@@ -713,10 +750,14 @@ async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Resul
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let follow = ["follow".to_string(), unit.clone(), offset.to_string()];
-        // The sender moves into the closure, so the writer below ends when the stream does.
-        let streamed = conn.stream(steps::STEP_SCRIPT, &follow, move |bytes| {
-            let _ = tx.send(bytes.to_vec());
-        });
+        // The sender moves into the stream's future, so the writer below ends when it does.
+        let follower = conn.clone();
+        let streamed = async move {
+            let mut sink = move |bytes: &[u8]| {
+                let _ = tx.send(bytes.to_vec());
+            };
+            follower.stream(steps::STEP_SCRIPT, &follow, &mut sink).await
+        };
         let writer = async {
             while let Some(bytes) = rx.recv().await {
                 offset += bytes.len() as u64;
@@ -757,13 +798,13 @@ async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Resul
     let conn = shared.connection(&run.host).await.map_err(|e| (None, e.to_string()))?;
     let mut status = None;
     let _ = conn
-        .run(steps::STEP_SCRIPT, &["status".to_string(), unit.clone()], None, |s, l| {
+        .run(steps::STEP_SCRIPT, &["status".to_string(), unit.clone()], None, &mut |s, l| {
             if s == Stream::Stdout {
                 status = steps::parse_status(l);
             }
         })
         .await;
-    let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.clone()], None, |_, _| {}).await;
+    let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.clone()], None, &mut |_, _| {}).await;
     match (&marker, status) {
         (Some(steps::Marker::Failed(_, code)), _) => Err((Some(*code), format!("boot.sh {} failed", run.step))),
         (_, Some(steps::UnitStatus::Exited(0))) => Ok(matches!(marker, Some(steps::Marker::Skipped(_)))),
@@ -871,6 +912,24 @@ pub async fn execute(
     events: UnboundedSender<Event>,
     interrupt: Interrupt,
 ) -> Result<Summary, InstallError> {
+    let login = settings.plaintexts.0.get(&layout::encrypted(layout::LOGIN_KEY)).map(Vec::as_slice);
+    let transport = OpenSsh::new(manifest, &settings.assets_dir, login).await?;
+    execute_with(Arc::new(transport), manifest, plan, settings, events, interrupt).await
+}
+
+/// [`execute`] through any [`Transport`] (the tests' fake, or [`OpenSsh`]).
+///
+/// # Errors
+///
+/// As [`execute`].
+pub async fn execute_with(
+    transport: Arc<dyn Transport>,
+    manifest: &Manifest,
+    plan: &Plan,
+    settings: &Settings,
+    events: UnboundedSender<Event>,
+    interrupt: Interrupt,
+) -> Result<Summary, InstallError> {
     let cancel = interrupt.stop_waiting.clone();
     let no_new = interrupt.no_new_steps.clone();
     let mut involved: Vec<String> = plan.targets.clone();
@@ -885,25 +944,13 @@ pub async fn execute(
     create_log_dir(&settings.log_dir).map_err(|e| {
         InstallError::Assets(format!("failed to create log directory {} (mode 0700): {e}", settings.log_dir.display()))
     })?;
-    let control_dir = crate::transport::control_directory(std::env::var_os("XDG_RUNTIME_DIR").as_deref())
-        .map_err(|e| InstallError::Assets(format!("failed to create a directory for SSH control sockets: {e}")))?;
-    let login = layout::encrypted(layout::LOGIN_KEY);
-    let agent = match settings.plaintexts.0.get(&login) {
-        Some(key) => Some(
-            LoginAgent::start(control_dir.path(), key)
-                .await
-                .map_err(|e| InstallError::Assets(format!("failed to hold the login key {login} in memory: {e}")))?,
-        ),
-        None => None,
-    };
     let shared = Arc::new(Shared {
         run_id: new_run_id(),
         no_new_steps: no_new.clone(),
         manifest: manifest.clone(),
         settings: settings.clone(),
         events: events.clone(),
-        control_dir,
-        agent,
+        transport,
         connections: tokio::sync::Mutex::new(HashMap::new()),
         running: Mutex::new(BTreeMap::new()),
         elapsed: Mutex::new(HashMap::new()),
@@ -962,6 +1009,7 @@ pub async fn execute(
             nodes: runnable.iter().map(|r| r[0].node.clone()).collect(),
         });
         let mut set = tokio::task::JoinSet::new();
+        let mut tasks: HashMap<tokio::task::Id, (String, String)> = HashMap::new();
         let sequential = phase.order == Order::Sequential;
         let mut queue: std::collections::VecDeque<Vec<Run>> = runnable.into_iter().cloned().collect();
         loop {
@@ -970,10 +1018,13 @@ pub async fn execute(
                 let Some(runs) = queue.pop_front() else { break };
                 let shared = shared.clone();
                 let semaphore = semaphore.clone();
-                set.spawn(async move {
+                let first_step = runs[0].step.clone();
+                let node = runs[0].node.clone();
+                let task = set.spawn(async move {
                     let _permit = semaphore.acquire_owned().await;
                     run_group(&shared, &runs).await
                 });
+                tasks.insert(task.id(), (node, first_step));
             }
             if set.is_empty() {
                 if no_new.is_cancelled() {
@@ -982,8 +1033,27 @@ pub async fn execute(
                 break;
             }
             tokio::select! {
-                joined = set.join_next() => {
-                    let Some(Ok((node, result))) = joined else { continue };
+                joined = set.join_next_with_id() => {
+                    let (node, result) = match joined {
+                        Some(Ok((_, done))) => done,
+                        // A node task that panicked (a bug) is that node's failure, with the
+                        // panic's message, never an "ok"; the step is the one it was on.
+                        Some(Err(e)) if e.is_panic() => {
+                            let (node, first) = tasks.get(&e.id()).cloned().unwrap_or_default();
+                            let step = shared.running.lock().ok().and_then(|r| r.get(&node).cloned()).unwrap_or(first);
+                            if let Ok(mut r) = shared.running.lock() {
+                                r.remove(&node);
+                            }
+                            let payload = e.into_panic();
+                            let what = payload
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| payload.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "no message".into());
+                            (node, Err((step, None, format!("hakube's task for this node panicked: {what}"))))
+                        }
+                        _ => continue,
+                    };
                     if let Err((step, exit_code, message)) = result {
                         let log = shared.log_path(&node);
                         let code = exit_code.map_or("no exit code".to_string(), |c| format!("exit code {c}"));

@@ -3,6 +3,7 @@
 //! ~/.ssh/config, ProxyJump and ssh-agent work as they do for `ssh` itself.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hakube_cluster::definition::HostKeyPolicy;
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
@@ -522,6 +523,84 @@ fn classify(target: &Target, err: &openssh::Error) -> TransportError {
             host: target.host.clone(),
             port: target.port,
             detail: text,
+        }
+    }
+}
+
+/// What the runner needs of a way to reach nodes: [`crate::runner::OpenSsh`] over the system's ssh client,
+/// or a fake in tests. One call is one attempt; the runner retries a retryable error
+/// ([`TransportError::is_retryable`]) with backoff and reports each attempt.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync {
+    /// Opens a connection to `node` (a node of the manifest).
+    ///
+    /// # Errors
+    ///
+    /// A [`TransportError`] saying whether it was the host key, the login or the network.
+    async fn connect(&self, node: &str) -> Result<Arc<dyn NodeConnection>, TransportError>;
+}
+
+/// An open connection to one node: commands run as root there.
+#[async_trait::async_trait]
+pub trait NodeConnection: Send + Sync {
+    /// Runs `program args...` as root, feeding `stdin` and every output line to `on_line`;
+    /// the exit code (`None`: killed by a signal). See [`Connection::run`].
+    async fn run(
+        &self,
+        program: &str,
+        args: &[String],
+        stdin: Option<Vec<u8>>,
+        on_line: &mut (dyn for<'l> FnMut(Stream, &'l str) + Send),
+    ) -> Result<Option<i32>, TransportError>;
+    /// Runs `program args...` as root and hands its standard output to `on_bytes` unsplit;
+    /// the exit code (`None`: a signal, or the connection dropped) and standard error. See
+    /// [`Connection::stream`].
+    async fn stream(
+        &self,
+        program: &str,
+        args: &[String],
+        on_bytes: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+    ) -> Result<(Option<i32>, String), TransportError>;
+    /// The bytes of file `path`, at most `limit`. See [`Connection::read_file`].
+    async fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError>;
+    /// Whether the connection still answers.
+    async fn is_alive(&self) -> bool;
+    /// Closes it (the last holder's call closes; others only drop their share).
+    async fn close(self: Arc<Self>);
+}
+
+#[async_trait::async_trait]
+impl NodeConnection for Connection {
+    async fn run(
+        &self,
+        program: &str,
+        args: &[String],
+        stdin: Option<Vec<u8>>,
+        on_line: &mut (dyn for<'l> FnMut(Stream, &'l str) + Send),
+    ) -> Result<Option<i32>, TransportError> {
+        Connection::run(self, program, args, stdin, |s, l| on_line(s, l)).await
+    }
+
+    async fn stream(
+        &self,
+        program: &str,
+        args: &[String],
+        on_bytes: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+    ) -> Result<(Option<i32>, String), TransportError> {
+        Connection::stream(self, program, args, |b| on_bytes(b)).await
+    }
+
+    async fn read_file(&self, path: &str, limit: u64) -> Result<Vec<u8>, TransportError> {
+        Connection::read_file(self, path, limit).await
+    }
+
+    async fn is_alive(&self) -> bool {
+        Connection::is_alive(self).await
+    }
+
+    async fn close(self: Arc<Self>) {
+        if let Ok(conn) = Arc::try_unwrap(self) {
+            Connection::close(conn).await;
         }
     }
 }
