@@ -166,13 +166,19 @@ pub fn run(req: Request<'_>) -> Result<ExitCode> {
         result
     })?;
     print_summary(&summary);
-    Ok(if summary.success() {
-        ExitCode::SUCCESS
+    Ok(ExitCode::from(exit_code(&summary)))
+}
+
+/// The exit code of a run that reached the nodes: 0 when every targeted node finished, 130
+/// after Ctrl-C, 3 when nodes failed.
+fn exit_code(summary: &Summary) -> u8 {
+    if summary.success() {
+        0
     } else if summary.interrupted {
-        ExitCode::from(EXIT_INTERRUPTED)
+        EXIT_INTERRUPTED
     } else {
-        ExitCode::from(EXIT_NODES_FAILED)
-    })
+        EXIT_NODES_FAILED
+    }
 }
 
 /// The certificates in the assets (every `.crt` file the manifest lists, and the admin
@@ -240,61 +246,128 @@ fn plain(event: &Event) -> Option<String> {
     })
 }
 
+/// What the live display shows, kept apart from the terminal so that it renders from
+/// events alone (and is tested so): the header (the phase) and one message per node (its
+/// running step with the seconds it has run, or what last happened to it).
+struct LiveView {
+    header: String,
+    width: usize,
+    rows: Vec<(String, String)>,
+    current: HashMap<String, (String, Instant)>,
+}
+
+impl LiveView {
+    fn new(nodes: &[String]) -> LiveView {
+        LiveView {
+            header: String::new(),
+            width: nodes.iter().map(String::len).max().unwrap_or(4),
+            rows: nodes.iter().map(|n| (n.clone(), "waiting".to_string())).collect(),
+            current: HashMap::new(),
+        }
+    }
+
+    fn set(&mut self, node: &str, message: String) {
+        if let Some(row) = self.rows.iter_mut().find(|(n, _)| n == node) {
+            row.1 = message;
+        }
+    }
+
+    /// Takes in one event at time `now`.
+    fn apply(&mut self, event: &Event, now: Instant) {
+        match event {
+            Event::PhaseStarted { index, title, .. } => self.header = format!("phase {}: {title}", index + 1),
+            Event::StepStarted { node, step } => {
+                self.current.insert(node.clone(), (step.clone(), now));
+            }
+            Event::StepFinished { node, .. } => {
+                self.current.remove(node);
+            }
+            _ => {}
+        }
+        let node = match event {
+            Event::Connecting { node, .. }
+            | Event::StepFinished { node, .. }
+            | Event::NodeFailed { node, .. }
+            | Event::NodeSkipped { node, .. } => Some(node),
+            _ => None,
+        };
+        if let (Some(node), Some(line)) = (node, plain(event)) {
+            let text = line.split_once(": ").map_or(line.as_str(), |(_, rest)| rest).to_string();
+            self.set(node, text);
+        }
+        self.tick(now);
+    }
+
+    /// Brings the running steps' seconds up to `now`.
+    fn tick(&mut self, now: Instant) {
+        let running: Vec<(String, String)> = self
+            .current
+            .iter()
+            .map(|(node, (step, since))| (node.clone(), format!("{step} ({}s)", now.duration_since(*since).as_secs())))
+            .collect();
+        for (node, message) in running {
+            self.set(&node, message);
+        }
+    }
+
+    /// The display as text: the header, then `  NODE MESSAGE` per node.
+    #[cfg(test)]
+    fn text(&self) -> String {
+        let mut out = format!("{}\n", self.header);
+        for (node, message) in &self.rows {
+            out.push_str(&format!("  {node:<width$} {message}\n", width = self.width));
+        }
+        out
+    }
+}
+
 async fn live(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>, nodes: &[String]) {
     let multi = MultiProgress::new();
     let header = multi.add(ProgressBar::new_spinner());
     header.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static template"));
     header.enable_steady_tick(Duration::from_millis(120));
-    let width = nodes.iter().map(String::len).max().unwrap_or(4);
-    let style = ProgressStyle::with_template(&format!("  {{prefix:<{width}}} {{msg}}")).expect("static template");
-    let mut bars: HashMap<String, (ProgressBar, Instant)> = HashMap::new();
-    for node in nodes {
-        let bar = multi.add(ProgressBar::new_spinner());
-        bar.set_style(style.clone());
-        bar.set_prefix(node.clone());
-        bar.set_message("waiting");
-        bars.insert(node.clone(), (bar, Instant::now()));
-    }
+    let mut view = LiveView::new(nodes);
+    let style =
+        ProgressStyle::with_template(&format!("  {{prefix:<{}}} {{msg}}", view.width)).expect("static template");
+    let bars: Vec<ProgressBar> = nodes
+        .iter()
+        .map(|node| {
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(style.clone());
+            bar.set_prefix(node.clone());
+            bar
+        })
+        .collect();
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    let mut current: HashMap<String, (String, Instant)> = HashMap::new();
     loop {
         tokio::select! {
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                match &event {
-                    Event::PhaseStarted { index, title, .. } => header.set_message(format!("phase {}: {title}", index + 1)),
-                    Event::StepStarted { node, step } => { current.insert(node.clone(), (step.clone(), Instant::now())); }
-                    Event::StepFinished { node, .. } => { current.remove(node); }
-                    _ => {}
-                }
-                if let Some(line) = plain(&event) {
-                    let node = match &event {
-                        Event::Connecting { node, .. } | Event::StepFinished { node, .. } | Event::NodeFailed { node, .. } | Event::NodeSkipped { node, .. } => Some(node),
-                        _ => None,
-                    };
-                    if let Some((bar, _)) = node.and_then(|n| bars.get(n)) {
-                        let text = line.split_once(": ").map_or(line.as_str(), |(_, rest)| rest).to_string();
-                        bar.set_message(text);
-                    }
-                }
+                view.apply(&event, Instant::now());
             }
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => view.tick(Instant::now()),
         }
-        for (node, (step, since)) in &current {
-            if let Some((bar, _)) = bars.get(node) {
-                bar.set_message(format!("{step} ({}s)", since.elapsed().as_secs()));
-            }
+        header.set_message(view.header.clone());
+        for (bar, (_, message)) in bars.iter().zip(&view.rows) {
+            bar.set_message(message.clone());
         }
     }
     header.finish_and_clear();
-    for (bar, _) in bars.values() {
+    for bar in &bars {
         bar.finish();
     }
 }
 
 fn print_summary(summary: &Summary) {
+    print!("{}", summary_text(summary));
+}
+
+/// The closing table: one row per node (result, time, what to do), then one line overall.
+fn summary_text(summary: &Summary) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let width = summary.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4).max(4);
-    println!("{:<width$}  {:<12} {:>8}  DETAIL", "NODE", "RESULT", "TIME");
+    let _ = writeln!(out, "{:<width$}  {:<12} {:>8}  DETAIL", "NODE", "RESULT", "TIME");
     for n in &summary.nodes {
         let (result, detail) = match &n.outcome {
             NodeOutcome::Done => ("ok".to_string(), String::new()),
@@ -309,17 +382,111 @@ fn print_summary(summary: &Summary) {
             ),
             NodeOutcome::Interrupted { running: None } => ("interrupted".to_string(), "not started".to_string()),
         };
-        println!("{:<width$}  {:<12} {:>7.1}s  {}", n.node, result, n.elapsed.as_secs_f64(), detail);
+        let _ = writeln!(out, "{:<width$}  {:<12} {:>7.1}s  {}", n.node, result, n.elapsed.as_secs_f64(), detail);
     }
     let failed = summary.nodes.iter().filter(|n| n.outcome != NodeOutcome::Done).count();
     if summary.interrupted {
-        println!("interrupted: {} of {} node(s) did not finish", failed, summary.nodes.len());
+        let _ = writeln!(out, "interrupted: {} of {} node(s) did not finish", failed, summary.nodes.len());
     } else if failed > 0 {
-        println!(
+        let _ = writeln!(
+            out,
             "{failed} of {} node(s) did not finish; fix the cause and run the same command again",
             summary.nodes.len()
         );
     } else {
-        println!("{} node(s) done", summary.nodes.len());
+        let _ = writeln!(out, "{} node(s) done", summary.nodes.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A run as the runner reports it: a phase, a step done, one failed, one skipped, one
+    /// reconnecting, one still running.
+    fn events() -> Vec<Event> {
+        let nodes = ["master0", "worker0", "worker1"].map(String::from).to_vec();
+        vec![
+            Event::PhaseStarted { index: 0, title: "prepare nodes".into(), nodes: nodes.clone() },
+            Event::StepStarted { node: "master0".into(), step: "prepare".into() },
+            Event::StepStarted { node: "worker0".into(), step: "prepare".into() },
+            Event::StepStarted { node: "worker1".into(), step: "prepare".into() },
+            Event::StepFinished {
+                node: "master0".into(),
+                step: "prepare".into(),
+                outcome: StepOutcome::Done,
+                elapsed: Duration::from_millis(4200),
+            },
+            Event::Connecting { node: "worker1".into(), attempt: 2, last_error: Some("connection refused".into()) },
+            Event::StepFinished {
+                node: "worker0".into(),
+                step: "prepare".into(),
+                outcome: StepOutcome::Failed(Some(7)),
+                elapsed: Duration::from_secs(3),
+            },
+            Event::NodeFailed {
+                node: "worker0".into(),
+                step: "prepare".into(),
+                message: "boot.sh prepare failed (exit code 7); see logs/worker0.log".into(),
+                log: PathBuf::from("logs/worker0.log"),
+            },
+            Event::PhaseStarted {
+                index: 1,
+                title: "kubeadm init on the first master".into(),
+                nodes: vec!["master0".into()],
+            },
+            Event::StepStarted { node: "master0".into(), step: "init".into() },
+            Event::NodeSkipped { node: "worker0".into(), reason: "kubeadm init failed on master0".into() },
+        ]
+    }
+
+    #[test]
+    fn plain_lines_render_from_events() {
+        let lines: Vec<String> = events().iter().filter_map(plain).collect();
+        insta::assert_snapshot!(lines.join("\n"));
+    }
+
+    #[test]
+    fn the_live_view_renders_from_events() {
+        let start = Instant::now();
+        let mut view = LiveView::new(&["master0".into(), "worker0".into(), "worker1".into()]);
+        for (i, event) in events().iter().enumerate() {
+            view.apply(event, start + Duration::from_secs(i as u64));
+        }
+        view.tick(start + Duration::from_secs(40));
+        insta::assert_snapshot!(view.text());
+    }
+
+    #[test]
+    fn the_summary_lists_what_was_left_running_and_ctrl_c_exits_130() {
+        let node = |node: &str, outcome: NodeOutcome| hakube_install::NodeSummary {
+            node: node.into(),
+            outcome,
+            log: PathBuf::from(format!("logs/{node}.log")),
+            elapsed: Duration::from_millis(12_300),
+        };
+        let summary = Summary {
+            nodes: vec![
+                node("master0", NodeOutcome::Done),
+                node(
+                    "worker0",
+                    NodeOutcome::Failed {
+                        step: "join".into(),
+                        exit_code: Some(7),
+                        message: "boot.sh join failed".into(),
+                    },
+                ),
+                node("worker1", NodeOutcome::Interrupted { running: Some("join".into()) }),
+                node("worker2", NodeOutcome::Interrupted { running: None }),
+            ],
+            interrupted: true,
+        };
+        insta::assert_snapshot!(summary_text(&summary));
+        assert_eq!(exit_code(&summary), 130);
+        assert_eq!(exit_code(&Summary { interrupted: false, ..summary.clone() }), 3);
+        let done = Summary { nodes: vec![node("master0", NodeOutcome::Done)], interrupted: false };
+        assert_eq!(exit_code(&done), 0);
     }
 }
