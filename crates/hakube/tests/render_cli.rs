@@ -71,7 +71,8 @@ fn install_dry_run_prints_the_plan_in_ha_order() {
     assert!(at("ship files") < at("boot.sh prepare"));
     assert!(at("master0                  boot.sh init") < at("master1                  boot.sh join"));
     assert!(at("master2                  boot.sh join") < at("worker0                  boot.sh join"));
-    assert!(at("join masters one at a time [one at a time]") > 0);
+    assert!(at("join masters one at a time [one at a time; a failure stops the rest of the phase]") > 0);
+    assert!(at("kubeadm init on the first master [one at a time; a failure stops what needs the control plane]") > 0);
     // One worker: the token is checked on a master before it joins; nothing else is touched.
     let out = hakube(&["install", &lab, "worker1", "--dry-run"], dir.path());
     let plan = text(&out);

@@ -98,6 +98,50 @@ pub enum PhaseKind {
     Upgrade,
 }
 
+/// What a failure in a phase stops, decided by the plan beside the phase (the runner only
+/// carries it out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Only the node that failed (ship, reset, preparation, workers' joins, add-ons, post).
+    Node,
+    /// Every later phase that needs the control plane (joins, add-ons, post) is skipped:
+    /// `kubeadm init` and the bootstrap token check.
+    ControlPlane,
+    /// The rest of this phase (and its nodes' later steps) is skipped: the masters joining
+    /// one at a time, masters leaving etcd.
+    RestOfPhase,
+    /// Everything after it is skipped: an upgrade phase (the cluster stays within the
+    /// version skew policy where it stopped).
+    Everything,
+    /// A node whose versions refuse the run stops everything before anything changed; a
+    /// node that cannot be reached fails alone ([`VERSIONS`]).
+    RefusalStopsEverything,
+}
+
+impl PhaseKind {
+    /// The failure policy of a phase of this kind.
+    pub fn on_failure(self) -> OnFailure {
+        match self {
+            PhaseKind::Init | PhaseKind::Token => OnFailure::ControlPlane,
+            PhaseKind::JoinMasters | PhaseKind::Forget => OnFailure::RestOfPhase,
+            PhaseKind::Upgrade => OnFailure::Everything,
+            PhaseKind::Versions => OnFailure::RefusalStopsEverything,
+            PhaseKind::Ship
+            | PhaseKind::Reset
+            | PhaseKind::Prepare
+            | PhaseKind::JoinWorkers
+            | PhaseKind::Network
+            | PhaseKind::Post => OnFailure::Node,
+        }
+    }
+
+    /// Whether the phase needs a running control plane (skipped after an
+    /// [`OnFailure::ControlPlane`] failure).
+    pub fn needs_control_plane(self) -> bool {
+        matches!(self, PhaseKind::JoinMasters | PhaseKind::JoinWorkers | PhaseKind::Network | PhaseKind::Post)
+    }
+}
+
 /// One phase of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Phase {
@@ -107,6 +151,8 @@ pub struct Phase {
     pub title: String,
     /// Parallel or one at a time.
     pub order: Order,
+    /// What a failure in it stops ([`PhaseKind::on_failure`]).
+    pub on_failure: OnFailure,
     /// The steps, one group per node: a group's runs go in order, on behalf of one node.
     pub runs: Vec<Vec<Run>>,
 }
@@ -167,6 +213,7 @@ pub fn build(manifest: &Manifest, targets: &[String], mode: Mode) -> Result<Plan
         if runs.iter().any(|r| !r.is_empty()) {
             phases.push(Phase {
                 kind,
+                on_failure: PhaseKind::on_failure(kind),
                 title: title.into(),
                 order,
                 runs: runs.into_iter().filter(|r| !r.is_empty()).collect(),
@@ -371,13 +418,14 @@ pub fn build_upgrade(manifest: &Manifest, targets: &[String]) -> Result<Plan, Pl
     }
     let mut phases = vec![Phase {
         kind: PhaseKind::Ship,
+        on_failure: OnFailure::Node,
         title: "ship files (the boot scripts with their upgrade steps)".into(),
         order: Order::Parallel,
         runs: shipped.iter().map(|n| vec![run(n, SHIP)]).collect(),
     }];
     let mut push = |title: String, order: Order, runs: Vec<Vec<Run>>| {
         if !runs.is_empty() {
-            phases.push(Phase { kind: PhaseKind::Upgrade, title, order, runs });
+            phases.push(Phase { kind: PhaseKind::Upgrade, on_failure: OnFailure::Everything, title, order, runs });
         }
     };
     let preflight_args = if first_targeted { Vec::new() } else { vec!["--control-plane-upgraded".to_string()] };
@@ -441,14 +489,21 @@ impl fmt::Display for Plan {
                 Order::Parallel => "parallel",
                 Order::Sequential => "one at a time",
             };
-            writeln!(f, "{}. {} [{how}]", i + 1, phase.title)?;
+            let failure = match phase.on_failure {
+                OnFailure::Node => "a failure stops its node",
+                OnFailure::ControlPlane => "a failure stops what needs the control plane",
+                OnFailure::RestOfPhase => "a failure stops the rest of the phase",
+                OnFailure::Everything => "a failure stops everything after it",
+                OnFailure::RefusalStopsEverything => "a refusal stops everything",
+            };
+            writeln!(f, "{}. {} [{how}; {failure}]", i + 1, phase.title)?;
             for runs in &phase.runs {
                 for r in runs {
                     let args = if r.args.is_empty() { String::new() } else { format!(" {}", r.args.join(" ")) };
                     let on = if r.host == r.node { String::new() } else { format!(" (on {})", r.host) };
                     let what = match r.step.as_str() {
                         SHIP => "ship files".to_string(),
-                        PURGE => "remove /etc/hakube and /var/lib/hakube".to_string(),
+                        PURGE => "remove /etc/hakube, /var/lib/hakube and the step logs".to_string(),
                         VERSIONS => "read the Kubernetes versions it runs".to_string(),
                         FETCH_SNAPSHOT => "copy the etcd snapshot to this machine".to_string(),
                         s => format!("boot.sh {s}{args}"),

@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{Event, StepOutcome};
-use crate::plan::{Order, PhaseKind, Plan, Run, FETCH_SNAPSHOT, PURGE, SHIP, VERSIONS, VERSIONS_INSTALL};
+use crate::plan::{OnFailure, Order, PhaseKind, Plan, Run, FETCH_SNAPSHOT, PURGE, SHIP, VERSIONS, VERSIONS_INSTALL};
 use crate::transport::{Connection, NodeConnection, Stream, Target, Transport, TransportError};
 use crate::InstallError;
 
@@ -974,10 +974,7 @@ pub async fn execute_with(
             interrupted = true;
             break;
         }
-        let depends_on_control_plane = matches!(
-            phase.kind,
-            PhaseKind::JoinMasters | PhaseKind::JoinWorkers | PhaseKind::Network | PhaseKind::Post
-        );
+        let depends_on_control_plane = phase.kind.needs_control_plane();
 
         let runnable: Vec<&Vec<Run>> = phase
             .runs
@@ -1060,33 +1057,30 @@ pub async fn execute_with(
                         let text = format!("{message} ({code}); see {}", log.display());
                         let _ = events.send(Event::NodeFailed { node: node.clone(), step: step.clone(), message: text.clone(), log });
                         state.insert(node.clone(), NodeOutcome::Failed { step: step.clone(), exit_code, message });
-                        match phase.kind {
-                            PhaseKind::Init => blocked = Some(format!("kubeadm init failed on {node}")),
-                            PhaseKind::Versions
+                        match phase.on_failure {
+                            OnFailure::Node => {}
+                            OnFailure::ControlPlane => {
+                                blocked = Some(if phase.kind == PhaseKind::Init {
+                                    format!("kubeadm init failed on {node}")
+                                } else {
+                                    format!("the bootstrap token check failed on {node}")
+                                })
+                            }
+                            OnFailure::RefusalStopsEverything
                                 if !shared.refused.lock().is_ok_and(|r| r.contains(&node)) => {}
-                            PhaseKind::Versions | PhaseKind::Upgrade => {
-                                let reason = if phase.kind == PhaseKind::Versions {
+                            OnFailure::RefusalStopsEverything | OnFailure::Everything => {
+                                let reason = if phase.on_failure == OnFailure::RefusalStopsEverything {
                                     format!("the versions {node} runs stopped the install before anything changed")
                                 } else {
                                     format!("the upgrade stopped at {node} ({step} failed)")
                                 };
-                                for runs in queue.drain(..) {
-                                    let n = runs[0].node.clone();
-                                    let _ = events.send(Event::NodeSkipped { node: n.clone(), reason: reason.clone() });
-                                    state.insert(n, NodeOutcome::Skipped { reason: reason.clone() });
-                                }
+                                skip_queued(&mut queue, &events, &mut state, &reason);
                                 stopped = Some(reason);
                             }
-                            PhaseKind::Token => blocked = Some(format!("the bootstrap token check failed on {node}")),
-                            PhaseKind::JoinMasters | PhaseKind::Forget => {
+                            OnFailure::RestOfPhase => {
                                 let reason = format!("{step} failed on master {node}");
-                                for runs in queue.drain(..) {
-                                    let n = runs[0].node.clone();
-                                    let _ = events.send(Event::NodeSkipped { node: n.clone(), reason: reason.clone() });
-                                    state.insert(n, NodeOutcome::Skipped { reason: reason.clone() });
-                                }
+                                skip_queued(&mut queue, &events, &mut state, &reason);
                             }
-                            _ => {}
                         }
                     }
                 }
@@ -1125,6 +1119,20 @@ pub async fn execute_with(
         .collect();
     shared.close_all().await;
     Ok(Summary { nodes, interrupted })
+}
+
+/// Skips every group still queued in a phase, for `reason`.
+fn skip_queued(
+    queue: &mut std::collections::VecDeque<Vec<Run>>,
+    events: &UnboundedSender<Event>,
+    state: &mut BTreeMap<String, NodeOutcome>,
+    reason: &str,
+) {
+    for runs in queue.drain(..) {
+        let n = runs[0].node.clone();
+        let _ = events.send(Event::NodeSkipped { node: n.clone(), reason: reason.to_string() });
+        state.insert(n, NodeOutcome::Skipped { reason: reason.to_string() });
+    }
 }
 
 type GroupResult = (String, Result<(), (String, Option<i32>, String)>);
