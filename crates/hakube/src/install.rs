@@ -243,6 +243,13 @@ fn plain(event: &Event) -> Option<String> {
         }
         Event::NodeFailed { node, step, message, .. } => format!("{node}: failed in step {step}: {message}"),
         Event::NodeSkipped { node, reason } => format!("{node}: skipped: {reason}"),
+        Event::EndedWhileAway { node, step, exit_code, log } => {
+            let code = exit_code.map_or("an unknown exit code".to_string(), |c| format!("exit code {c}"));
+            format!(
+                "{node}: {step}, started by an earlier run, ended while hakube was away with {code}; its log is in {}",
+                log.display()
+            )
+        }
     })
 }
 
@@ -288,7 +295,8 @@ impl LiveView {
             Event::Connecting { node, .. }
             | Event::StepFinished { node, .. }
             | Event::NodeFailed { node, .. }
-            | Event::NodeSkipped { node, .. } => Some(node),
+            | Event::NodeSkipped { node, .. }
+            | Event::EndedWhileAway { node, .. } => Some(node),
             _ => None,
         };
         if let (Some(node), Some(line)) = (node, plain(event)) {

@@ -20,6 +20,18 @@ pub enum StepOutcome {
 /// One thing that happened during an install or reset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
+    /// A step an earlier run started (hakube was killed, or stopped waiting) ended while no
+    /// hakube followed it; the rest of its log was added to the node's log.
+    EndedWhileAway {
+        /// The node.
+        node: String,
+        /// The step.
+        step: String,
+        /// Its exit code, when the node still knew it.
+        exit_code: Option<i32>,
+        /// The node's log file.
+        log: PathBuf,
+    },
     /// A phase of the plan began.
     PhaseStarted {
         /// 0-based position in the plan.

@@ -304,6 +304,8 @@ pub fn create_private_file(path: &Path) -> std::io::Result<()> {
 }
 
 struct Shared {
+    /// The run journal in the logs directory.
+    journal: crate::journal::Journal,
     /// Cancelled by the first Ctrl-C: no step starts after it (running ones go on).
     no_new_steps: CancellationToken,
     /// This run's id (12 hex digits), part of every unit name it starts.
@@ -691,17 +693,18 @@ async fn run_one(shared: &Shared, run: &Run) -> RunResult {
 /// the node and the next `hakube install` attaches to it again.
 const REATTACH_BUDGET: Duration = Duration::from_secs(600);
 
+/// A detached step's failure: the exit code (when known) and what happened.
+type StepError = (Option<i32>, String);
+
 /// Runs one boot.sh step detached on its node (issue 12, item 1), through the step runner
 /// (`step.sh`, [`steps::STEP_SCRIPT`]): `step.sh start` makes it a transient systemd unit
 /// named after the run and the step ([`steps::unit_name`]), or attaches to the unit of an
 /// earlier run still running the same step ([`steps::Started::Attached`]: nothing new
-/// starts); `step.sh follow UNIT OFFSET` streams its log from the byte offset hakube has,
-/// into `log` (`LOG_DIR/<node>.log`); when the connection drops, hakube reconnects with
-/// backoff (for up to [`REATTACH_BUDGET`]) and follows on from the same offset, so the log
-/// is complete and the step ran once. The exit code is the one boot.sh reported in its
-/// `::hakube:: step=NAME status=failed exit=N` marker ([`steps::parse_marker`]), else the
-/// unit's (`step.sh status`). Whether the step was skipped (already done) is the marker's.
-async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Result<bool, (Option<i32>, String)> {
+/// starts; its log goes on from the offset the run journal has). Then [`follow_unit`]. The
+/// exit code is the one boot.sh reported in its `::hakube:: step=NAME status=failed exit=N`
+/// marker ([`steps::parse_marker`]), else the unit's (`step.sh status`). Whether the step
+/// was skipped (already done) is the marker's.
+async fn run_detached(shared: &Shared, run: &Run, mut log: tokio::fs::File) -> Result<bool, StepError> {
     let key = steps::step_key(&run.step, &run.args);
     let unit = steps::unit_name(&shared.run_id, &key);
     let mut start = vec!["start".to_string(), unit, key, run.step.clone()];
@@ -722,34 +725,65 @@ async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Resul
             return Err((code, format!("the step runner could not start boot.sh {}: {}", run.step, errors.join("; "))))
         }
     };
-    let mut log = log;
-    let unit = match started {
-        steps::Started::Started(unit) => unit,
+    let (unit, offset) = match started {
+        steps::Started::Started(unit) => (unit, 0),
         steps::Started::Attached(unit) => {
-            let line =
-                format!("==> attached to {unit}, an earlier run's boot.sh {} still running on the node\n", run.step);
-            let _ = log.write_all(line.as_bytes()).await;
-            unit
+            let offset = shared.journal.offset(&run.host, &unit).unwrap_or(0);
+            let line = format!(
+                "==> attached to {unit}: boot.sh {} of an earlier run still runs on the node; its log goes on from byte {offset}\n",
+                run.step
+            );
+            log.write_all(line.as_bytes()).await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
+            (unit, offset)
         }
     };
-    let mut offset: u64 = 0;
+    let entry = crate::journal::Entry { node: run.node.clone(), step: run.step.clone(), offset };
+    shared.journal.record(&run.host, &unit, entry).map_err(|e| (None, e))?;
+    let (marker, status) = follow_unit(shared, &run.host, &unit, offset, &mut log).await.map_err(|(code, e)| {
+        (
+            code,
+            format!(
+                "{e}; boot.sh {} may still be running on the node as {unit}, and `hakube install` again attaches to it",
+                run.step
+            ),
+        )
+    })?;
+    match (&marker, status) {
+        (Some(steps::Marker::Failed(_, code)), _) => Err((Some(*code), format!("boot.sh {} failed", run.step))),
+        (_, Some(steps::UnitStatus::Exited(0))) => Ok(matches!(marker, Some(steps::Marker::Skipped(_)))),
+        (_, Some(steps::UnitStatus::Exited(code))) => Err((Some(code), format!("boot.sh {} failed", run.step))),
+        (_, other) => Err((None, format!("the step runner reported {other:?} for {unit} after its log ended"))),
+    }
+}
+
+/// Follows `unit` on `host` to its end: `step.sh follow UNIT OFFSET` streams its log from the
+/// byte hakube has into `log` (`LOG_DIR/<node>.log`), the journal's offset advanced after
+/// each chunk is written; when the connection drops, hakube reconnects with backoff (for up
+/// to [`REATTACH_BUDGET`]) and follows on from the same offset, so the log is complete and
+/// the step runs once. Then `step.sh status` and `step.sh clear`, and the journal forgets
+/// it. The last marker line of the log and the unit's status.
+async fn follow_unit(
+    shared: &Shared,
+    host: &str,
+    unit: &str,
+    mut offset: u64,
+    log: &mut tokio::fs::File,
+) -> Result<(Option<steps::Marker>, Option<steps::UnitStatus>), StepError> {
     let mut pending: Vec<u8> = Vec::new();
     let mut marker: Option<steps::Marker> = None;
     let mut unreachable_since: Option<Instant> = None;
     loop {
-        let conn = match shared.connection(&run.host).await {
+        let conn = match shared.connection(host).await {
             Ok(conn) => conn,
             Err(e) if e.is_retryable() && unreachable_since.is_none_or(|t| t.elapsed() < REATTACH_BUDGET) => {
                 unreachable_since.get_or_insert_with(Instant::now);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(e) => {
-                return Err((None, format!("{e}; boot.sh {} may still be running on the node as {unit}, and `hakube install` again attaches to it", run.step)))
-            }
+            Err(e) => return Err((None, e.to_string())),
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let follow = ["follow".to_string(), unit.clone(), offset.to_string()];
+        let follow = ["follow".to_string(), unit.to_string(), offset.to_string()];
         // The sender moves into the stream's future, so the writer below ends when it does.
         let follower = conn.clone();
         let streamed = async move {
@@ -760,7 +794,6 @@ async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Resul
         };
         let writer = async {
             while let Some(bytes) = rx.recv().await {
-                offset += bytes.len() as u64;
                 pending.extend_from_slice(&bytes);
                 while let Some(at) = pending.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = pending.drain(..=at).collect();
@@ -768,12 +801,14 @@ async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Resul
                         marker = Some(m);
                     }
                 }
-                log.write_all(&bytes).await.map_err(|e| e.to_string())?;
+                log.write_all(&bytes).await.map_err(|e| format!("cannot write the log file: {e}"))?;
+                offset += bytes.len() as u64;
+                shared.journal.advance(host, unit, offset)?;
             }
             Ok::<(), String>(())
         };
         let (streamed, written) = tokio::join!(streamed, writer);
-        written.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
+        written.map_err(|e| (None, e))?;
         drop(conn);
         match streamed {
             Ok((Some(0), _)) => break,
@@ -782,35 +817,82 @@ async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Resul
             // The connection dropped (or the follow was cut): reattach from the same offset.
             _ => {
                 unreachable_since.get_or_insert_with(Instant::now);
-                let line = format!("==> lost the connection while following {unit} at byte {offset}; reattaching\n");
+                let line = format!("lost the connection while following {unit} at byte {offset}; reattaching");
                 let _ = shared.events.send(Event::Connecting {
-                    node: run.host.clone(),
+                    node: host.to_string(),
                     attempt: 0,
-                    last_error: Some(line.trim().to_string()),
+                    last_error: Some(line),
                 });
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
             }
         }
     }
     log.flush().await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
     // The unit's own exit status, and then its state is forgotten (the log stays on the node).
-    let conn = shared.connection(&run.host).await.map_err(|e| (None, e.to_string()))?;
+    let conn = shared.connection(host).await.map_err(|e| (None, e.to_string()))?;
     let mut status = None;
     let _ = conn
-        .run(steps::STEP_SCRIPT, &["status".to_string(), unit.clone()], None, &mut |s, l| {
+        .run(steps::STEP_SCRIPT, &["status".to_string(), unit.to_string()], None, &mut |s, l| {
             if s == Stream::Stdout {
                 status = steps::parse_status(l);
             }
         })
         .await;
-    let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.clone()], None, &mut |_, _| {}).await;
-    match (&marker, status) {
-        (Some(steps::Marker::Failed(_, code)), _) => Err((Some(*code), format!("boot.sh {} failed", run.step))),
-        (_, Some(steps::UnitStatus::Exited(0))) => Ok(matches!(marker, Some(steps::Marker::Skipped(_)))),
-        (_, Some(steps::UnitStatus::Exited(code))) => Err((Some(code), format!("boot.sh {} failed", run.step))),
-        (_, other) => Err((None, format!("the step runner reported {other:?} for {unit} after its log ended"))),
+    if matches!(status, Some(steps::UnitStatus::Exited(_))) {
+        let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.to_string()], None, &mut |_, _| {}).await;
+        shared.journal.remove(host, unit).map_err(|e| (None, e))?;
     }
+    Ok((marker, status))
+}
+
+/// The steps an earlier run left in the journal on the nodes of this run (issue 12, item 2):
+/// one still running stays in the journal (its step, when the plan reaches it, attaches to it
+/// and goes on from the journal's offset); one that ended while hakube was away has the rest
+/// of its log appended to its node's log and is reported with its exit code
+/// ([`Event::EndedWhileAway`]). A node that cannot be reached keeps its entries.
+async fn settle_left_steps(shared: &Shared, involved: &[String]) -> Result<(), InstallError> {
+    for (host, units) in shared.journal.left() {
+        if !involved.contains(&host) {
+            continue;
+        }
+        let Ok(conn) = shared.connection(&host).await else { continue };
+        for (unit, entry) in units {
+            let mut status = None;
+            let _ = conn
+                .run(steps::STEP_SCRIPT, &["status".to_string(), unit.clone()], None, &mut |s, l| {
+                    if s == Stream::Stdout {
+                        status = steps::parse_status(l);
+                    }
+                })
+                .await;
+            match status {
+                Some(steps::UnitStatus::Running) | None => continue,
+                Some(steps::UnitStatus::Unknown) => {
+                    shared.journal.remove(&host, &unit).map_err(InstallError::Logs)?;
+                    continue;
+                }
+                Some(steps::UnitStatus::Exited(_)) => {}
+            }
+            let path = shared.log_path(&host);
+            let mut log = open_log(&path)
+                .await
+                .map_err(|e| InstallError::Logs(format!("cannot write the log file {}: {e}", path.display())))?;
+            let line = format!("==> {unit} (boot.sh {} of an earlier run) ended while hakube was away; the rest of its log from byte {}:\n", entry.step, entry.offset);
+            let _ = log.write_all(line.as_bytes()).await;
+            let exit_code = match follow_unit(shared, &host, &unit, entry.offset, &mut log).await {
+                Ok((Some(steps::Marker::Failed(_, code)), _)) => Some(code),
+                Ok((_, Some(steps::UnitStatus::Exited(code)))) => Some(code),
+                _ => None,
+            };
+            let _ = shared.events.send(Event::EndedWhileAway {
+                node: entry.node.clone(),
+                step: entry.step.clone(),
+                exit_code,
+                log: path,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What [`VERSIONS`] runs on a node (`sh -c`, as root): `kubelet vX.Y.Z` when a kubelet is
@@ -945,6 +1027,7 @@ pub async fn execute_with(
         InstallError::Assets(format!("failed to create log directory {} (mode 0700): {e}", settings.log_dir.display()))
     })?;
     let shared = Arc::new(Shared {
+        journal: crate::journal::Journal::open(&settings.log_dir),
         run_id: new_run_id(),
         no_new_steps: no_new.clone(),
         manifest: manifest.clone(),
@@ -957,11 +1040,18 @@ pub async fn execute_with(
         refused: Mutex::new(Default::default()),
     });
     for node in &involved {
+        // A line an earlier run was cut in (hakube killed while a step printed) is ended
+        // first, so this run's lines start on their own.
+        let cut = ends_mid_line(&shared.log_path(node));
         shared
-            .append_log(node, &format!("==> hakube run started at unix time {}\n", unix_now()))
+            .append_log(
+                node,
+                &format!("{}==> hakube run started at unix time {}\n", if cut { "\n" } else { "" }, unix_now()),
+            )
             .await
             .map_err(InstallError::Logs)?;
     }
+    settle_left_steps(&shared, &involved).await?;
 
     let mut state: BTreeMap<String, NodeOutcome> = BTreeMap::new();
     let mut blocked: Option<String> = None; // why dependent phases cannot run
@@ -1205,6 +1295,15 @@ async fn run_group(shared: &Shared, runs: &[Run]) -> GroupResult {
         }
     }
     (node, Ok(()))
+}
+
+/// Whether the file at `path` exists and its last byte is not a newline (read alone).
+fn ends_mid_line(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut last = [0u8; 1];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.seek(SeekFrom::End(-1)).and_then(|_| f.read_exact(&mut last)))
+        .is_ok_and(|()| last[0] != b'\n')
 }
 
 /// A fresh run id: 12 lowercase hex digits of the sha256 of the time, the process id and a

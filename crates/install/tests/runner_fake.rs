@@ -52,11 +52,22 @@ struct Fake {
     nodes: Arc<Mutex<BTreeMap<String, Node>>>,
     /// Called when a step that hangs is being followed.
     on_hang: Arc<dyn Fn() + Send + Sync>,
+    /// Once set, a hanging step ends (exit 0) and its follow gives the rest of its log.
+    released: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fake {
     fn new(behaviour: impl Fn(&str, &str) -> Behaviour + Send + Sync + 'static) -> Fake {
-        Fake { behaviour: Arc::new(behaviour), nodes: Arc::default(), on_hang: Arc::new(|| {}) }
+        Fake {
+            behaviour: Arc::new(behaviour),
+            nodes: Arc::default(),
+            on_hang: Arc::new(|| {}),
+            released: Arc::default(),
+        }
+    }
+
+    fn released(&self) -> bool {
+        self.released.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn started(&self, node: &str) -> Vec<String> {
@@ -114,6 +125,14 @@ impl NodeConnection for FakeConnection {
                 }
                 let mut nodes = self.fake.nodes.lock().unwrap();
                 let node = nodes.entry(self.node.clone()).or_default();
+                // As step.sh: a unit of an earlier run still running the same step is
+                // attached to; nothing new starts.
+                let running =
+                    node.units.iter().find(|(_, (s, b))| *s == step && *b == Behaviour::Hang && !self.fake.released());
+                if let Some((earlier, _)) = running {
+                    on_line(Stream::Stdout, &format!("attached {earlier}"));
+                    return Ok(Some(0));
+                }
                 node.started.push(step.clone());
                 node.units.insert(unit.clone(), (step, b));
                 on_line(Stream::Stdout, &format!("started {unit}"));
@@ -122,7 +141,12 @@ impl NodeConnection for FakeConnection {
             "status" => {
                 let nodes = self.fake.nodes.lock().unwrap();
                 let b = nodes[&self.node].units[&unit].1.clone();
-                on_line(Stream::Stdout, if matches!(b, Behaviour::Fail(_)) { "exited 1" } else { "exited 0" });
+                let status = match b {
+                    Behaviour::Fail(_) => "exited 1",
+                    Behaviour::Hang if !self.fake.released() => "running",
+                    _ => "exited 0",
+                };
+                on_line(Stream::Stdout, status);
                 Ok(Some(0))
             }
             _ => Ok(Some(0)),
@@ -145,7 +169,13 @@ impl NodeConnection for FakeConnection {
         let log = log_of(&step, &b);
         let rest = &log[offset as usize..];
         match b {
-            Behaviour::Hang => {
+            // Attached to again from where the first follow was: the step ends now.
+            Behaviour::Hang if offset > 0 => {
+                self.fake.released.store(true, std::sync::atomic::Ordering::SeqCst);
+                on_bytes(rest);
+                Ok((Some(0), String::new()))
+            }
+            Behaviour::Hang if !self.fake.released() => {
                 on_bytes(&rest[..10]);
                 (self.fake.on_hang)();
                 std::future::pending::<()>().await;
@@ -227,6 +257,12 @@ struct Run {
 
 async fn install(fake: Fake, interrupt: Interrupt) -> Run {
     let (dir, manifest) = cluster();
+    install_in(dir, &manifest, fake, interrupt).await
+}
+
+/// An install with the assets and logs of `dir`.
+async fn install_in(dir: tempfile::TempDir, manifest: &Manifest, fake: Fake, interrupt: Interrupt) -> Run {
+    let manifest = manifest.clone();
     let plan = plan::build(&manifest, &[], Mode::Install).unwrap();
     let settings = Settings {
         assets_dir: dir.path().to_path_buf(),
@@ -357,4 +393,71 @@ async fn ctrl_c_starts_nothing_new_and_a_second_leaves_the_running_step_running(
     for node in ["m0", "m1", "m2", "w1", "w2"] {
         assert!(!fake.started(node).contains(&"post".to_string()), "{node} started post after Ctrl-C");
     }
+}
+
+/// The first run: w0's join hangs and a second Ctrl-C leaves it running, in the journal.
+async fn left_running() -> (Fake, Manifest, Run) {
+    let interrupt = Interrupt::default();
+    let mut fake = Fake::new(|node, step| if (node, step) == ("w0", "join") { Behaviour::Hang } else { Behaviour::Ok });
+    let stop = interrupt.clone();
+    fake.on_hang = Arc::new(move || {
+        stop.no_new_steps.cancel();
+        stop.stop_waiting.cancel();
+    });
+    let (dir, manifest) = cluster();
+    let first = install_in(dir, &manifest, fake.clone(), interrupt).await;
+    assert!(first.summary.interrupted);
+    let journal = std::fs::read_to_string(first.logs.join(hakube_install::journal::FILE)).expect("a journal is left");
+    assert!(journal.contains("\"step\": \"join\"") && journal.contains("\"offset\": 10"), "{journal}");
+    fake.on_hang = Arc::new(|| {});
+    (fake, manifest, first)
+}
+
+fn join_follows(fake: &Fake, node: &str) -> Vec<u64> {
+    let follows = fake.nodes.lock().unwrap()[node].follows.clone();
+    follows.iter().filter(|(u, _)| u.ends_with("-join")).map(|(_, o)| *o).collect()
+}
+
+/// Issue 12, item 2: the next run attaches to a step still running from a run that stopped
+/// waiting (or was killed) instead of starting another, continues its log from the byte the
+/// journal has, waits for it and completes.
+#[tokio::test]
+async fn the_next_run_attaches_to_a_step_left_running_and_its_log_goes_on() {
+    let (fake, manifest, first) = left_running().await;
+    let second = install_in(first._dir, &manifest, fake.clone(), Interrupt::default()).await;
+    assert!(second.summary.success(), "{:?}", second.summary);
+    assert_eq!(join_follows(&fake, "w0"), [0, 10], "the second run followed the first run's unit from byte 10");
+    assert_eq!(fake.started("w0").iter().filter(|s| *s == "join").count(), 1, "one join started");
+    let log = std::fs::read(second.logs.join("w0.log")).unwrap();
+    let full = log_of("join", &Behaviour::Hang);
+    let text = String::from_utf8_lossy(&log);
+    assert!(text.contains("==> attached to hakube-"), "{text}");
+    // The first run's 10 bytes (the line it was cut in is ended before the next run's
+    // lines), then the rest from byte 10 by the second, contiguous: the log whole, once.
+    let (head, tail) = full.split_at(10);
+    let find = |needle: &[u8]| log.windows(needle.len()).position(|w| w == needle);
+    let (at_head, at_tail) = (find(&[head, b"\n"].concat()).expect("the first part"), find(tail).expect("the rest"));
+    assert!(at_head < at_tail, "{text}");
+    assert_eq!(text.matches("boot.sh: join line 3\n").count(), 1, "{text}");
+    assert!(!second.logs.join(hakube_install::journal::FILE).exists(), "the journal is empty again");
+}
+
+/// A step left running that ended while no hakube followed it is reported with its exit
+/// code and the rest of its log before the plan runs.
+#[tokio::test]
+async fn a_step_that_ended_while_hakube_was_away_is_reported() {
+    let (fake, manifest, first) = left_running().await;
+    fake.released.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = install_in(first._dir, &manifest, fake.clone(), Interrupt::default()).await;
+    assert!(second.summary.success(), "{:?}", second.summary);
+    assert!(
+        second.events.iter().any(|e| matches!(e, Event::EndedWhileAway { node, step, exit_code: Some(0), .. } if node == "w0" && step == "join")),
+        "{:?}",
+        second.events
+    );
+    // The rest of the earlier unit's log from byte 10, then the plan's own join step (which
+    // boot.sh would find done and skip).
+    assert_eq!(join_follows(&fake, "w0"), [0, 10, 0]);
+    let text = std::fs::read_to_string(second.logs.join("w0.log")).unwrap();
+    assert!(text.contains("ended while hakube was away; the rest of its log from byte 10"), "{text}");
 }
