@@ -45,7 +45,8 @@ pub enum Event {
     Connecting {
         /// The node.
         node: String,
-        /// 1 for the first try.
+        /// 1 for the first try; 0 when a running step's log stopped arriving (the connection
+        /// dropped) and hakube reattaches to it.
         attempt: u32,
         /// Why the previous attempt failed (`None` on the first).
         last_error: Option<String>,
