@@ -14,6 +14,10 @@
 #                                  still running; then nothing new starts. Exit 0. Exit 1
 #                                  when UNIT itself is running another KEY's step, or the
 #                                  unit cannot be started.
+#   step.sh run UNIT KEY ARG...    start, then (when it started UNIT) follow from 0, status
+#                                  and clear, in one call; the results on standard error as
+#                                  `step.sh: unit started|attached UNIT` and `step.sh: unit
+#                                  exited CODE` (see cmd_run).
 #   step.sh follow UNIT OFFSET     Writes the log's bytes from byte OFFSET (decimal) on to
 #                                  standard output, following while the step runs, and exits
 #                                  0 once the step has ended and every byte was written.
@@ -78,7 +82,7 @@ die() {
 }
 
 usage() {
-  die 2 "$1 (usage: step.sh start UNIT KEY ARG... | follow UNIT OFFSET | status UNIT | clear UNIT)"
+  die 2 "$1 (usage: step.sh start UNIT KEY ARG... | run UNIT KEY ARG... | follow UNIT OFFSET | status UNIT | clear UNIT)"
 }
 
 # check_name WHAT VALUE: VALUE is [a-z0-9][a-z0-9.-]* of at most 200 bytes, else exit 2.
@@ -461,12 +465,36 @@ cmd_clear() {
   fi
 }
 
+# run: start, then, when this call started the unit, follow it from byte 0, report its
+# status and clear it: one command per step when nothing goes wrong. Standard output is the
+# log, as follow's. Standard error carries, besides messages, `step.sh: unit started UNIT` or
+# `step.sh: unit attached UNIT2` first and, after a follow, `step.sh: unit exited CODE` (or
+# `running`, `unknown`) last. An attached unit is not followed here: the caller follows it
+# from the offset it has. A unit cleared here keeps its log, whose marker lines say how the
+# step ended, for a caller that lost the connection before the last line.
+cmd_run() {
+  local out unit status
+  out=$(cmd_start "$@") || exit $?
+  printf 'step.sh: unit %s\n' "$out" >&2
+  case $out in
+    "attached "*) return 0 ;;
+  esac
+  unit=${out#started }
+  (cmd_follow "$unit" 0) || exit $?
+  status=$(cmd_status "$unit")
+  printf 'step.sh: unit %s\n' "$status" >&2
+  case $status in
+    exited*) cmd_clear "$unit" ;;
+  esac
+}
+
 main() {
   (($# >= 1)) || usage "no subcommand"
   local command=$1
   shift
   case $command in
     start) cmd_start "$@" ;;
+    run) cmd_run "$@" ;;
     follow) cmd_follow "$@" ;;
     status) cmd_status "$@" ;;
     clear) cmd_clear "$@" ;;

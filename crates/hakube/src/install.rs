@@ -229,7 +229,9 @@ fn plain(event: &Event) -> Option<String> {
         Event::PhaseStarted { index, title, nodes } => format!("phase {}: {title} ({})", index + 1, nodes.join(", ")),
         Event::Connecting { attempt: 1, .. } => return None,
         // Attempt 0: a step's log stopped arriving and hakube reattaches to it.
-        Event::Connecting { node, attempt: 0, last_error } => format!("{node}: {}", last_error.as_deref().unwrap_or("reattaching")),
+        Event::Connecting { node, attempt: 0, last_error } => {
+            format!("{node}: {}", last_error.as_deref().unwrap_or("reattaching"))
+        }
         Event::Connecting { node, attempt, last_error } => {
             format!("{node}: connecting, attempt {attempt} ({})", last_error.as_deref().unwrap_or(""))
         }

@@ -707,53 +707,142 @@ type StepError = (Option<i32>, String);
 async fn run_detached(shared: &Shared, run: &Run, mut log: tokio::fs::File) -> Result<bool, StepError> {
     let key = steps::step_key(&run.step, &run.args);
     let unit = steps::unit_name(&shared.run_id, &key);
-    let mut start = vec!["start".to_string(), unit, key, run.step.clone()];
-    start.extend(run.args.iter().cloned());
-    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    let mut command = vec!["run".to_string(), unit.clone(), key, run.step.clone()];
+    command.extend(run.args.iter().cloned());
+    let entry = crate::journal::Entry { node: run.node.clone(), step: run.step.clone(), offset: 0 };
+    shared.journal.record(&run.host, &unit, entry.clone()).map_err(|e| (None, e))?;
+    // One command when nothing goes wrong: start, follow from byte 0, status, clear.
     let conn = shared.connection(&run.host).await.map_err(|e| (None, e.to_string()))?;
-    let code = conn
-        .run(steps::STEP_SCRIPT, &start, None, &mut |s, l| match s {
-            Stream::Stdout => out.push(l.to_string()),
-            Stream::Stderr => errors.push(l.to_string()),
-        })
-        .await
-        .map_err(|e| (None, e.to_string()))?;
+    let mut tracker = LogTracker::default();
+    let (streamed, written) = stream_into(shared, &*conn, &run.host, &unit, &command, &mut tracker, &mut log).await;
     drop(conn);
-    let started = match (code, out.first().and_then(|l| steps::parse_start(l))) {
-        (Some(0), Some(started)) => started,
-        (code, _) => {
-            return Err((code, format!("the step runner could not start boot.sh {}: {}", run.step, errors.join("; "))))
-        }
-    };
-    let (unit, offset) = match started {
-        steps::Started::Started(unit) => (unit, 0),
-        steps::Started::Attached(unit) => {
-            let offset = shared.journal.offset(&run.host, &unit).unwrap_or(0);
+    written?;
+    let (code, errors) = streamed.map_err(|e| (None, e.to_string()))?;
+    let said =
+        |word: &str| errors.lines().find_map(|l| l.strip_prefix("step.sh: unit ")?.strip_prefix(word).map(str::trim));
+    let (marker, status, followed) = match (said("attached "), said("started "), said("exited ")) {
+        (Some(earlier), _, _) => {
+            shared.journal.remove(&run.host, &unit).map_err(|e| (None, e))?;
+            let earlier = earlier.to_string();
+            let offset = shared.journal.offset(&run.host, &earlier).unwrap_or(0);
             let line = format!(
-                "==> attached to {unit}: boot.sh {} of an earlier run still runs on the node; its log goes on from byte {offset}\n",
+                "==> attached to {earlier}: boot.sh {} of an earlier run still runs on the node; its log goes on from byte {offset}\n",
                 run.step
             );
             log.write_all(line.as_bytes()).await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
-            (unit, offset)
+            shared
+                .journal
+                .record(&run.host, &earlier, crate::journal::Entry { offset, ..entry })
+                .map_err(|e| (None, e))?;
+            let (marker, status) = follow_unit(shared, &run.host, &earlier, offset, &mut log)
+                .await
+                .map_err(|e| left_running(run, &earlier, e))?;
+            (marker, status, earlier)
         }
+        (None, Some(_), Some(exited)) if code == Some(0) => {
+            log.flush().await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
+            shared.journal.remove(&run.host, &unit).map_err(|e| (None, e))?;
+            (tracker.marker, steps::parse_status(&format!("exited {exited}")), unit)
+        }
+        // The step runner refused (a usage error, boot.sh missing): nothing started.
+        (None, None, _) if matches!(code, Some(1..=2)) => {
+            shared.journal.remove(&run.host, &unit).map_err(|e| (None, e))?;
+            return Err((code, format!("the step runner could not start boot.sh {}: {}", run.step, errors.trim())));
+        }
+        // The connection dropped somewhere between starting and the end: reattach to our
+        // unit from the byte we have (follow finds no log when it never started: then start
+        // it again, once).
+        _ => match follow_unit(shared, &run.host, &unit, tracker.offset, &mut log).await {
+            Ok((marker, status)) => (tracker.marker.clone().or(marker), status, unit),
+            Err(e) if e.1.starts_with(NO_LOG) && tracker.offset == 0 => {
+                shared.journal.remove(&run.host, &unit).map_err(|e| (None, e))?;
+                return Box::pin(run_detached(shared, run, log)).await;
+            }
+            Err(e) => return Err(left_running(run, &unit, e)),
+        },
     };
-    let entry = crate::journal::Entry { node: run.node.clone(), step: run.step.clone(), offset };
-    shared.journal.record(&run.host, &unit, entry).map_err(|e| (None, e))?;
-    let (marker, status) = follow_unit(shared, &run.host, &unit, offset, &mut log).await.map_err(|(code, e)| {
-        (
-            code,
-            format!(
-                "{e}; boot.sh {} may still be running on the node as {unit}, and `hakube install` again attaches to it",
-                run.step
-            ),
-        )
-    })?;
+    verdict(&run.step, &followed, marker, status)
+}
+
+/// A step's failure to follow it to its end, saying it may still run and how to attach.
+fn left_running(run: &Run, unit: &str, (code, e): StepError) -> StepError {
+    (
+        code,
+        format!(
+            "{e}; boot.sh {} may still be running on the node as {unit}, and `hakube install` again attaches to it",
+            run.step
+        ),
+    )
+}
+
+/// How a step ended, from the last marker line of its log and its unit's status: boot.sh's
+/// `failed exit=N` first; else the unit's exit status; a unit already cleared (status
+/// `unknown`, after `step.sh run` cleared it) by its log's `done` or `skipped` marker.
+/// `Ok(true)` when boot.sh skipped it (already done).
+fn verdict(
+    step: &str,
+    unit: &str,
+    marker: Option<steps::Marker>,
+    status: Option<steps::UnitStatus>,
+) -> Result<bool, StepError> {
+    let skipped = matches!(marker, Some(steps::Marker::Skipped(_)));
     match (&marker, status) {
-        (Some(steps::Marker::Failed(_, code)), _) => Err((Some(*code), format!("boot.sh {} failed", run.step))),
-        (_, Some(steps::UnitStatus::Exited(0))) => Ok(matches!(marker, Some(steps::Marker::Skipped(_)))),
-        (_, Some(steps::UnitStatus::Exited(code))) => Err((Some(code), format!("boot.sh {} failed", run.step))),
+        (Some(steps::Marker::Failed(_, code)), _) => Err((Some(*code), format!("boot.sh {step} failed"))),
+        (_, Some(steps::UnitStatus::Exited(0))) => Ok(skipped),
+        (_, Some(steps::UnitStatus::Exited(code))) => Err((Some(code), format!("boot.sh {step} failed"))),
+        (Some(steps::Marker::Done(_) | steps::Marker::Skipped(_)), Some(steps::UnitStatus::Unknown)) => Ok(skipped),
         (_, other) => Err((None, format!("the step runner reported {other:?} for {unit} after its log ended"))),
     }
+}
+
+/// What [`stream_into`] has seen of a unit's log: the bytes written, the last marker.
+#[derive(Default)]
+struct LogTracker {
+    offset: u64,
+    pending: Vec<u8>,
+    marker: Option<steps::Marker>,
+}
+
+/// The start of the error [`follow_unit`] gives when the node has no log of the unit.
+const NO_LOG: &str = "the node has no log of";
+
+/// Runs `command` (a step runner call) on `conn`, its standard output (the unit's log from
+/// `tracker.offset`) written to `log` as it arrives, `tracker` advanced (offset, last marker)
+/// and the journal's offset of `unit` after each chunk. The command's result, and whether
+/// writing worked.
+async fn stream_into(
+    shared: &Shared,
+    conn: &dyn NodeConnection,
+    host: &str,
+    unit: &str,
+    command: &[String],
+    tracker: &mut LogTracker,
+    log: &mut tokio::fs::File,
+) -> (Result<(Option<i32>, String), TransportError>, Result<(), StepError>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    // The sender moves into the stream's future, so the writer below ends when it does.
+    let streamed = async move {
+        let mut sink = move |bytes: &[u8]| {
+            let _ = tx.send(bytes.to_vec());
+        };
+        conn.stream(steps::STEP_SCRIPT, command, &mut sink).await
+    };
+    let writer = async {
+        while let Some(bytes) = rx.recv().await {
+            tracker.pending.extend_from_slice(&bytes);
+            while let Some(at) = tracker.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = tracker.pending.drain(..=at).collect();
+                if let Some(m) = steps::parse_marker(&String::from_utf8_lossy(&line)) {
+                    tracker.marker = Some(m);
+                }
+            }
+            log.write_all(&bytes).await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
+            tracker.offset += bytes.len() as u64;
+            shared.journal.advance(host, unit, tracker.offset).map_err(|e| (None, e))?;
+        }
+        Ok::<(), StepError>(())
+    };
+    tokio::join!(streamed, writer)
 }
 
 /// Follows `unit` on `host` to its end: `step.sh follow UNIT OFFSET` streams its log from the
@@ -766,11 +855,10 @@ async fn follow_unit(
     shared: &Shared,
     host: &str,
     unit: &str,
-    mut offset: u64,
+    offset: u64,
     log: &mut tokio::fs::File,
 ) -> Result<(Option<steps::Marker>, Option<steps::UnitStatus>), StepError> {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut marker: Option<steps::Marker> = None;
+    let mut tracker = LogTracker { offset, ..LogTracker::default() };
     let mut unreachable_since: Option<Instant> = None;
     loop {
         let conn = match shared.connection(host).await {
@@ -782,42 +870,19 @@ async fn follow_unit(
             }
             Err(e) => return Err((None, e.to_string())),
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let follow = ["follow".to_string(), unit.to_string(), offset.to_string()];
-        // The sender moves into the stream's future, so the writer below ends when it does.
-        let follower = conn.clone();
-        let streamed = async move {
-            let mut sink = move |bytes: &[u8]| {
-                let _ = tx.send(bytes.to_vec());
-            };
-            follower.stream(steps::STEP_SCRIPT, &follow, &mut sink).await
-        };
-        let writer = async {
-            while let Some(bytes) = rx.recv().await {
-                pending.extend_from_slice(&bytes);
-                while let Some(at) = pending.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = pending.drain(..=at).collect();
-                    if let Some(m) = steps::parse_marker(&String::from_utf8_lossy(&line)) {
-                        marker = Some(m);
-                    }
-                }
-                log.write_all(&bytes).await.map_err(|e| format!("cannot write the log file: {e}"))?;
-                offset += bytes.len() as u64;
-                shared.journal.advance(host, unit, offset)?;
-            }
-            Ok::<(), String>(())
-        };
-        let (streamed, written) = tokio::join!(streamed, writer);
-        written.map_err(|e| (None, e))?;
+        let follow = ["follow".to_string(), unit.to_string(), tracker.offset.to_string()];
+        let (streamed, written) = stream_into(shared, &*conn, host, unit, &follow, &mut tracker, log).await;
         drop(conn);
+        written?;
         match streamed {
             Ok((Some(0), _)) => break,
-            Ok((Some(3), errors)) => return Err((None, format!("the node has no log of {unit}: {errors}"))),
+            Ok((Some(3), errors)) => return Err((None, format!("{NO_LOG} {unit}: {errors}"))),
             Ok((Some(2), errors)) => return Err((None, format!("the step runner refused to follow {unit}: {errors}"))),
             // The connection dropped (or the follow was cut): reattach from the same offset.
             _ => {
                 unreachable_since.get_or_insert_with(Instant::now);
-                let line = format!("lost the connection while following {unit} at byte {offset}; reattaching");
+                let line =
+                    format!("lost the connection while following {unit} at byte {}; reattaching", tracker.offset);
                 let _ = shared.events.send(Event::Connecting {
                     node: host.to_string(),
                     attempt: 0,
@@ -838,11 +903,13 @@ async fn follow_unit(
             }
         })
         .await;
-    if matches!(status, Some(steps::UnitStatus::Exited(_))) {
-        let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.to_string()], None, &mut |_, _| {}).await;
+    if matches!(status, Some(steps::UnitStatus::Exited(_) | steps::UnitStatus::Unknown)) {
+        if matches!(status, Some(steps::UnitStatus::Exited(_))) {
+            let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.to_string()], None, &mut |_, _| {}).await;
+        }
         shared.journal.remove(host, unit).map_err(|e| (None, e))?;
     }
-    Ok((marker, status))
+    Ok((tracker.marker, status))
 }
 
 /// The steps an earlier run left in the journal on the nodes of this run (issue 12, item 2):
@@ -865,13 +932,9 @@ async fn settle_left_steps(shared: &Shared, involved: &[String]) -> Result<(), I
                     }
                 })
                 .await;
-            match status {
-                Some(steps::UnitStatus::Running) | None => continue,
-                Some(steps::UnitStatus::Unknown) => {
-                    shared.journal.remove(&host, &unit).map_err(InstallError::Logs)?;
-                    continue;
-                }
-                Some(steps::UnitStatus::Exited(_)) => {}
+            // Running: the plan attaches to it. Ended, or cleared (the log's markers tell).
+            if matches!(status, Some(steps::UnitStatus::Running) | None) {
+                continue;
             }
             let path = shared.log_path(&host);
             let mut log = open_log(&path)
@@ -880,9 +943,15 @@ async fn settle_left_steps(shared: &Shared, involved: &[String]) -> Result<(), I
             let line = format!("==> {unit} (boot.sh {} of an earlier run) ended while hakube was away; the rest of its log from byte {}:\n", entry.step, entry.offset);
             let _ = log.write_all(line.as_bytes()).await;
             let exit_code = match follow_unit(shared, &host, &unit, entry.offset, &mut log).await {
-                Ok((Some(steps::Marker::Failed(_, code)), _)) => Some(code),
-                Ok((_, Some(steps::UnitStatus::Exited(code)))) => Some(code),
-                _ => None,
+                Ok((marker, status)) => match verdict(&entry.step, &unit, marker, status) {
+                    Ok(_) => Some(0),
+                    Err((code, _)) => code,
+                },
+                Err((_, e)) if e.starts_with(NO_LOG) => {
+                    shared.journal.remove(&host, &unit).map_err(InstallError::Logs)?;
+                    continue;
+                }
+                Err(_) => None,
             };
             let _ = shared.events.send(Event::EndedWhileAway {
                 node: entry.node.clone(),

@@ -102,6 +102,82 @@ impl Transport for Fake {
     }
 }
 
+impl FakeConnection {
+    /// `step.sh start UNIT KEY STEP...` on the fake node: its one output line.
+    fn start(&self, args: &[String]) -> String {
+        let unit = args[1].clone();
+        let step = args[3].clone();
+        let b = (self.fake.behaviour)(&self.node, &step);
+        if b == Behaviour::Panic {
+            panic!("the fake node {} broke down in {step}", self.node);
+        }
+        let mut nodes = self.fake.nodes.lock().unwrap();
+        let node = nodes.entry(self.node.clone()).or_default();
+        // As step.sh: a unit of an earlier run still running the same step is attached to;
+        // nothing new starts.
+        let running =
+            node.units.iter().find(|(_, (s, b))| *s == step && *b == Behaviour::Hang && !self.fake.released());
+        if let Some((earlier, _)) = running {
+            return format!("attached {earlier}");
+        }
+        node.started.push(step.clone());
+        node.units.insert(unit.clone(), (step, b));
+        format!("started {unit}")
+    }
+
+    /// `step.sh status UNIT` on the fake node.
+    fn status(&self, unit: &str) -> &'static str {
+        let nodes = self.fake.nodes.lock().unwrap();
+        match nodes[&self.node].units[unit].1 {
+            Behaviour::Fail(_) => "exited 1",
+            Behaviour::Hang if !self.fake.released() => "running",
+            _ => "exited 0",
+        }
+    }
+
+    /// `step.sh follow UNIT OFFSET` on the fake node.
+    async fn follow(
+        &self,
+        unit: &str,
+        offset: u64,
+        on_bytes: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
+    ) -> (Option<i32>, String) {
+        let (step, b) = {
+            let mut nodes = self.fake.nodes.lock().unwrap();
+            let node = nodes.get_mut(&self.node).unwrap();
+            node.follows.push((unit.to_string(), offset));
+            node.units[unit].clone()
+        };
+        let log = log_of(&step, &b);
+        let rest = &log[offset as usize..];
+        match b {
+            // Attached to again from where the first follow was: the step ends now.
+            Behaviour::Hang if offset > 0 => {
+                self.fake.released.store(true, std::sync::atomic::Ordering::SeqCst);
+                on_bytes(rest);
+                (Some(0), String::new())
+            }
+            Behaviour::Hang if !self.fake.released() => {
+                on_bytes(&rest[..10]);
+                (self.fake.on_hang)();
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+            Behaviour::Drop if offset == 0 => {
+                // Half the log, cut in the middle of a line, then the connection is gone.
+                on_bytes(&rest[..rest.len() / 2]);
+                (None, "Connection reset by peer".into())
+            }
+            _ => {
+                for chunk in rest.chunks(7) {
+                    on_bytes(chunk);
+                }
+                (Some(0), String::new())
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl NodeConnection for FakeConnection {
     async fn run(
@@ -118,35 +194,11 @@ impl NodeConnection for FakeConnection {
         let unit = args[1].clone();
         match args[0].as_str() {
             "start" => {
-                let step = args[3].clone();
-                let b = (self.fake.behaviour)(&self.node, &step);
-                if b == Behaviour::Panic {
-                    panic!("the fake node {} broke down in {step}", self.node);
-                }
-                let mut nodes = self.fake.nodes.lock().unwrap();
-                let node = nodes.entry(self.node.clone()).or_default();
-                // As step.sh: a unit of an earlier run still running the same step is
-                // attached to; nothing new starts.
-                let running =
-                    node.units.iter().find(|(_, (s, b))| *s == step && *b == Behaviour::Hang && !self.fake.released());
-                if let Some((earlier, _)) = running {
-                    on_line(Stream::Stdout, &format!("attached {earlier}"));
-                    return Ok(Some(0));
-                }
-                node.started.push(step.clone());
-                node.units.insert(unit.clone(), (step, b));
-                on_line(Stream::Stdout, &format!("started {unit}"));
+                on_line(Stream::Stdout, &self.start(args));
                 Ok(Some(0))
             }
             "status" => {
-                let nodes = self.fake.nodes.lock().unwrap();
-                let b = nodes[&self.node].units[&unit].1.clone();
-                let status = match b {
-                    Behaviour::Fail(_) => "exited 1",
-                    Behaviour::Hang if !self.fake.released() => "running",
-                    _ => "exited 0",
-                };
-                on_line(Stream::Stdout, status);
+                on_line(Stream::Stdout, self.status(&unit));
                 Ok(Some(0))
             }
             _ => Ok(Some(0)),
@@ -159,40 +211,20 @@ impl NodeConnection for FakeConnection {
         args: &[String],
         on_bytes: &mut (dyn for<'b> FnMut(&'b [u8]) + Send),
     ) -> Result<(Option<i32>, String), TransportError> {
-        let (unit, offset) = (args[1].clone(), args[2].parse::<u64>().unwrap());
-        let (step, b) = {
-            let mut nodes = self.fake.nodes.lock().unwrap();
-            let node = nodes.get_mut(&self.node).unwrap();
-            node.follows.push((unit.clone(), offset));
-            node.units[&unit].clone()
-        };
-        let log = log_of(&step, &b);
-        let rest = &log[offset as usize..];
-        match b {
-            // Attached to again from where the first follow was: the step ends now.
-            Behaviour::Hang if offset > 0 => {
-                self.fake.released.store(true, std::sync::atomic::Ordering::SeqCst);
-                on_bytes(rest);
-                Ok((Some(0), String::new()))
+        if args[0] == "run" {
+            // step.sh run: start; when started, follow from 0, status and clear.
+            let line = self.start(args);
+            let Some(unit) = line.strip_prefix("started ") else {
+                return Ok((Some(0), format!("step.sh: unit {line}\n")));
+            };
+            let (code, errors) = self.follow(unit, 0, on_bytes).await;
+            if code != Some(0) {
+                return Ok((code, format!("step.sh: unit {line}\n{errors}")));
             }
-            Behaviour::Hang if !self.fake.released() => {
-                on_bytes(&rest[..10]);
-                (self.fake.on_hang)();
-                std::future::pending::<()>().await;
-                unreachable!()
-            }
-            Behaviour::Drop if offset == 0 => {
-                // Half the log, cut in the middle of a line, then the connection is gone.
-                on_bytes(&rest[..rest.len() / 2]);
-                Ok((None, "Connection reset by peer".into()))
-            }
-            _ => {
-                for chunk in rest.chunks(7) {
-                    on_bytes(chunk);
-                }
-                Ok((Some(0), String::new()))
-            }
+            return Ok((Some(0), format!("step.sh: unit {line}\nstep.sh: unit {}\n", self.status(unit))));
         }
+        let offset = args[2].parse::<u64>().unwrap();
+        Ok(self.follow(&args[1], offset, on_bytes).await)
     }
 
     async fn read_file(&self, _path: &str, _limit: u64) -> Result<Vec<u8>, TransportError> {

@@ -302,3 +302,27 @@ fn step_sh_and_the_fake_boot_sh_pass_shellcheck() {
         .expect("shellcheck runs (Debian package shellcheck)");
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// `step.sh run`: start, follow from byte 0, status and clear in one call (what hakube runs
+/// for each step when nothing goes wrong): the whole log on standard output, the unit and
+/// its exit status on standard error, the unit cleared and its log kept; a second `run` of
+/// the same key while it runs attaches and follows nothing.
+#[test]
+fn without_systemd_run_starts_follows_reports_and_clears_in_one_call() {
+    let r = Runner::new();
+    let (code, out, err) = r.run(&["run", "hakube-r1-join", "join", "slow", "3", "6", "0.1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, slow_output(6), "the whole log, once");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.first(), Some(&"step.sh: unit started hakube-r1-join"), "{err}");
+    assert_eq!(lines.last(), Some(&"step.sh: unit exited 3"), "{err}");
+    assert_eq!(r.status("hakube-r1-join"), "unknown", "cleared");
+    assert_eq!(r.log("hakube-r1-join"), slow_output(6), "the log is kept");
+    // While one runs, another run of its key attaches and returns at once.
+    r.ok(&["start", "hakube-r2-join", "join", "slow", "0", "40", "0.1"]);
+    let (code, out, err) = r.run(&["run", "hakube-r3-join", "join", "slow", "0"]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert_eq!(err.trim(), "step.sh: unit attached hakube-r2-join");
+    assert_eq!(r.runs().len(), 2, "{:?}", r.runs());
+    r.wait_status("hakube-r2-join", "exited 0");
+}
