@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod events;
+mod executor;
 pub mod journal;
 pub mod plan;
 pub mod runner;
