@@ -511,14 +511,24 @@ impl Lab {
                 self.command(&node.name, "test")
                     .is_ok_and(|mut c| c.args(["!", "-e", "/run/nologin"]).status().is_ok_and(|s| s.success()))
             };
-            if (state == "running" || state == "degraded") && wait_for_within(BOOT_TIMEOUT, logins) {
+            let booted = state == "running" || state == "degraded";
+            if booted && wait_for_within(BOOT_TIMEOUT, logins) {
                 return Ok(());
             }
+            // Which units failed (a loaded machine has seen one time out at boot), so the
+            // error says why rather than only that.
+            let failed = self
+                .command(&node.name, "systemctl")?
+                .args(["--failed", "--no-legend", "--plain", "--no-pager"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', "; "))
+                .unwrap_or_default();
+            let why = if booted { "logins are still refused (/run/nologin exists)" } else { "it did not finish booting" };
             return Err(LabError::Start {
                 node: node.name.clone(),
                 what: "the container",
                 detail: format!(
-                    "systemd says the system is {state:?} after booting: {}",
+                    "{why}: systemd says the system is {state:?}, failed units: [{failed}]; {}",
                     log_tail(&node.dir.join("console.log"))
                 ),
             });
