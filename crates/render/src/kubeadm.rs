@@ -744,7 +744,9 @@ mod tests {
 
     #[test]
     fn the_images_configuration_is_init_s_cluster_configuration_without_secrets() {
-        let def = definition(r#", "etcd": { "topology": "external" }, "containerRuntime": { "imageRepository": "r.example/k8s" }"#);
+        let def = definition(
+            r#", "etcd": { "topology": "external" }, "containerRuntime": { "imageRepository": "r.example/k8s" }"#,
+        );
         let (_, init_docs) = render(&def, "m0");
         for (role, node) in def.nodes().filter(|(role, _)| *role == Role::Master) {
             let text = images_config(&def, role, node).unwrap();

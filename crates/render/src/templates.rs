@@ -832,7 +832,10 @@ mod tests {
             boot_steps(&plain, "m0").unwrap(),
             ["prepare", "runtime", "packages", "images", "pki", "init", "post"]
         );
-        assert_eq!(boot_steps(&plain, "m2").unwrap(), ["prepare", "runtime", "packages", "images", "pki", "join", "post"]);
+        assert_eq!(
+            boot_steps(&plain, "m2").unwrap(),
+            ["prepare", "runtime", "packages", "images", "pki", "join", "post"]
+        );
         assert_eq!(boot_steps(&plain, "nope"), None);
     }
 
@@ -849,7 +852,10 @@ mod tests {
         let def = definition("");
         for node in ["m0", "m1", "m2"] {
             let script = t.boot_script(&def, node).unwrap();
-            assert!(script.contains("\n  kubeadm config images pull --config \"$KUBEADM_IMAGES_CONFIG\"\n"), "{script}");
+            assert!(
+                script.contains("\n  kubeadm config images pull --config \"$KUBEADM_IMAGES_CONFIG\"\n"),
+                "{script}"
+            );
             assert!(script.contains("\nreadonly CRI_SOCKET=unix:///var/run/containerd/containerd.sock\n"));
             let config = images_heredoc(&script);
             let docs = crate::kubeadm::parse(config).expect("strict v1beta4");
@@ -865,13 +871,16 @@ mod tests {
             assert_eq!(cluster.image_repository, None, "kubeadm's default, registry.k8s.io");
             assert!(cluster.etcd.local.is_some(), "stacked: kubeadm names the etcd image too");
             // The very ClusterConfiguration kubeadm init gets on the first master.
-            let init_config = crate::kubeadm::kubeadm_config(&def, "m0", &format!("sha256:{}", "0".repeat(64)), "abcdef")
-                .unwrap();
+            let init_config =
+                crate::kubeadm::kubeadm_config(&def, "m0", &format!("sha256:{}", "0".repeat(64)), "abcdef").unwrap();
             let init_docs = crate::kubeadm::parse(&init_config).unwrap();
             assert_eq!(init_docs.get(1), docs.get(1), "{node}");
         }
         let worker = t.boot_script(&def, "w0").unwrap();
-        assert!(!worker.contains("images_run") && !worker.contains("HAKUBE_KUBEADM_IMAGES"), "workers pull no control-plane image");
+        assert!(
+            !worker.contains("images_run") && !worker.contains("HAKUBE_KUBEADM_IMAGES"),
+            "workers pull no control-plane image"
+        );
 
         // containerRuntime.imageRepository: kubeadm names (and pulls) the images from there.
         let mirrored = definition(r#", "containerRuntime": { "imageRepository": "mirror.example.com/k8s" }"#);
@@ -884,7 +893,8 @@ mod tests {
 
         // A registry mirror leaves the names alone: containerd pulls registry.k8s.io's images
         // from the mirror the runtime step configured.
-        let mirror = definition(r#", "containerRuntime": { "registryMirrors": { "registry.k8s.io": "http://10.0.0.1:5000" } }"#);
+        let mirror =
+            definition(r#", "containerRuntime": { "registryMirrors": { "registry.k8s.io": "http://10.0.0.1:5000" } }"#);
         let script = t.boot_script(&mirror, "m2").unwrap();
         assert!(!images_heredoc(&script).contains("imageRepository"), "{script}");
         assert!(

@@ -662,7 +662,10 @@ fn the_images_step_checks_containerd_for_what_kubeadm_names() {
          ctr --address /var/run/containerd/containerd.sock --connect-timeout 10s --namespace k8s.io images ls --quiet\n"
     );
     // One image missing (only its digest reference is there): not done.
-    assert_eq!(run(names, &format!("registry.k8s.io/kube-apiserver:v1.36.4\n{digest}"), "images_done").status.code(), Some(1));
+    assert_eq!(
+        run(names, &format!("registry.k8s.io/kube-apiserver:v1.36.4\n{digest}"), "images_done").status.code(),
+        Some(1)
+    );
     // Nothing named (kubeadm failed to read the file): not done either.
     assert_eq!(run("", names, "images_done").status.code(), Some(1));
     // Docker Hub names, as containerd normalizes them.
