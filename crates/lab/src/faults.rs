@@ -30,7 +30,8 @@ pub const KUBECTL_FAULTS: [(&str, &str); 2] = [
 ];
 
 /// One fault: `kubeadm[.SUBCOMMAND][@PHASE] fail [CODE] | hang | delay SECONDS`, e.g.
-/// `kubeadm.init@wait-control-plane fail 1` or `kubeadm.join hang`; or one of
+/// `kubeadm.init@wait-control-plane fail 1`, `kubeadm.join hang` or `kubeadm.config@images-pull
+/// delay 10` (before the first image of `kubeadm config images pull`); or one of
 /// [`KUBECTL_FAULTS`], `kubectl.drain[@NODE] …` and `kubectl.etcd-health[@NODE] …`, where the
 /// place after `@` is a node's name (the node drained, the etcd member that fails), e.g.
 /// `kubectl.drain@worker0 fail`. A fault acts on the node whose faults file holds it, that is
@@ -154,6 +155,7 @@ mod tests {
         for text in [
             "kubeadm.init@wait-control-plane fail 3",
             "kubeadm.join hang",
+            "kubeadm.config@images-pull delay 10",
             "kubeadm@preflight delay 5",
             "kubeadm fail 1",
             "kubectl.drain fail 1",

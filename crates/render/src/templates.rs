@@ -42,6 +42,9 @@ pub const BOOT_TEMPLATE: &str = "boot.sh.j2";
 /// refused.
 const CLOUD_CONFIG_DELIMITER: &str = "HAKUBE_CLOUD_CONFIG";
 
+/// The heredoc delimiter the images step's kubeadm configuration is embedded with.
+const IMAGES_CONFIG_DELIMITER: &str = "HAKUBE_KUBEADM_IMAGES";
+
 /// Why templates could not be loaded or a boot script rendered.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -266,6 +269,16 @@ impl Templates {
             .filter(|f| steps.contains(&f.step))
             .map(|f| Download { name: f.name, arch: f.arch, url: f.url, sha256: f.sha256 })
             .collect();
+        let images_config = match steps.contains(&"images") {
+            true => {
+                let text = crate::kubeadm::images_config(def, role, node).map_err(|e| invalid(e.to_string()))?;
+                if text.lines().any(|line| line == IMAGES_CONFIG_DELIMITER) {
+                    return Err(invalid(format!("the images configuration has a line {IMAGES_CONFIG_DELIMITER}")));
+                }
+                Some(text.trim_end_matches('\n').to_string())
+            }
+            false => None,
+        };
         let network_version = match steps.contains(&"network") {
             true => downloads::network_release(def, version.minor).ok(),
             false => None,
@@ -358,6 +371,8 @@ impl Templates {
                 network: hook(HookKind::Network, "networkProvider", &hooks.network_provider)?,
             },
             cloud_config: None,
+            images_config,
+            cri_socket: crate::kubeadm::CRI_SOCKET,
             upgrade_steps: Vec::new(),
             upgrade_from: None,
             upgrade_nodes: Vec::new(),
@@ -445,7 +460,10 @@ pub fn upgrade_steps(def: &ClusterDefinition, node: &str, upgrade: Option<&Upgra
 /// --list` prints them); `None` when the node is not in `def`.
 ///
 /// `preinstall` (when hooks.preinstall is set), `prepare`, `runtime`, `packages`; on
-/// masters `pki`, and `etcd` with the external topology; `init` on the first master,
+/// masters `images` (the control-plane images pulled before `init` or `join`, so that
+/// hakube install pulls them on every master at once, in its parallel preparation, and not
+/// on the path of the control-plane joins it runs one at a time), `pki`, and `etcd` with
+/// the external topology; `init` on the first master,
 /// `join` elsewhere; on the first master `cloud-provider` (when hooks.cloudProvider is
 /// set) and `network` (unless hooks.networkProvider is null); `post` last.
 pub fn boot_steps(def: &ClusterDefinition, node: &str) -> Option<Vec<&'static str>> {
@@ -462,7 +480,11 @@ pub fn boot_steps_of(def: &ClusterDefinition, role: Role, node: &str) -> Vec<&'s
     }
     steps.extend(["prepare", "runtime", "packages"]);
     if role == Role::Master {
-        steps.push("pki");
+        // After packages (kubeadm, and containerd configured with its registry mirrors and
+        // pause image); before pki and etcd, so that a registry the node cannot reach fails
+        // the node before any of the cluster's secrets are placed on it or, with external
+        // etcd, its member is added to the etcd cluster.
+        steps.extend(["images", "pki"]);
         if def.etcd.topology == EtcdTopology::External {
             steps.push("etcd");
         }
@@ -637,6 +659,11 @@ struct BootContext<'a> {
     hooks: Hooks,
     /// The rendered cloud-config hook (masters only).
     cloud_config: Option<String>,
+    /// Masters: the kubeadm configuration of the images step
+    /// ([`crate::kubeadm::images_config`]), embedded in a quoted heredoc.
+    images_config: Option<String>,
+    /// [`crate::kubeadm::CRI_SOCKET`].
+    cri_socket: &'static str,
 }
 
 /// One registry's pull-through mirror, as containerd's `hosts.toml` names them.
@@ -857,6 +884,7 @@ mod tests {
                 "prepare",
                 "runtime",
                 "packages",
+                "images",
                 "pki",
                 "etcd",
                 "init",
@@ -867,12 +895,101 @@ mod tests {
         );
         assert_eq!(
             boot_steps(&def, "m1").unwrap(),
-            ["preinstall", "prepare", "runtime", "packages", "pki", "etcd", "join", "post"]
+            ["preinstall", "prepare", "runtime", "packages", "images", "pki", "etcd", "join", "post"]
         );
+        // Workers pull no control-plane image.
         assert_eq!(boot_steps(&def, "w0").unwrap(), ["preinstall", "prepare", "runtime", "packages", "join", "post"]);
         let plain = definition(r#", "hooks": { "networkProvider": null }"#);
-        assert_eq!(boot_steps(&plain, "m0").unwrap(), ["prepare", "runtime", "packages", "pki", "init", "post"]);
+        assert_eq!(
+            boot_steps(&plain, "m0").unwrap(),
+            ["prepare", "runtime", "packages", "images", "pki", "init", "post"]
+        );
+        assert_eq!(
+            boot_steps(&plain, "m2").unwrap(),
+            ["prepare", "runtime", "packages", "images", "pki", "join", "post"]
+        );
         assert_eq!(boot_steps(&plain, "nope"), None);
+    }
+
+    /// The kubeadm configuration the images step embeds in `script`.
+    fn images_heredoc(script: &str) -> &str {
+        let start = script.find("<<'HAKUBE_KUBEADM_IMAGES'\n").expect("the images step's heredoc") + 26;
+        let len = script[start..].find("\nHAKUBE_KUBEADM_IMAGES\n").expect("the heredoc ends");
+        &script[start..start + len]
+    }
+
+    #[test]
+    fn the_images_step_pulls_what_init_would_pull() {
+        let t = Templates::new(None).unwrap();
+        let def = definition("");
+        for node in ["m0", "m1", "m2"] {
+            let script = t.boot_script(&def, node).unwrap();
+            assert!(
+                script.contains("\n  kubeadm config images pull --config \"$KUBEADM_IMAGES_CONFIG\"\n"),
+                "{script}"
+            );
+            assert!(script.contains("\nreadonly CRI_SOCKET=unix:///var/run/containerd/containerd.sock\n"));
+            let config = images_heredoc(&script);
+            let docs = crate::kubeadm::parse(config).expect("strict v1beta4");
+            let [crate::kubeadm::Document::Init(init), crate::kubeadm::Document::Cluster(cluster)] = docs.as_slice()
+            else {
+                panic!("{node}: {docs:?}")
+            };
+            assert_eq!(init.node_registration.name, node);
+            assert_eq!(init.node_registration.cri_socket, crate::kubeadm::CRI_SOCKET);
+            assert!(init.bootstrap_tokens.is_empty(), "no token: the file is not secret");
+            assert!(!config.contains(TOKEN_PLACEHOLDER));
+            assert_eq!(cluster.kubernetes_version, "v1.36.4");
+            assert_eq!(cluster.image_repository, None, "kubeadm's default, registry.k8s.io");
+            assert!(cluster.etcd.local.is_some(), "stacked: kubeadm names the etcd image too");
+            // The very ClusterConfiguration kubeadm init gets on the first master.
+            let init_config =
+                crate::kubeadm::kubeadm_config(&def, "m0", &format!("sha256:{}", "0".repeat(64)), "abcdef").unwrap();
+            let init_docs = crate::kubeadm::parse(&init_config).unwrap();
+            assert_eq!(init_docs.get(1), docs.get(1), "{node}");
+        }
+        let worker = t.boot_script(&def, "w0").unwrap();
+        assert!(
+            !worker.contains("images_run") && !worker.contains("HAKUBE_KUBEADM_IMAGES"),
+            "workers pull no control-plane image"
+        );
+
+        // containerRuntime.imageRepository: kubeadm names (and pulls) the images from there.
+        let mirrored = definition(r#", "containerRuntime": { "imageRepository": "mirror.example.com/k8s" }"#);
+        let script = t.boot_script(&mirrored, "m1").unwrap();
+        assert!(images_heredoc(&script).contains("\nimageRepository: mirror.example.com/k8s\n"), "{script}");
+        assert!(
+            script.contains("#   - Kubernetes v1.36.4;\n#   - images from containerRuntime.imageRepository mirror.example.com/k8s;\n# kubeadm reads"),
+            "{script}"
+        );
+
+        // A registry mirror leaves the names alone: containerd pulls registry.k8s.io's images
+        // from the mirror the runtime step configured.
+        let mirror =
+            definition(r#", "containerRuntime": { "registryMirrors": { "registry.k8s.io": "http://10.0.0.1:5000" } }"#);
+        let script = t.boot_script(&mirror, "m2").unwrap();
+        assert!(!images_heredoc(&script).contains("imageRepository"), "{script}");
+        assert!(
+            script.contains("#   - images from registry.k8s.io;\n#   - containerd pulls a mirrored registry's images from its mirror"),
+            "{script}"
+        );
+        assert!(script.contains("[host.\"http://10.0.0.1:5000\"]"));
+
+        // External etcd: the masters run etcd's release, so kubeadm names no etcd image.
+        let external = definition(r#", "etcd": { "topology": "external" }"#);
+        let script = t.boot_script(&external, "m1").unwrap();
+        let config = images_heredoc(&script);
+        assert!(config.contains("\n  external:\n") && !config.contains("\n  local:\n"), "{config}");
+        assert!(script.contains("\n#   - no etcd image (the external topology).\n"), "{script}");
+
+        // Another Kubernetes release is what kubeadm pulls.
+        let older = serde_json::from_value::<ClusterDefinition>({
+            let mut v = serde_json::to_value(definition("")).unwrap();
+            v["kubernetesVersion"] = "1.35.4".into();
+            v
+        })
+        .unwrap();
+        assert!(images_heredoc(&t.boot_script(&older, "m0").unwrap()).contains("\nkubernetesVersion: v1.35.4\n"));
     }
 
     #[test]
@@ -887,7 +1004,7 @@ mod tests {
         assert!(script.contains("\nset -euo pipefail\n"));
         assert!(script.contains("readonly CONTAINERD_VERSION=1.7.24-1\n"));
         assert!(script.contains("readonly SANDBOX_IMAGE=registry.k8s.io/pause:3.10\n"));
-        assert!(script.contains("readonly -a STEPS=(prepare runtime packages pki init network post)\n"));
+        assert!(script.contains("readonly -a STEPS=(prepare runtime packages images pki init network post)\n"));
         for step in boot_steps(&def, "m0").unwrap() {
             let f = step.replace('-', "_");
             assert!(script.contains(&format!("\n{f}_done() {{")), "{step}_done missing");

@@ -622,3 +622,69 @@ fn the_version_guard_refuses_a_downgrade_and_allows_the_same_version() {
         guard("Kubernetes v1.35.4").status.success() || std::path::Path::new("/etc/kubernetes/kubelet.conf").exists()
     );
 }
+
+/// The images step's check asks containerd (its CRI plugin's namespace, k8s.io) for every image
+/// kubeadm names, as containerd names it; its run pulls with the step's own configuration file,
+/// and only when an image is missing.
+#[test]
+fn the_images_step_checks_containerd_for_what_kubeadm_names() {
+    let templates = Templates::new(None).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let def = definition(&templates, "");
+    let script = write_script(dir.path(), "m1", &templates.boot_script(&def, "m1").unwrap());
+    // kubeadm names LIST; containerd holds HELD; every call is recorded in CALLS.
+    let run = |list: &str, held: &str, what: &str| {
+        bash(
+            &[
+                "-c",
+                r#"source "$1"; list=$2 held=$3 calls=$4
+                images_config() { :; }
+                kubeadm() { printf 'kubeadm %s\n' "$*" >>"$calls"; [[ $* != 'config images list '* ]] || printf '%s' "$list"; }
+                ctr() { printf 'ctr %s\n' "$*" >>"$calls"; printf '%s' "$held"; }
+                "$5""#,
+                "bash",
+                script.to_str().unwrap(),
+                list,
+                held,
+                dir.path().join("calls").to_str().unwrap(),
+                what,
+            ],
+            dir.path(),
+        )
+    };
+    let calls = || std::fs::read_to_string(dir.path().join("calls")).unwrap_or_default();
+    let names = "registry.k8s.io/kube-apiserver:v1.36.4\nregistry.k8s.io/pause:3.10.1\n";
+    let digest = "registry.k8s.io/pause@sha256:0123\n";
+    assert!(run(names, &format!("{names}{digest}"), "images_done").status.success());
+    assert_eq!(
+        calls(),
+        "kubeadm config images list --config /var/lib/hakube/kubeadm-images.yaml\n\
+         ctr --address /var/run/containerd/containerd.sock --connect-timeout 10s --namespace k8s.io images ls --quiet\n"
+    );
+    // One image missing (only its digest reference is there): not done.
+    assert_eq!(
+        run(names, &format!("registry.k8s.io/kube-apiserver:v1.36.4\n{digest}"), "images_done").status.code(),
+        Some(1)
+    );
+    // Nothing named (kubeadm failed to read the file): not done either.
+    assert_eq!(run("", names, "images_done").status.code(), Some(1));
+    // Docker Hub names, as containerd normalizes them.
+    let hub = "myorg/kube-apiserver:v1.36.4\npause:3.10.1\nlocalhost/etcd:3.6.5-0\n";
+    let normalized = "docker.io/myorg/kube-apiserver:v1.36.4\ndocker.io/library/pause:3.10.1\nlocalhost/etcd:3.6.5-0\n";
+    assert!(run(hub, normalized, "images_done").status.success());
+    assert_eq!(run(hub, hub, "images_done").status.code(), Some(1));
+
+    // The run pulls with the step's file when an image is missing, not when all are there.
+    std::fs::remove_file(dir.path().join("calls")).unwrap();
+    assert!(run(names, "", "images_run").status.success());
+    assert!(
+        calls().ends_with("kubeadm config images pull --config /var/lib/hakube/kubeadm-images.yaml\n"),
+        "{}",
+        calls()
+    );
+    std::fs::remove_file(dir.path().join("calls")).unwrap();
+    let out = run(names, names, "images_run");
+    assert!(out.status.success());
+    assert!(!calls().contains(" pull "), "{}", calls());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("containerd already holds the control-plane images"));
+}
