@@ -263,7 +263,28 @@ type StepError = (Option<i32>, String);
 /// exit code is the one boot.sh reported in its `::hakube:: step=NAME status=failed exit=N`
 /// marker ([`steps::parse_marker`]), else the unit's (`step.sh status`). Whether the step
 /// was skipped (already done) is the marker's.
-async fn run_detached(shared: &Shared, run: &Run, mut log: tokio::fs::File) -> Result<bool, StepError> {
+async fn run_detached(shared: &Shared, run: &Run, log: tokio::fs::File) -> Result<bool, StepError> {
+    run_detached_attempt(shared, run, log, 1).await
+}
+
+/// How many times a step whose process never started (the service manager failed to spawn
+/// it, or its start was lost with the connection) is started.
+const START_ATTEMPTS: u32 = 3;
+
+/// Whether exit code `code` is the service manager's own, for a process that failed before
+/// it ran the command (systemd.exec(5), "Process Exit Codes": 200 to 243, e.g. 219 `CGROUP`,
+/// seen once in the lab on a loaded machine), rather than boot.sh's.
+fn spawn_failure(code: i32) -> bool {
+    (200..=243).contains(&code)
+}
+
+/// [`run_detached`], attempt `attempt` of [`START_ATTEMPTS`].
+async fn run_detached_attempt(
+    shared: &Shared,
+    run: &Run,
+    mut log: tokio::fs::File,
+    attempt: u32,
+) -> Result<bool, StepError> {
     let key = steps::step_key(&run.step, &run.args);
     let unit = steps::unit_name(&shared.run_id, &key);
     let mut command = vec!["run".to_string(), unit.clone(), key, run.step.clone()];
@@ -313,14 +334,26 @@ async fn run_detached(shared: &Shared, run: &Run, mut log: tokio::fs::File) -> R
         // it again, once).
         _ => match follow_unit(shared, &run.host, &unit, tracker.offset, &mut log).await {
             Ok((marker, status)) => (tracker.marker.clone().or(marker), status, unit),
-            Err(e) if e.1.starts_with(NO_LOG) && tracker.offset == 0 => {
+            Err(e) if e.1.starts_with(NO_LOG) && tracker.offset == 0 && attempt < START_ATTEMPTS => {
                 shared.journal.remove(&run.host, &unit).map_err(|e| (None, e))?;
-                return Box::pin(run_detached(shared, run, log)).await;
+                return Box::pin(run_detached_attempt(shared, run, log, attempt + 1)).await;
             }
             Err(e) => return Err(left_running(run, &unit, e)),
         },
     };
-    verdict(&run.step, &followed, marker, status)
+    match verdict(&run.step, &followed, marker, status) {
+        // Nothing of boot.sh ran (no byte of log, the service manager's exit code): start it again.
+        Err((Some(code), _)) if spawn_failure(code) && tracker.offset == 0 && attempt < START_ATTEMPTS => {
+            let line = format!(
+                "==> the service manager could not start boot.sh {} (exit code {code}, systemd.exec(5)); starting it again\n",
+                run.step
+            );
+            log.write_all(line.as_bytes()).await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Box::pin(run_detached_attempt(shared, run, log, attempt + 1)).await
+        }
+        verdict => verdict,
+    }
 }
 
 /// A step's failure to follow it to its end, saying it may still run and how to attach.

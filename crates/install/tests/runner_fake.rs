@@ -31,6 +31,11 @@ enum Behaviour {
     Drop,
     /// Never ends (until the runner stops waiting).
     Hang,
+    /// The first start fails in the service manager (exit 219, systemd's `CGROUP`, with no
+    /// byte of log); the next one runs.
+    SpawnFailsOnce,
+    /// What a unit of [`Behaviour::SpawnFailsOnce`] that failed to spawn is.
+    SpawnFailed,
 }
 
 #[derive(Default)]
@@ -77,6 +82,9 @@ impl Fake {
 
 /// The log boot.sh writes for `step` with behaviour `b`: a line, the markers.
 fn log_of(step: &str, b: &Behaviour) -> Vec<u8> {
+    if *b == Behaviour::SpawnFailed {
+        return Vec::new();
+    }
     let mut text = format!("{}\nboot.sh: doing {step}\n", steps::marker_line(step, "start"));
     for i in 0..20 {
         text.push_str(&format!("boot.sh: {step} line {i}\n"));
@@ -121,6 +129,8 @@ impl FakeConnection {
             return format!("attached {earlier}");
         }
         node.started.push(step.clone());
+        let spawned_before = node.units.values().any(|(s, b)| *s == step && *b == Behaviour::SpawnFailed);
+        let b = if b == Behaviour::SpawnFailsOnce && !spawned_before { Behaviour::SpawnFailed } else { b };
         node.units.insert(unit.clone(), (step, b));
         format!("started {unit}")
     }
@@ -130,6 +140,7 @@ impl FakeConnection {
         let nodes = self.fake.nodes.lock().unwrap();
         match nodes[&self.node].units[unit].1 {
             Behaviour::Fail(_) => "exited 1",
+            Behaviour::SpawnFailed => "exited 219",
             Behaviour::Hang if !self.fake.released() => "running",
             _ => "exited 0",
         }
@@ -492,4 +503,22 @@ async fn a_step_that_ended_while_hakube_was_away_is_reported() {
     assert_eq!(join_follows(&fake, "w0"), [0, 10, 0]);
     let text = std::fs::read_to_string(second.logs.join("w0.log")).unwrap();
     assert!(text.contains("ended while hakube was away; the rest of its log from byte 10"), "{text}");
+}
+
+/// A step the service manager failed to spawn (exit 219, nothing of boot.sh ran, seen on a
+/// loaded lab machine) is started again; a boot.sh failure is never retried.
+#[tokio::test]
+async fn a_step_the_service_manager_could_not_spawn_is_started_again() {
+    let fake =
+        Fake::new(|node, step| if (node, step) == ("w1", "join") { Behaviour::SpawnFailsOnce } else { Behaviour::Ok });
+    let run = install(fake.clone(), Interrupt::default()).await;
+    assert!(run.summary.success(), "{:?}", run.summary);
+    assert_eq!(fake.started("w1"), ["prepare", "join", "join", "post"]);
+    let log = std::fs::read_to_string(run.logs.join("w1.log")).unwrap();
+    assert!(log.contains("could not start boot.sh join (exit code 219"), "{log}");
+    let failing =
+        Fake::new(|node, step| if (node, step) == ("w1", "join") { Behaviour::Fail(1) } else { Behaviour::Ok });
+    let run = install(failing.clone(), Interrupt::default()).await;
+    assert_eq!(failing.started("w1"), ["prepare", "join"], "a failure of boot.sh itself is not retried");
+    assert!(!run.summary.success());
 }

@@ -523,7 +523,8 @@ impl Lab {
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', "; "))
                 .unwrap_or_default();
-            let why = if booted { "logins are still refused (/run/nologin exists)" } else { "it did not finish booting" };
+            let why =
+                if booted { "logins are still refused (/run/nologin exists)" } else { "it did not finish booting" };
             return Err(LabError::Start {
                 node: node.name.clone(),
                 what: "the container",
