@@ -68,8 +68,9 @@ impl World {
     /// while `install` runs.
     fn wait_for_join(&self, install: &mut Install, node: &str, before: usize) -> Call {
         poll(&format!("{node}'s kubeadm join to start"), INSTALL_DEADLINE, || {
-            if let Some(status) = install.child.try_wait().unwrap() {
-                panic!("hakube ended ({status}) before {node} joined:\n{}", install.output());
+            if install.child.try_wait().unwrap().is_some() {
+                let (status, output) = install.finish(self);
+                panic!("hakube ended ({status}) before {node} joined:\n{output}");
             }
             self.joins(node)?.into_iter().nth(before).filter(|c| c.end.is_none())
         })
@@ -101,7 +102,7 @@ impl World {
     /// naming a node's address) and the commands run through those masters' sockets (`-S
     /// SOCKET ... none`, the openssh crate's way); (pid, command line).
     fn ssh_processes(&self) -> Vec<(u32, String)> {
-        let subnet = format!(" {}.{}.", SUBNET[0], SUBNET[1]);
+        let subnet = format!("{}.{}.", SUBNET[0], SUBNET[1]);
         let mut ssh = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
@@ -132,11 +133,18 @@ impl Install {
     fn output(&self) -> String {
         std::fs::read_to_string(&self.out).unwrap_or_default()
     }
-    /// Waits for hakube to end (bounded); its exit status and output.
-    fn finish(mut self) -> (ExitStatus, String) {
+    /// Waits for hakube to end (bounded); its exit status and output. The end of each failed
+    /// node's log goes to the test's output (shown when the test fails).
+    fn finish(&mut self, w: &World) -> (ExitStatus, String) {
         let status = poll("hakube install to end", INSTALL_DEADLINE, || self.child.try_wait().unwrap());
         let output = self.output();
         assert!(!output.contains("panicked"), "hakube panicked:\n{output}");
+        // The summary table's rows: `NODE  FAILED  TIME  DETAIL`.
+        for line in output.lines().filter(|l| l.split_whitespace().nth(1) == Some("FAILED")) {
+            let node = line.split_whitespace().next().unwrap_or_default();
+            let log = w.log(node);
+            eprintln!("--- end of {node}.log\n{}", log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
         (status, output)
     }
 }
@@ -261,7 +269,7 @@ fn a_link_cut_during_a_join_loses_nothing(w: &World) {
         w.wait_for_join(&mut install, node, 0);
         cuts.push((node, w.cut_link(node)));
     }
-    let (status, output) = install.finish();
+    let (status, output) = install.finish(w);
     assert!(status.success(), "install with cut links: {status}\n{output}");
     // What hakube made of the cut (ssh's keepalives: ServerAliveInterval 15 s, 3 missed).
     let reattached: Vec<&str> = output.lines().filter(|l| l.contains("lost the connection")).collect();
@@ -312,8 +320,8 @@ fn a_second_install_attaches_to_the_join_of_a_killed_one(w: &World) {
     eprintln!("ssh to the lab before the kill: {ssh_before_kill:#?}\nand after: {ssh_after_kill:#?}");
     assert!(w.joins("worker1").unwrap()[before].end.is_none(), "worker1's join ended with hakube");
 
-    let second = w.spawn_install("install-again");
-    let (status, output) = second.finish();
+    let mut second = w.spawn_install("install-again");
+    let (status, output) = second.finish(w);
     assert!(status.success(), "install after the killed one: {status}\n{output}");
     let joins = w.joins("worker1").unwrap();
     assert_eq!(joins.len(), before + 1, "worker1 ran a second kubeadm join: {:?}", &joins[before..]);
@@ -325,6 +333,12 @@ fn a_second_install_attaches_to_the_join_of_a_killed_one(w: &World) {
     let (unit, _) = w.join_unit_logs("worker1").into_iter().next().expect("worker1's join unit log");
     let attached = format!("==> attached to {unit}, an earlier run's boot.sh join still running on the node\n");
     let at = local.find(&attached).unwrap_or_else(|| panic!("the second run did not attach to {unit}:\n{local}"));
+    // It got there past the steps the killed run had finished, done while the join holds
+    // the node's lock.
+    for step in ["prepare", "runtime", "packages"] {
+        let skipped = format!("boot.sh: another boot.sh runs step join on this node; step {step} is done\n");
+        assert!(local[..at].contains(&skipped), "{step} was not skipped beside the running join:\n{local}");
+    }
     assert_eq!(assert_join_log_complete(w, "worker1", &local[at..]), unit);
 
     let ssh_after = w.ssh_processes();
