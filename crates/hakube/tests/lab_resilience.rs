@@ -16,11 +16,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hakube_lab::{Call, Fault, Lab, LabConfig};
 
-/// How long a cut link stays down.
-const CUT: Duration = Duration::from_secs(20);
+/// A link cut shorter than ssh notices (ServerAliveInterval 15 s, 3 keepalives unanswered:
+/// about a minute): the connection survives it, TCP delivers what waited.
+const SHORT_CUT: Duration = Duration::from_secs(20);
+/// A link cut ssh does notice: the ControlMaster exits, hakube reconnects and follows on.
+const LONG_CUT: Duration = Duration::from_secs(80);
 /// The fault that makes a join take 30 s: its kubelet-start phase starts after 30 s, once
 /// preflight has printed its lines.
 const SLOW_JOIN: &str = "kubeadm.join@kubelet-start delay 30";
+/// A join that outlasts [`LONG_CUT`] with time to spare for reconnecting.
+const SLOWER_JOIN: &str = "kubeadm.join@kubelet-start delay 110";
 /// The bound for anything the lab does in one install (a loaded 2-core machine installs
 /// five nodes in about two minutes).
 const INSTALL_DEADLINE: Duration = Duration::from_secs(360);
@@ -75,13 +80,23 @@ impl World {
             self.joins(node)?.into_iter().nth(before).filter(|c| c.end.is_none())
         })
     }
-    /// Cuts `node`'s link for [`CUT`] while its join runs; (when it went down, when it came up).
-    fn cut_link(&self, node: &str) -> (SystemTime, SystemTime) {
-        self.lab.set_link(node, false).unwrap();
-        let down = SystemTime::now();
-        std::thread::sleep(CUT);
-        self.lab.set_link(node, true).unwrap();
-        (down, SystemTime::now())
+    /// Cuts the links of `cuts`' nodes at once and restores each after its duration;
+    /// (node, when it went down, when it came up).
+    fn cut_links(&self, cuts: &[(&'static str, Duration)]) -> Vec<(&'static str, SystemTime, SystemTime)> {
+        let mut done = Vec::new();
+        for (node, _) in cuts {
+            self.lab.set_link(node, false).unwrap();
+            done.push((*node, SystemTime::now(), SystemTime::UNIX_EPOCH));
+        }
+        let mut order: Vec<usize> = (0..cuts.len()).collect();
+        order.sort_by_key(|i| cuts[*i].1);
+        for i in order {
+            let wait = (done[i].1 + cuts[i].1).duration_since(SystemTime::now()).unwrap_or_default();
+            std::thread::sleep(wait);
+            self.lab.set_link(cuts[i].0, true).unwrap();
+            done[i].2 = SystemTime::now();
+        }
+        done
     }
     /// The step logs of `node`'s join units (`/var/log/hakube/steps/hakube-RUN-join.log`):
     /// (unit, contents).
@@ -169,6 +184,12 @@ fn poll<T>(what: &str, deadline: Duration, mut probe: impl FnMut() -> Option<T>)
     }
 }
 
+/// `t` as hakube's lines stamp it (`date -u`), for reading the test's output beside them.
+fn utc(t: SystemTime) -> String {
+    let out = Command::new("date").args(["-u", "+%FT%TZ", "-d"]).arg(format!("@{}", since_epoch(t).as_secs())).output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default()
+}
+
 fn since_epoch(t: SystemTime) -> Duration {
     t.duration_since(SystemTime::UNIX_EPOCH).unwrap()
 }
@@ -249,31 +270,40 @@ fn setup() -> World {
 fn a_join_outlives_a_cut_link_and_a_killed_hakube() {
     let w = setup();
     let started = Instant::now();
-    a_link_cut_during_a_join_loses_nothing(&w);
+    links_cut_during_joins_lose_nothing(&w);
     eprintln!("case 1 (cut links) took {:?}", started.elapsed());
     let started = Instant::now();
     a_second_install_attaches_to_the_join_of_a_killed_one(&w);
     eprintln!("case 2 (SIGKILL) took {:?}", started.elapsed());
 }
 
-/// A link cut for 20 s in the middle of a 30 s join, on a master (the masters join one at a
-/// time, master2 after master1) and then on a worker: hakube follows each join to its end,
-/// every node joined exactly once, and each join's log reached LOG_DIR/<node>.log whole.
-fn a_link_cut_during_a_join_loses_nothing(w: &World) {
-    for node in ["master2", "worker0"] {
-        w.lab.add_fault(node, &Fault::parse(SLOW_JOIN).unwrap()).unwrap();
+/// Links cut in the middle of joins: for 20 s during a 30 s join on a master (the masters
+/// join one at a time, master2 after master1), then, as the workers join side by side, for
+/// 20 s during worker0's 30 s join and for 80 s during worker1's 110 s join (long enough for
+/// ssh to give the connection up, so hakube reconnects and follows on from its offset).
+/// hakube follows each join to its end, every node joined exactly once, and each join's log
+/// reached LOG_DIR/<node>.log whole.
+fn links_cut_during_joins_lose_nothing(w: &World) {
+    let faults = [("master2", SLOW_JOIN), ("worker0", SLOW_JOIN), ("worker1", SLOWER_JOIN)];
+    for (node, fault) in faults {
+        w.lab.add_fault(node, &Fault::parse(fault).unwrap()).unwrap();
     }
     let mut install = w.spawn_install("install-cut");
-    let mut cuts = Vec::new();
-    for node in ["master2", "worker0"] {
-        w.wait_for_join(&mut install, node, 0);
-        cuts.push((node, w.cut_link(node)));
-    }
+    w.wait_for_join(&mut install, "master2", 0);
+    let mut cuts = w.cut_links(&[("master2", SHORT_CUT)]);
+    w.wait_for_join(&mut install, "worker0", 0);
+    w.wait_for_join(&mut install, "worker1", 0);
+    cuts.extend(w.cut_links(&[("worker0", SHORT_CUT), ("worker1", LONG_CUT)]));
     let (status, output) = install.finish(w);
     assert!(status.success(), "install with cut links: {status}\n{output}");
-    // What hakube made of the cut (ssh's keepalives: ServerAliveInterval 15 s, 3 missed).
-    let reattached: Vec<&str> = output.lines().filter(|l| l.contains("lost the connection")).collect();
-    eprintln!("hakube's reconnections while the links were cut: {reattached:#?}");
+    let lost = |node: &str| -> Vec<String> {
+        let prefix = format!("{node}: ");
+        output.lines().filter(|l| l.contains(&prefix) && l.contains("lost the connection")).map(str::to_string).collect()
+    };
+    for node in ["master2", "worker0", "worker1"] {
+        eprintln!("{node}: hakube's reconnections: {:#?}", lost(node));
+    }
+    assert!(!lost("worker1").is_empty(), "ssh never gave up worker1's connection in {LONG_CUT:?}:\n{output}");
 
     for node in ["master1", "master2", "worker0", "worker1"] {
         let joins = w.joins(node).unwrap();
@@ -281,13 +311,14 @@ fn a_link_cut_during_a_join_loses_nothing(w: &World) {
         assert_eq!(joins[0].exit, Some(0), "{node}: {joins:?}");
     }
     assert_eq!(w.joins("master0").unwrap().len(), 0, "the first master joined");
-    for (node, (down, up)) in cuts {
+    for (node, down, up) in cuts {
         let join = &w.joins(node).unwrap()[0];
         let end = join.end.unwrap();
         eprintln!(
-            "{node}: kubeadm join {:.1} s; link down {:.1} s after it started, up again {:.1} s after",
+            "{node}: kubeadm join {:.1} s; link down {:.1} s after it started (at {}), up again {:.1} s after",
             (end - join.start).as_secs_f64(),
             (since_epoch(down) - join.start).as_secs_f64(),
+            utc(down),
             (since_epoch(up) - join.start).as_secs_f64()
         );
         assert!(join.start <= since_epoch(down) && since_epoch(up) <= end, "{node}: the link was not cut during its join");
@@ -295,7 +326,7 @@ fn a_link_cut_during_a_join_loses_nothing(w: &World) {
         assert_eq!(local.matches("::hakube:: step=join status=start").count(), 1, "{node}.log:\n{local}");
         assert_join_log_complete(w, node, &local);
     }
-    for node in ["master2", "worker0"] {
+    for (node, _) in faults {
         w.lab.clear_faults(node).unwrap();
     }
 }
