@@ -1,10 +1,10 @@
 //! Issue 12's "Done when": a boot.sh step runs detached on its node, so neither a dropped
 //! link nor a killed hakube runs it twice or loses a line of its log. `hakube install`, the
 //! real binary, against the local test lab (three masters, two workers, stacked etcd; see
-//! lab_install.rs), with `kubeadm join` made to take 30 s (a lab fault delaying its
-//! kubelet-start phase). Asserted from the stand-ins' call logs (how many `kubeadm join`s
-//! each node ran), the step logs on the nodes (`/var/log/hakube/steps/<unit>.log`) and
-//! `LOG_DIR/<node>.log`. Needs root (as CI runs).
+//! lab_install.rs), with `kubeadm join` made to take 30 s or 110 s (a lab fault delaying its
+//! kubelet-start phase) while links are cut or hakube is killed. Asserted from the
+//! stand-ins' call logs (how many `kubeadm join`s each node ran), the step logs on the nodes
+//! (`/var/log/hakube/steps/<unit>.log`) and `LOG_DIR/<node>.log`. Needs root (as CI runs).
 //!
 //! One lab, both cases in order (the second reinstalls a worker of the first's cluster):
 //! the lab has one prefix, bridge and subnet, so two tests could not run side by side.
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use hakube_lab::{Call, Fault, Lab, LabConfig};
+use hakube_lab::{Call, Fault, LabConfig};
 
 /// A link cut shorter than ssh notices (ServerAliveInterval 15 s, 3 keepalives unanswered:
 /// about a minute): the connection survives it, TCP delivers what waited.
@@ -30,16 +30,10 @@ const SLOWER_JOIN: &str = "kubeadm.join@kubelet-start delay 110";
 /// five nodes in about two minutes).
 const INSTALL_DEADLINE: Duration = Duration::from_secs(360);
 
-struct World {
-    lab: Lab,
-    dir: tempfile::TempDir,
-    definition: PathBuf,
-}
+mod lab_support;
+use lab_support::{bring_up, require_root, World};
 
 impl World {
-    fn logs(&self) -> PathBuf {
-        self.dir.path().join("logs")
-    }
     fn log(&self, node: &str) -> String {
         std::fs::read_to_string(self.logs().join(format!("{node}.log"))).unwrap_or_default()
     }
@@ -59,8 +53,7 @@ impl World {
         Install { child, out }
     }
     fn hakube(&self, args: &[&str]) -> (Option<i32>, String) {
-        let out =
-            Command::new(env!("CARGO_BIN_EXE_hakube")).args(args).current_dir(self.dir.path()).output().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_hakube")).args(args).current_dir(self.dir.path()).output().unwrap();
         (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
     /// The `kubeadm join` calls on `node` so far (none while the call log is being written
@@ -154,11 +147,13 @@ impl Install {
         let status = poll("hakube install to end", INSTALL_DEADLINE, || self.child.try_wait().unwrap());
         let output = self.output();
         assert!(!output.contains("panicked"), "hakube panicked:\n{output}");
-        // The summary table's rows: `NODE  FAILED  TIME  DETAIL`.
-        for line in output.lines().filter(|l| l.split_whitespace().nth(1) == Some("FAILED")) {
-            let node = line.split_whitespace().next().unwrap_or_default();
-            let log = w.log(node);
-            eprintln!("--- end of {node}.log\n{}", log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+        // With each failed node's log, what the service manager said of its step units (one
+        // that could not start leaves nothing in the log).
+        for node in lab_support::print_failed_logs(&output, &w.logs()) {
+            let mut journal = w.lab.command(node, "journalctl").unwrap();
+            if let Ok(out) = journal.args(["-b", "-n", "30", "--no-pager", "-u", "hakube-*"]).output() {
+                eprintln!("--- {node}'s journal of its steps\n{}", String::from_utf8_lossy(&out.stdout));
+            }
         }
         (status, output)
     }
@@ -199,7 +194,11 @@ fn since_epoch(t: SystemTime) -> Duration {
 /// follow resumed from a wrong offset would leave.
 fn assert_once_in(whole: &str, part: &str, what: &str) {
     assert!(part.ends_with('\n'), "{what}: the node's log does not end with a whole line:\n{part}");
-    assert_eq!(whole.matches(part).count(), 1, "{what}: the node's log is not in the local log exactly once\n--- node:\n{part}\n--- local:\n{whole}");
+    assert_eq!(
+        whole.matches(part).count(),
+        1,
+        "{what}: the node's log is not in the local log exactly once\n--- node:\n{part}\n--- local:\n{whole}"
+    );
     let at = whole.find(part).unwrap();
     let (before, after) = (&whole[..at], &whole[at + part.len()..]);
     let lines: Vec<&str> = part.split_inclusive('\n').collect();
@@ -228,15 +227,8 @@ const PREFIX: &str = "hkn";
 const BRIDGE: &str = "hkbr14";
 const SUBNET: [u8; 2] = [10, 239];
 
-fn require_root() {
-    assert!(
-        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
-        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
-    );
-}
-
-/// The lab's default setup (3 masters, 2 workers, stacked etcd), rendered first so that the
-/// lab installs render's host keys and authorizes its login key.
+/// The lab's default setup (3 masters, 2 workers, stacked etcd) on this test's own names and
+/// network, rendered first (see [`bring_up`]).
 fn setup() -> World {
     require_root();
     let dir = tempfile::tempdir().unwrap();
@@ -248,22 +240,7 @@ fn setup() -> World {
     };
     let mut definition = hakube_lab::definition(&config).expect("lab definition");
     definition["etcd"]["topology"] = "stacked".into();
-    let path = dir.path().join("lab.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&definition).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hakube"))
-        .args(["render", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "render: {}", String::from_utf8_lossy(&out.stderr));
-    let login = std::fs::read_to_string(dir.path().join("assets/ssh/id_ed25519.pub")).unwrap();
-    let lab = Lab::up(LabConfig {
-        host_keys: Some(dir.path().join("assets")),
-        authorized_key: Some(login.trim().to_string()),
-        ..config
-    })
-    .expect("lab up");
-    World { lab, dir, definition: path }
+    bring_up(dir, config, &definition)
 }
 
 #[test]
@@ -298,7 +275,11 @@ fn links_cut_during_joins_lose_nothing(w: &World) {
     assert!(status.success(), "install with cut links: {status}\n{output}");
     let lost = |node: &str| -> Vec<String> {
         let prefix = format!("{node}: ");
-        output.lines().filter(|l| l.contains(&prefix) && l.contains("lost the connection")).map(str::to_string).collect()
+        output
+            .lines()
+            .filter(|l| l.contains(&prefix) && l.contains("lost the connection"))
+            .map(str::to_string)
+            .collect()
     };
     for node in ["master2", "worker0", "worker1"] {
         eprintln!("{node}: hakube's reconnections: {:#?}", lost(node));
@@ -321,7 +302,10 @@ fn links_cut_during_joins_lose_nothing(w: &World) {
             utc(down),
             (since_epoch(up) - join.start).as_secs_f64()
         );
-        assert!(join.start <= since_epoch(down) && since_epoch(up) <= end, "{node}: the link was not cut during its join");
+        assert!(
+            join.start <= since_epoch(down) && since_epoch(up) <= end,
+            "{node}: the link was not cut during its join"
+        );
         let local = w.log(node);
         assert_eq!(local.matches("::hakube:: step=join status=start").count(), 1, "{node}.log:\n{local}");
         assert_join_log_complete(w, node, &local);
@@ -358,19 +342,29 @@ fn a_second_install_attaches_to_the_join_of_a_killed_one(w: &World) {
     assert_eq!(joins.len(), before + 1, "worker1 ran a second kubeadm join: {:?}", &joins[before..]);
     assert_eq!((joins[before].pid, joins[before].exit), (join.pid, Some(0)), "{joins:?}");
 
-    // The second run's part of the log: the join it attached to, whole.
+    // The second run's part of the log: the join it attached to, from the byte it took up
+    // again (0 here: `step.sh follow UNIT 0`; the killed run's bytes before it), whole.
     let local = w.log("worker1");
     let local = &local[log_before..];
-    let (unit, _) = w.join_unit_logs("worker1").into_iter().next().expect("worker1's join unit log");
-    let attached = format!("==> attached to {unit}, an earlier run's boot.sh join still running on the node\n");
+    let (unit, remote) = w.join_unit_logs("worker1").into_iter().next().expect("worker1's join unit log");
+    let attached = format!("==> attached to {unit}");
     let at = local.find(&attached).unwrap_or_else(|| panic!("the second run did not attach to {unit}:\n{local}"));
+    let rest = &local[at..].split_once('\n').unwrap().1;
+    let done = remote.find("::hakube:: step=join status=done").expect("the join's done marker");
+    let from = (0..=done)
+        .find(|k| remote.is_char_boundary(*k) && rest.starts_with(&remote[*k..]))
+        .unwrap_or_else(|| panic!("the second run did not follow {unit} to its end:\n{local}"));
+    assert!(
+        local[..at].ends_with(&remote[..from]),
+        "{from} bytes of {unit}.log before attaching, not as the node has them:\n{local}"
+    );
     // It got there past the steps the killed run had finished, done while the join holds
     // the node's lock.
     for step in ["prepare", "runtime", "packages"] {
         let skipped = format!("boot.sh: another boot.sh runs step join on this node; step {step} is done\n");
         assert!(local[..at].contains(&skipped), "{step} was not skipped beside the running join:\n{local}");
     }
-    assert_eq!(assert_join_log_complete(w, "worker1", &local[at..]), unit);
+    assert_eq!(assert_join_log_complete(w, "worker1", &format!("{}{}", &remote[..from], rest)), unit);
 
     let ssh_after = w.ssh_processes();
     eprintln!("ssh to the lab after the second install: {ssh_after:#?}");
