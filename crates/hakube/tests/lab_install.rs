@@ -15,18 +15,12 @@ use std::time::Duration;
 
 use hakube_lab::{Call, Distro, Lab, LabConfig};
 
-struct World {
-    lab: Lab,
-    dir: tempfile::TempDir,
-    definition: PathBuf,
-}
+mod lab_support;
+use lab_support::{bring_up, require_root, World};
 
 impl World {
     fn assets(&self) -> PathBuf {
         self.dir.path().join("assets")
-    }
-    fn logs(&self) -> PathBuf {
-        self.dir.path().join("logs")
     }
     fn hakube(&self, args: &[&str]) -> Output {
         let out = Command::new(env!("CARGO_BIN_EXE_hakube"))
@@ -51,13 +45,7 @@ impl World {
         let mut args = vec![command, self.definition.to_str().unwrap(), "--connect-timeout", "20"];
         args.extend_from_slice(extra);
         let out = self.hakube(&args);
-        // The summary table's rows: `NODE  FAILED  TIME  DETAIL`.
-        for line in text(&out).lines().filter(|l| l.split_whitespace().nth(1) == Some("FAILED")) {
-            let node = line.split_whitespace().next().unwrap_or_default();
-            let log = std::fs::read_to_string(self.logs().join(format!("{node}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- end of {node}.log\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        }
+        lab_support::print_failed_logs(&text(&out), &self.logs());
         out
     }
     fn calls(&self, node: &str) -> Vec<Call> {
@@ -118,13 +106,6 @@ impl World {
     }
 }
 
-fn require_root() {
-    assert!(
-        Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")),
-        "the lab needs root (network namespaces, overlay mounts); CI runs as root"
-    );
-}
-
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -183,29 +164,6 @@ fn setup_with(
     let mut definition = hakube_lab::definition(&config).expect("lab definition");
     definition["etcd"]["topology"] = etcd.into();
     bring_up(dir, config, &definition)
-}
-
-/// Writes `definition` to `dir/lab.json`, renders it, and brings the lab of `config` up with
-/// render's host keys and login key (the lab installs the rendered host keys and authorizes
-/// the login key, so render comes first).
-fn bring_up(dir: tempfile::TempDir, config: LabConfig, definition: &serde_json::Value) -> World {
-    let path = dir.path().join("lab.json");
-    std::fs::write(&path, serde_json::to_string_pretty(definition).unwrap()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hakube"))
-        .args(["render", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_code(&out, 0, "render");
-    let login = std::fs::read_to_string(dir.path().join("assets/ssh/id_ed25519.pub")).unwrap();
-    let lab = Lab::up(LabConfig {
-        host_keys: Some(dir.path().join("assets")),
-        authorized_key: Some(login.trim().to_string()),
-        ..config
-    })
-    .expect("lab up");
-    assert_eq!(lab.definition()["workers"], definition["workers"], "the lab's addressing differs from its definition");
-    World { lab, dir, definition: path }
 }
 
 #[test]
