@@ -141,7 +141,9 @@ pub const CONTROL_PERSIST_IDLE: std::num::NonZeroUsize = match std::num::NonZero
 
 /// The interval of ssh's keepalives over the master connection (`ServerAliveInterval`);
 /// with OpenSSH's default `ServerAliveCountMax` of 3, a master whose node stopped answering
-/// exits after about 45 seconds instead of waiting for TCP to give up.
+/// exits after the fourth unanswered probe (ssh_config(5): after `ServerAliveCountMax`
+/// probes are missed), about 60 seconds after the last data as the lab measured it, instead
+/// of waiting for TCP to give up.
 pub const SERVER_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// An open, multiplexed connection to one node.
