@@ -90,10 +90,19 @@ pub fn run(root: &Path) -> Result<()> {
     Lab::up(LabConfig { masters: 3, workers: 2, ..config.clone() }).context("lab up (5 nodes)")?.down()?;
     let up_5 = start.elapsed();
     println!("bringing up a lab of {MASTERS} masters + {WORKERS} workers ...");
-    let start = Instant::now();
-    let lab =
-        Lab::up(LabConfig { host_keys: Some(assets.clone()), authorized_key: Some(login.trim().into()), ..config })
-            .context("lab up")?;
+    let config = LabConfig { host_keys: Some(assets.clone()), authorized_key: Some(login.trim().into()), ..config };
+    let mut start = Instant::now();
+    // On a loaded machine a node's boot now and then ends degraded with logins still refused
+    // (seen once with another lab running beside this one): one more try, said so, and the
+    // time of the try that came up.
+    let lab = match Lab::up(config.clone()) {
+        Ok(lab) => lab,
+        Err(e) => {
+            println!("lab up failed ({e}); trying once more");
+            start = Instant::now();
+            Lab::up(config).context("lab up")?
+        }
+    };
     let up_50 = start.elapsed();
     let booted_mib = mean_node_pss_mib(&lab);
     let nodes = lab.nodes();
