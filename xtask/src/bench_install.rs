@@ -105,10 +105,23 @@ pub fn run(root: &Path) -> Result<()> {
     };
     let up_50 = start.elapsed();
     let booted_mib = mean_node_pss_mib(&lab);
+    // Each figure is printed as soon as it is measured, so that a later failure loses none.
+    println!("lab (Debian 12 containers, image cached):");
+    println!("  up, 5 nodes                            {:>8.2} s", up_5.as_secs_f64());
+    println!("  up, {} nodes                           {:>8.2} s", MASTERS + WORKERS, up_50.as_secs_f64());
+    println!("  memory per node, booted                {booted_mib:>8.1} MiB (PSS, mean)");
     let nodes = lab.nodes();
     let ssh = Ssh { key: assets.join("ssh/id_ed25519"), known_hosts: assets.join("ssh/known_hosts") };
-    let load_before = load_average();
     let other_containers = other_nspawn_machines();
+    println!(
+        "{} nodes ({MASTERS} masters + {WORKERS} workers), stand-ins for kubeadm, kubelet and kubectl only; {} cores; load average {}; {other_containers} other lab containers running{}",
+        MASTERS + WORKERS,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        if other_containers > 0 { " (timings may be disturbed)" } else { "" },
+    );
+    // What failed without stopping the bench (the run fails at the end).
+    let mut failures: Vec<String> = Vec::new();
 
     // C: one round of plain parallel ssh: connect, run `true`, disconnect.
     let start = Instant::now();
@@ -126,14 +139,26 @@ pub fn run(root: &Path) -> Result<()> {
     if ssh_failures > 0 {
         bail!("{ssh_failures} plain ssh connections failed");
     }
+    println!("  C  one round of plain parallel ssh (a new connection each)       {c_round:>7.3} s");
 
     // R: commands over connections that exist.
     let masters = Masters::open(&ssh, &nodes, &work.path().join("cm"))?;
     let r_rounds = (0..ROUNDS).map(|_| masters.round(|_| vec!["true".into()])).collect::<Result<Vec<_>>>()?;
     let r_round = median(&r_rounds);
+    println!(
+        "  R  one round of `ssh -S SOCK NODE true` over open ControlMasters {r_round:>7.3} s (median of {ROUNDS}: {})",
+        list(&r_rounds)
+    );
+    let counted_phases: Vec<String> = plan.iter().map(|p| format!("{} {}", short(&p.title), p.rounds())).collect();
+    println!(
+        "  rounds of the plan (`hakube install --dry-run`, {} phases; a parallel phase counts its longest node's runs, which go in order, a one-at-a-time phase each of its runs): {} = {rounds}",
+        plan.len(),
+        counted_phases.join(" + ")
+    );
+    let floor = c_round + r_round * rounds as f64;
+    println!("  floor = C + R × {rounds} = {c_round:.3} + {r_round:.3} × {rounds} = {floor:.3} s");
 
     // The no-op install, timed; then again through the counting ssh wrapper.
-    println!("hakube install, no-op steps ...");
     let noop_args = |logs: &str| -> Vec<OsString> {
         vec![
             "install".into(),
@@ -147,10 +172,37 @@ pub fn run(root: &Path) -> Result<()> {
         ]
     };
     let noop = install(&hakube, work.path(), &noop_args("logs-noop"), None)?;
-    let load_noop = load_average();
+    let ratio = noop.wall / floor;
+    let verdict = if ratio <= TARGET_RATIO {
+        "ok".to_string()
+    } else {
+        format!(
+            "OVER: {:.2} s above {TARGET_RATIO} × floor = {:.2} s, {:.2}x the target",
+            noop.wall - TARGET_RATIO * floor,
+            TARGET_RATIO * floor,
+            ratio / TARGET_RATIO
+        )
+    };
+    println!(
+        "  hakube install, no-op steps (--concurrency {NOOP_CONCURRENCY}) {:>8.2} s   peak memory {:.1} MiB   {ratio:.2}x the floor (target ≤ {TARGET_RATIO}): {verdict}; load average {}",
+        noop.wall,
+        noop.peak_kib as f64 / 1024.0,
+        load_average()
+    );
+    if let Some(failure) = &noop.failure {
+        println!("    FAILED: {failure}");
+        failures.push("the no-op install failed".into());
+    }
+    print_phases("no-op install", &plan, &noop, r_round);
     let wrapper = SshWrapper::new(&work.path().join("count"))?;
     let counted = install(&hakube, work.path(), &noop_args("logs-noop-counted"), Some(wrapper.path_env()))?;
     let counts = SshCounts::parse(&std::fs::read_to_string(&wrapper.log)?);
+    println!("  (the no-op install through the counting ssh wrapper took {:.2} s; not used above)", counted.wall);
+    if let Some(failure) = &counted.failure {
+        println!("    FAILED (the counts below include the failed node's runs as far as they went): {failure}");
+        failures.push("the counted no-op install failed".into());
+    }
+    counts.print(boot_runs, nodes.len());
 
     // The step runner by hand: one no-op step on every node, as hakube runs it (four
     // commands) and as one command.
@@ -166,76 +218,45 @@ pub fn run(root: &Path) -> Result<()> {
         ];
         masters.round(|_| if one { vec![commands.join(" && ")] } else { commands.clone() })
     };
-    let s_four = (0..ROUNDS).map(|r| step_cycle(r, false)).collect::<Result<Vec<_>>>()?;
-    let s_one = (0..ROUNDS).map(|r| step_cycle(r, true)).collect::<Result<Vec<_>>>()?;
+    let s_four = (0..ROUNDS).map(|r| step_cycle(r, false)).collect::<Result<Vec<_>>>();
+    let s_one = (0..ROUNDS).map(|r| step_cycle(r, true)).collect::<Result<Vec<_>>>();
+    match (s_four, s_one) {
+        (Ok(four), Ok(one)) => println!(
+            "  step runner by hand over open ControlMasters, one no-op step on every node at once: start, follow, status, clear as 4 commands {:.3} s (median of {ROUNDS}: {}), as 1 command {:.3} s ({})",
+            median(&four),
+            list(&four),
+            median(&one),
+            list(&one)
+        ),
+        (four, one) => {
+            let e = four.err().or(one.err()).expect("one failed");
+            println!("  step runner by hand: FAILED: {e:#}");
+            failures.push("the step runner by hand failed".into());
+        }
+    }
     masters.close();
 
     // The full install, as the definition says.
-    println!("hakube install, full plan ...");
     let full_args: Vec<OsString> = vec!["install".into(), definition.clone().into()];
     let full = install(&hakube, work.path(), &full_args, None)?;
-    let load_full = load_average();
-    let installed_mib = mean_node_pss_mib(&lab);
-    lab.down()?;
-
-    println!("lab (Debian 12 containers, image cached):");
-    println!("  up, 5 nodes                            {:>8.2} s", up_5.as_secs_f64());
-    println!("  up, {} nodes                           {:>8.2} s", MASTERS + WORKERS, up_50.as_secs_f64());
-    println!("  memory per node, booted                {booted_mib:>8.1} MiB (PSS, mean)");
-    println!("  memory per node, installed             {installed_mib:>8.1} MiB (PSS, mean; containerd running)");
     println!(
-        "{} nodes ({MASTERS} masters + {WORKERS} workers), stand-ins for kubeadm, kubelet and kubectl only; {} cores; load average {load_before} before, {load_noop} after the no-op install, {load_full} after the full one; {other_containers} other lab containers running{}",
-        MASTERS + WORKERS,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        if other_containers > 0 { " (timings may be disturbed)" } else { "" },
-    );
-    println!("  C  one round of plain parallel ssh (a new connection each)      {c_round:>7.3} s");
-    println!(
-        "  R  one round of `ssh -S SOCK NODE true` over open ControlMasters {r_round:>7.3} s (median of {ROUNDS}: {})",
-        list(&r_rounds)
-    );
-    let counted_phases: Vec<String> =
-        plan.iter().map(|p| format!("{} {}", short(&p.title), p.rounds())).collect::<Vec<_>>();
-    println!(
-        "  rounds of the plan (`hakube install --dry-run`, {} phases; a parallel phase counts its longest node's runs, which go in order, a one-at-a-time phase each run): {} = {rounds}",
-        plan.len(),
-        counted_phases.join(" + ")
-    );
-    let floor = c_round + r_round * rounds as f64;
-    println!("  floor = C + R × {rounds} = {c_round:.3} + {r_round:.3} × {rounds} = {floor:.3} s");
-    let ratio = noop.wall / floor;
-    let verdict = if ratio <= TARGET_RATIO {
-        "ok".to_string()
-    } else {
-        format!(
-            "OVER: {:.2} s above {TARGET_RATIO} × floor = {:.2} s, {:.1}x the target",
-            noop.wall - TARGET_RATIO * floor,
-            TARGET_RATIO * floor,
-            ratio / TARGET_RATIO
-        )
-    };
-    println!(
-        "  hakube install, no-op steps (--concurrency {NOOP_CONCURRENCY}) {:>8.2} s   peak memory {:.1} MiB   {ratio:.2}x the floor (target ≤ {TARGET_RATIO}): {verdict}",
-        noop.wall,
-        noop.peak_kib as f64 / 1024.0
-    );
-    println!(
-        "  hakube install, full plan (release)    {:>8.2} s   peak memory {:.1} MiB   {:.2}x the floor",
+        "  hakube install, full plan (release)    {:>8.2} s   peak memory {:.1} MiB   {:.2}x the floor; load average {}",
         full.wall,
         full.peak_kib as f64 / 1024.0,
-        full.wall / floor
+        full.wall / floor,
+        load_average()
     );
-    println!("  (the no-op install through the counting ssh wrapper took {:.2} s; not used above)", counted.wall);
-    counts.print(boot_runs, nodes.len());
-    println!(
-        "  step runner by hand over open ControlMasters, one no-op step on every node at once: start, follow, status, clear as 4 commands {:.3} s (median of {ROUNDS}: {}), as 1 command {:.3} s ({})",
-        median(&s_four),
-        list(&s_four),
-        median(&s_one),
-        list(&s_one)
-    );
-    print_phases("no-op install", &plan, &noop, r_round);
+    if let Some(failure) = &full.failure {
+        println!("    FAILED: {failure}");
+        failures.push("the full install failed".into());
+    }
     print_phases("full install", &plan, &full, r_round);
+    let installed_mib = mean_node_pss_mib(&lab);
+    println!("  memory per node, installed             {installed_mib:>8.1} MiB (PSS, mean; containerd running)");
+    lab.down()?;
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
     Ok(())
 }
 
@@ -611,6 +632,8 @@ struct InstallRun {
     phase_starts: BTreeMap<usize, f64>,
     /// Each boot.sh step's own time as hakube reports it (`NODE: STEP done (N.Ns)`), by phase.
     step_seconds: BTreeMap<usize, Vec<f64>>,
+    /// Why it failed (its failed nodes, the end of their logs), when it did.
+    failure: Option<String>,
 }
 
 /// Runs `hakube ARGS` in `cwd` (PATH = `path` when given), timing it, reading its peak
@@ -653,10 +676,21 @@ fn install(hakube: &Path, cwd: &Path, args: &[OsString], path: Option<OsString>)
     };
     let wall = start.elapsed().as_secs_f64();
     let lines = reader.join().unwrap_or_default();
-    if !status.success() {
-        let tail: Vec<&str> = lines.iter().rev().take(15).rev().map(|(_, l)| l.as_str()).collect();
-        bail!("hakube {args:?} failed ({status}):\n{}", tail.join("\n"));
-    }
+    // A failure is told with every failed node's line and the end of its log.
+    let failure = (!status.success()).then(|| {
+        let mut text = format!("hakube install exited with {status}");
+        for (_, line) in lines.iter().filter(|(_, l)| l.contains(": failed in step ")) {
+            text.push_str(&format!("\n      {line}"));
+            if let Some(log) = line.rsplit_once("; see ").map(|(_, p)| p.trim()) {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(6).collect();
+                for l in tail.into_iter().rev() {
+                    text.push_str(&format!("\n        | {l}"));
+                }
+            }
+        }
+        text
+    });
     let mut phase_starts = BTreeMap::new();
     let mut step_seconds: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     let mut phase = 0;
@@ -674,7 +708,7 @@ fn install(hakube: &Path, cwd: &Path, args: &[OsString], path: Option<OsString>)
             }
         }
     }
-    Ok(InstallRun { wall, peak_kib, phase_starts, step_seconds })
+    Ok(InstallRun { wall, peak_kib, phase_starts, step_seconds, failure })
 }
 
 /// Each phase's time (from its start to the next one's, the last to hakube's exit), its
