@@ -5,8 +5,10 @@
 //!   each fuzz target for 60 s (cargo-fuzz, installed when missing). README.md's test
 //!   command and .ci/run both call exactly this.
 //! - `fuzz [SECONDS]`: each fuzz target of fuzz/ for SECONDS (60), as `ci` runs them.
-//! - `bench install`: a full install on a 50-node lab (wall time, peak memory) next to one
-//!   round of plain parallel `ssh`.
+//! - `bench install`: on a 50-node lab, a no-op install (every boot.sh step `true`) against
+//!   the floor of plain SSH (a round of new connections plus a round of commands over open
+//!   ones per round of the plan; target ≤ 1.3x), the SSH processes per step, and a full
+//!   install (wall time, peak memory).
 //! - `bench render`: `hakube render` (release build) of 10^3, 10^4 and 10^5 nodes and
 //!   `hakube validate` of as many nodes with an error each: wall time and peak memory, and
 //!   a failure when either grows faster than linearly; the re-render of 1000 nodes.
@@ -72,7 +74,7 @@ fn main() -> Result<()> {
             _ => bail!("usage: cargo xtask bench render|install"),
         },
         _ => {
-            eprintln!("usage: cargo xtask <codegen|ci|fuzz|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  fuzz [SECS]   run each fuzz target (fuzz/) for SECS seconds (60)\n  bench render  time and memory of render and validate at 10^3, 10^4, 10^5 nodes\n  bench install time a full install on a 50-node lab next to plain parallel ssh\n  lab           the local test lab: up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user], exec, link, sshd, reboot, fault, status, down");
+            eprintln!("usage: cargo xtask <codegen|ci|fuzz|bench render|lab up|down|status>\n\n  codegen       regenerate schema/cluster.schema.json\n  ci            install test dependencies (Debian), then run every test\n  fuzz [SECS]   run each fuzz target (fuzz/) for SECS seconds (60)\n  bench render  time and memory of render and validate at 10^3, 10^4, 10^5 nodes\n  bench install a no-op and a full install on a 50-node lab against plain ssh's floor\n  lab           the local test lab: up [--masters N] [--workers M] [--distro debian12|debian13] [--assets DIR] [--sudo-user], exec, link, sshd, reboot, fault, status, down");
             bail!("unknown or missing task")
         }
     }
