@@ -136,11 +136,16 @@ pub fn parse_marker(line: &str) -> Option<Marker> {
 /// The longest unit name (without `.service`) the step runner accepts.
 pub const MAX_UNIT_NAME: usize = 200;
 
-/// The transient unit of one step of one run: `hakube-<run>-<key>`, where `run` is the run's
-/// id (lowercase hex) and `key` the step's key ([`step_key`]). A key that would make the
-/// name longer than [`MAX_UNIT_NAME`] is cut and given 12 hex digits of its sha256, so the
-/// name stays unique and within systemd's 255 bytes (systemd.unit(5), "Valid unit names").
-pub fn unit_name(run: &str, key: &str) -> String {
+/// The transient unit of one step of one run on one node: `hakube-<run>-<host>-<key>`, where
+/// `run` is the run's id (lowercase hex), `host` the node it runs on and `key` the step's key
+/// ([`step_key`]). The node is in the name so that no two nodes ever start a unit of the same
+/// name (the lab's containers share one cgroup tree, where same-named units of two nodes
+/// took each other's cgroup: systemd's exit 219). A name longer than [`MAX_UNIT_NAME`] has
+/// its node and key cut and 12 hex digits of their sha256 added, so it stays unique and
+/// within systemd's 255 bytes (systemd.unit(5), "Valid unit names").
+pub fn unit_name(run: &str, host: &str, key: &str) -> String {
+    let key = format!("{host}-{key}");
+    let key = key.as_str();
     let name = format!("{UNIT_PREFIX}{run}-{key}");
     if name.len() <= MAX_UNIT_NAME {
         return name;
@@ -249,12 +254,15 @@ mod tests {
 
     #[test]
     fn unit_names_are_bounded_and_unique() {
-        assert_eq!(unit_name("0a1b2c3d4e5f", "join"), "hakube-0a1b2c3d4e5f-join");
+        assert_eq!(unit_name("0a1b2c3d4e5f", "worker0", "join"), "hakube-0a1b2c3d4e5f-worker0-join");
         assert_eq!(step_key("forget", &["master2".into()]), "forget.master2");
         assert_eq!(step_key("init", &["--existing".into()]), "init");
         let long = format!("forget.{}", "a".repeat(250));
         let other = format!("forget.{}b", "a".repeat(249));
-        let (a, b) = (unit_name("0a1b2c3d4e5f", &long), unit_name("0a1b2c3d4e5f", &other));
+        let (a, b) = (unit_name("0a1b2c3d4e5f", "m0", &long), unit_name("0a1b2c3d4e5f", "m0", &other));
+        let node = "a".repeat(253);
+        assert!(unit_name("0a1b2c3d4e5f", &node, "join").len() <= MAX_UNIT_NAME);
+        assert_ne!(unit_name("0a1b2c3d4e5f", &node, "join"), unit_name("0a1b2c3d4e5f", &node, "post"));
         assert!(a.len() <= MAX_UNIT_NAME && b.len() <= MAX_UNIT_NAME, "{a}");
         assert_ne!(a, b);
         assert_eq!(parse_start("started hakube-0a-join\n"), Some(Started::Started("hakube-0a-join".into())));

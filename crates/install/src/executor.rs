@@ -286,7 +286,7 @@ async fn run_detached_attempt(
     attempt: u32,
 ) -> Result<bool, StepError> {
     let key = steps::step_key(&run.step, &run.args);
-    let unit = steps::unit_name(&shared.run_id, &key);
+    let unit = steps::unit_name(&shared.run_id, &run.host, &key);
     let mut command = vec!["run".to_string(), unit.clone(), key, run.step.clone()];
     command.extend(run.args.iter().cloned());
     let entry = crate::journal::Entry { node: run.node.clone(), step: run.step.clone(), offset: 0 };
@@ -332,7 +332,7 @@ async fn run_detached_attempt(
         // The connection dropped somewhere between starting and the end: reattach to our
         // unit from the byte we have (follow finds no log when it never started: then start
         // it again, once).
-        _ => match follow_unit(shared, &run.host, &unit, tracker.offset, &mut log).await {
+        _ => match reattach(shared, &run.host, &unit, tracker.offset, &mut log).await {
             Ok((marker, status)) => (tracker.marker.clone().or(marker), status, unit),
             Err(e) if e.1.starts_with(NO_LOG) && tracker.offset == 0 && attempt < START_ATTEMPTS => {
                 shared.journal.remove(&run.host, &unit).map_err(|e| (None, e))?;
@@ -354,6 +354,21 @@ async fn run_detached_attempt(
         }
         verdict => verdict,
     }
+}
+
+/// After `step.sh run`'s stream was cut: says so, marks the connection to be checked, and
+/// follows `unit` on from `offset` ([`follow_unit`]).
+async fn reattach(
+    shared: &Shared,
+    host: &str,
+    unit: &str,
+    offset: u64,
+    log: &mut tokio::fs::File,
+) -> Result<(Option<steps::Marker>, Option<steps::UnitStatus>), StepError> {
+    let line = format!("lost the connection while following {unit} at byte {offset}; reattaching");
+    let _ = shared.events.send(Event::Connecting { node: host.to_string(), attempt: 0, last_error: Some(line) });
+    shared.suspect(host).await;
+    follow_unit(shared, host, unit, offset, log).await
 }
 
 /// A step's failure to follow it to its end, saying it may still run and how to attach.
@@ -472,6 +487,7 @@ async fn follow_unit(
             Ok((Some(2), errors)) => return Err((None, format!("the step runner refused to follow {unit}: {errors}"))),
             // The connection dropped (or the follow was cut): reattach from the same offset.
             _ => {
+                shared.suspect(host).await;
                 unreachable_since.get_or_insert_with(Instant::now);
                 let line =
                     format!("lost the connection while following {unit} at byte {}; reattaching", tracker.offset);

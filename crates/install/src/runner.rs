@@ -9,7 +9,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a connection may sit unused before it is checked (`ssh -O check`) again.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
 
 use backon::{ExponentialBuilder, Retryable};
 use hakube_assets::layout;
@@ -306,6 +309,9 @@ pub fn create_private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A node's open connection and when it was last used (`None`: to be checked first).
+pub(crate) type Cached = (Arc<dyn NodeConnection>, Option<Instant>);
+
 pub(crate) struct Shared {
     /// The run journal in the logs directory.
     pub(crate) journal: crate::journal::Journal,
@@ -319,7 +325,8 @@ pub(crate) struct Shared {
     /// Declared before `transport`, so that, dropped, the masters are told to exit while
     /// their sockets still exist (fields drop in order); [`Shared::close_all`] closes them
     /// before that on every way out of [`execute`].
-    pub(crate) connections: tokio::sync::Mutex<HashMap<String, Arc<dyn NodeConnection>>>,
+    /// Each with when it was last used (`None`: to be checked before its next use).
+    pub(crate) connections: tokio::sync::Mutex<HashMap<String, Cached>>,
     pub(crate) transport: Arc<dyn Transport>,
     /// What is running right now, node -> step, for the Ctrl-C report.
     pub(crate) running: Mutex<BTreeMap<String, String>>,
@@ -345,7 +352,8 @@ impl Shared {
     /// Closes every node's connection. Called once no task holds one (their tasks were
     /// joined or shut down); one still shared is dropped, which asks its master to exit.
     pub(crate) async fn close_all(&self) {
-        let connections: Vec<Arc<dyn NodeConnection>> = self.connections.lock().await.drain().map(|(_, c)| c).collect();
+        let connections: Vec<Arc<dyn NodeConnection>> =
+            self.connections.lock().await.drain().map(|(_, (c, _))| c).collect();
         for conn in connections {
             conn.close().await;
         }
@@ -353,10 +361,13 @@ impl Shared {
 
     pub(crate) async fn connection(&self, node: &str) -> Result<Arc<dyn NodeConnection>, TransportError> {
         let cached = self.connections.lock().await.get(node).cloned();
-        if let Some(c) = cached {
+        if let Some((c, used)) = cached {
             // A master that exited (idle past ControlPersist, or its node went away) is
-            // replaced by a new connection.
-            if c.is_alive().await {
+            // replaced by a new connection. It is asked (`ssh -O check`) only when it was
+            // idle a while or a command on it failed ([`Shared::suspect`]): asking before
+            // every command cost an ssh process per step on the hot path.
+            if used.is_some_and(|t| t.elapsed() < IDLE_CHECK) || c.is_alive().await {
+                self.connections.lock().await.insert(node.into(), (c.clone(), Some(Instant::now())));
                 return Ok(c);
             }
             self.connections.lock().await.remove(node);
@@ -380,8 +391,16 @@ impl Shared {
                 });
             })
             .await?;
-        self.connections.lock().await.insert(node.into(), conn.clone());
+        self.connections.lock().await.insert(node.into(), (conn.clone(), Some(Instant::now())));
         Ok(conn)
+    }
+
+    /// Marks `node`'s connection as one to check before its next use (a command on it
+    /// failed, or its output stopped arriving).
+    pub(crate) async fn suspect(&self, node: &str) {
+        if let Some((_, used)) = self.connections.lock().await.get_mut(node) {
+            *used = None;
+        }
     }
 }
 
