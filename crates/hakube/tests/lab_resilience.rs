@@ -342,8 +342,8 @@ fn a_second_install_attaches_to_the_join_of_a_killed_one(w: &World) {
     assert_eq!(joins.len(), before + 1, "worker1 ran a second kubeadm join: {:?}", &joins[before..]);
     assert_eq!((joins[before].pid, joins[before].exit), (join.pid, Some(0)), "{joins:?}");
 
-    // The second run's part of the log: the join it attached to, from the byte it took up
-    // again (0 here: `step.sh follow UNIT 0`; the killed run's bytes before it), whole.
+    // The second run's part of the log: the join it attached to, from the byte the run
+    // journal says the killed run had written, whole.
     let local = w.log("worker1");
     let local = &local[log_before..];
     let (unit, remote) = w.join_unit_logs("worker1").into_iter().next().expect("worker1's join unit log");
@@ -354,8 +354,11 @@ fn a_second_install_attaches_to_the_join_of_a_killed_one(w: &World) {
     let from = (0..=done)
         .find(|k| remote.is_char_boundary(*k) && rest.starts_with(&remote[*k..]))
         .unwrap_or_else(|| panic!("the second run did not follow {unit} to its end:\n{local}"));
+    // The killed run wrote those first bytes (the run journal's offset); the second run's
+    // own lines (its start, the steps it skipped) come between them and the attach.
+    let second_run = local[..at].rfind("==> hakube run started").unwrap_or(0);
     assert!(
-        local[..at].ends_with(&remote[..from]),
+        local[..second_run].trim_end_matches('\n').ends_with(remote[..from].trim_end_matches('\n')),
         "{from} bytes of {unit}.log before attaching, not as the node has them:\n{local}"
     );
     // It got there past the steps the killed run had finished, done while the join holds

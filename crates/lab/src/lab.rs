@@ -466,7 +466,7 @@ impl Lab {
     fn boot(&self, i: usize) -> Result<(), LabError> {
         let node = self.nodes_mut()[i].clone();
         let log = log_file(&node.dir.join("console.log"))?;
-        let mut cmd = node::nspawn(&self.config, &node);
+        let mut cmd = node::in_own_cgroup(&self.config, &node, node::nspawn(&self.config, &node));
         let out = log.try_clone().map_err(|source| LabError::Io {
             action: "open",
             path: node.dir.join("console.log"),
@@ -707,6 +707,12 @@ pub fn clean(config: &LabConfig) -> Result<(), LabError> {
         });
         if !unmounted {
             run(Command::new("umount").arg(&mount))?;
+        }
+    }
+    // The nodes' own cgroups (their processes are gone now).
+    if let Ok(Some(saved)) = read_saved(&state_dir) {
+        for node in &saved.nodes {
+            node::remove_cgroup(config, node);
         }
     }
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::image::{generate_host_key, mkdir, write, Image};
@@ -155,6 +155,60 @@ pub(crate) fn nspawn(config: &LabConfig, node: &LabNode) -> Command {
         .env("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "0")
         .env("SYSTEMD_NSPAWN_API_VFS_WRITABLE", "network");
     cmd
+}
+
+/// The host's cgroup v1 hierarchy that systemd manages (`name=systemd`), where a container's
+/// systemd keeps its units' cgroups (below `payload/` of the cgroup nspawn runs in).
+const SYSTEMD_CGROUP_ROOT: &str = "/sys/fs/cgroup/systemd";
+
+/// The cgroup of `node`'s nspawn in the `name=systemd` hierarchy, `hakube-lab/<prefix>-<node>`.
+/// Without one of its own every nspawn runs in the host's root cgroup (there is no systemd
+/// on the host to give it a scope), so every container's systemd manages the same `payload/`
+/// tree, and one node's systemd removed the cgroup another's same-named unit was starting in
+/// (units failing with exit 219, CGROUP; boots ending degraded).
+pub(crate) fn cgroup(config: &LabConfig, node: &LabNode) -> PathBuf {
+    Path::new(SYSTEMD_CGROUP_ROOT).join("hakube-lab").join(format!("{}-{}", config.prefix, node.name))
+}
+
+/// `cmd` (an nspawn command) made to run in `node`'s own cgroup ([`cgroup`]): a shell that
+/// moves itself there, then execs it (same PID, same command line). The command as it is
+/// where the host has no `name=systemd` hierarchy or the cgroup cannot be made.
+pub(crate) fn in_own_cgroup(config: &LabConfig, node: &LabNode, cmd: Command) -> Command {
+    let dir = cgroup(config, node);
+    if !Path::new(SYSTEMD_CGROUP_ROOT).join("cgroup.procs").exists() || fs::create_dir_all(&dir).is_err() {
+        return cmd;
+    }
+    let mut wrapped = Command::new("/bin/sh");
+    wrapped
+        .arg("-c")
+        .arg(r#"echo $$ >"$1/cgroup.procs" || exit 1; shift; exec "$@""#)
+        .arg("sh")
+        .arg(&dir)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear();
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            wrapped.env(key, value);
+        }
+    }
+    wrapped
+}
+
+/// Removes `node`'s cgroup ([`cgroup`]) and the empty cgroups below it, deepest first
+/// (a cgroup directory is removed with rmdir once no process is in it); best effort.
+pub(crate) fn remove_cgroup(config: &LabConfig, node: &LabNode) {
+    fn remove(dir: &Path) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&entry.path());
+                }
+            }
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    remove(&cgroup(config, node));
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {

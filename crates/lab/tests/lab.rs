@@ -154,6 +154,15 @@ fn nodes_are_real_debian_machines_that_install_from_the_mirror() {
     }
     let ids: Vec<String> = ["master0", "worker0"].iter().map(|n| f.ssh(n, "cat /etc/machine-id")).collect();
     assert_ne!(ids[0], ids[1], "every node has its own machine id");
+    // Every node's systemd manages a cgroup tree of its own (same-named units of two nodes
+    // took each other's cgroup when all shared the host's root one).
+    if Path::new("/sys/fs/cgroup/systemd/cgroup.procs").exists() {
+        for node in f.lab.nodes() {
+            let text = std::fs::read_to_string(format!("/proc/{}/cgroup", node.leader_pid)).unwrap();
+            let own = format!(":name=systemd:/hakube-lab/hk9-{}/", node.name);
+            assert!(text.lines().any(|l| l.contains(&own)), "{}'s PID 1 is not in its own cgroup: {text}", node.name);
+        }
+    }
     // Debian's own programs: bookworm's dpkg database still lists systemctl under /bin
     // (the usrmerge layout), so ask for that name; trixie's lists /usr/bin/systemctl.
     assert!(f.ssh("master0", "dpkg -S /bin/systemctl").starts_with("systemd: "));
