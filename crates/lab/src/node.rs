@@ -157,33 +157,39 @@ pub(crate) fn nspawn(config: &LabConfig, node: &LabNode) -> Command {
     cmd
 }
 
-/// The host's cgroup v1 hierarchy that systemd manages (`name=systemd`), where a container's
-/// systemd keeps its units' cgroups (below `payload/` of the cgroup nspawn runs in).
-const SYSTEMD_CGROUP_ROOT: &str = "/sys/fs/cgroup/systemd";
+/// The host's cgroup hierarchies a container's systemd keeps its units' cgroups in (below
+/// `payload/` of the cgroup nspawn runs in): the v1 `name=systemd` one, and the unified (v2)
+/// one of the hybrid layout, from which nspawn takes its own cgroup's path.
+const CGROUP_ROOTS: [&str; 2] = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"];
 
-/// The cgroup of `node`'s nspawn in the `name=systemd` hierarchy, `hakube-lab/<prefix>-<node>`.
+/// The cgroup of `node`'s nspawn in hierarchy `root` ([`CGROUP_ROOTS`]), `hakube-lab/<prefix>-<node>`.
 /// Without one of its own every nspawn runs in the host's root cgroup (there is no systemd
 /// on the host to give it a scope), so every container's systemd manages the same `payload/`
 /// tree, and one node's systemd removed the cgroup another's same-named unit was starting in
 /// (units failing with exit 219, CGROUP; boots ending degraded).
-pub(crate) fn cgroup(config: &LabConfig, node: &LabNode) -> PathBuf {
-    Path::new(SYSTEMD_CGROUP_ROOT).join("hakube-lab").join(format!("{}-{}", config.prefix, node.name))
+pub(crate) fn cgroup(root: &str, config: &LabConfig, node: &LabNode) -> PathBuf {
+    Path::new(root).join("hakube-lab").join(format!("{}-{}", config.prefix, node.name))
 }
 
 /// `cmd` (an nspawn command) made to run in `node`'s own cgroup ([`cgroup`]): a shell that
 /// moves itself there, then execs it (same PID, same command line). The command as it is
 /// where the host has no `name=systemd` hierarchy or the cgroup cannot be made.
 pub(crate) fn in_own_cgroup(config: &LabConfig, node: &LabNode, cmd: Command) -> Command {
-    let dir = cgroup(config, node);
-    if !Path::new(SYSTEMD_CGROUP_ROOT).join("cgroup.procs").exists() || fs::create_dir_all(&dir).is_err() {
+    let dirs: Vec<PathBuf> = CGROUP_ROOTS
+        .iter()
+        .filter(|root| Path::new(root).join("cgroup.procs").exists())
+        .map(|root| cgroup(root, config, node))
+        .collect();
+    if dirs.is_empty() || dirs.iter().any(|d| fs::create_dir_all(d).is_err()) {
         return cmd;
     }
     let mut wrapped = Command::new("/bin/sh");
     wrapped
         .arg("-c")
-        .arg(r#"echo $$ >"$1/cgroup.procs" || exit 1; shift; exec "$@""#)
+        .arg(r#"while [ "$1" != -- ]; do echo $$ >"$1/cgroup.procs" || exit 1; shift; done; shift; exec "$@""#)
         .arg("sh")
-        .arg(&dir)
+        .args(&dirs)
+        .arg("--")
         .arg(cmd.get_program())
         .args(cmd.get_args())
         .env_clear();
@@ -208,7 +214,9 @@ pub(crate) fn remove_cgroup(config: &LabConfig, node: &LabNode) {
         }
         let _ = fs::remove_dir(dir);
     }
-    remove(&cgroup(config, node));
+    for root in CGROUP_ROOTS {
+        remove(&cgroup(root, config, node));
+    }
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<(), LabError> {
