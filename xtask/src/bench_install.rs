@@ -370,7 +370,7 @@ impl PlanPhase {
 }
 
 /// The plan `hakube install DEFINITION --assets-dir ASSETS --dry-run` prints:
-/// `N. TITLE [parallel|one at a time]` lines, each followed by `   NODE   WHAT` lines.
+/// `N. TITLE [parallel|one at a time; FAILURE POLICY]` lines, each followed by `   NODE   WHAT` lines.
 fn dry_run(hakube: &Path, definition: &Path, assets: &Path, cwd: &Path) -> Result<Vec<PlanPhase>> {
     let out = Command::new(hakube)
         .arg("install")
@@ -399,12 +399,16 @@ fn parse_plan(text: &str) -> Result<Vec<PlanPhase>> {
             if number.parse::<usize>().is_err() {
                 continue;
             }
-            let (title, parallel) = if let Some(t) = rest.strip_suffix(" [parallel]") {
-                (t, true)
-            } else if let Some(t) = rest.strip_suffix(" [one at a time]") {
-                (t, false)
-            } else {
-                bail!("a phase line of --dry-run I cannot read: {line:?}");
+            // `TITLE [ORDER; FAILURE POLICY]` (the policy after `; `, when printed).
+            let bracket = rest.rfind(" [").filter(|_| rest.ends_with(']'));
+            let (title, order) = match bracket {
+                Some(at) => (&rest[..at], rest[at + 2..rest.len() - 1].split(';').next().unwrap_or_default()),
+                None => bail!("a phase line of --dry-run I cannot read: {line:?}"),
+            };
+            let parallel = match order {
+                "parallel" => true,
+                "one at a time" => false,
+                _ => bail!("a phase line of --dry-run I cannot read: {line:?}"),
             };
             phases.push(PlanPhase { title: title.to_string(), parallel, runs: Vec::new() });
         }
@@ -864,7 +868,7 @@ mod tests {
     #[test]
     fn rounds_of_a_plan() {
         let plan = parse_plan(
-            "plan for 3 node(s) of cluster \"lab\":\n1. ship files and check them against the manifest [parallel]\n   master0   ship files\n   worker0   ship files\n2. prepare nodes [parallel]\n   master0   boot.sh prepare\n   master0   boot.sh pki\n   worker0   boot.sh prepare\n3. join masters one at a time [one at a time]\n   master1   boot.sh join\n   master2   boot.sh join\n4. cluster add-ons on the first master (cloud provider, network) [one at a time]\n   master0   boot.sh network\n",
+            "plan for 3 node(s) of cluster \"lab\":\n1. ship files and check them against the manifest [parallel; a failure stops its node]\n   master0   ship files\n   worker0   ship files\n2. prepare nodes [parallel]\n   master0   boot.sh prepare\n   master0   boot.sh pki\n   worker0   boot.sh prepare\n3. join masters one at a time [one at a time; a failure stops the rest of the phase]\n   master1   boot.sh join\n   master2   boot.sh join\n4. cluster add-ons on the first master (cloud provider, network) [one at a time]\n   master0   boot.sh network\n",
         )
         .unwrap();
         assert_eq!(plan.iter().map(PlanPhase::rounds).collect::<Vec<_>>(), [1, 2, 2, 1]);
