@@ -178,10 +178,21 @@ pub enum Started {
     Attached(String),
 }
 
+/// Whether `unit` is a name the step runner accepts: [`UNIT_PREFIX`], then lowercase ASCII
+/// letters, digits, `.` and `-` (starting with a letter or digit), at most [`MAX_UNIT_NAME`]
+/// bytes (templates/step.sh's `check_unit`).
+pub fn is_unit_name(unit: &str) -> bool {
+    unit.len() <= MAX_UNIT_NAME
+        && unit.strip_prefix(UNIT_PREFIX).is_some_and(|rest| {
+            rest.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        })
+}
+
 /// Parses `step.sh start`'s one line (`started UNIT` or `attached UNIT`).
 pub fn parse_start(line: &str) -> Option<Started> {
     let (word, unit) = line.trim().split_once(' ')?;
-    if !unit.starts_with(UNIT_PREFIX) || unit.len() > MAX_UNIT_NAME || unit.contains(char::is_whitespace) {
+    if !is_unit_name(unit) {
         return None;
     }
     match word {
@@ -268,6 +279,8 @@ mod tests {
         assert_eq!(parse_start("started hakube-0a-join\n"), Some(Started::Started("hakube-0a-join".into())));
         assert_eq!(parse_start("attached hakube-0b-join"), Some(Started::Attached("hakube-0b-join".into())));
         assert_eq!(parse_start("started other"), None);
+        assert_eq!(parse_start("started hakube-a;b"), None);
+        assert!(is_unit_name("hakube-0a-worker0.x-join") && !is_unit_name("hakube-../x") && !is_unit_name("hakube-"));
         assert_eq!(parse_status("exited 137"), Some(UnitStatus::Exited(137)));
         assert_eq!(parse_status("running\n"), Some(UnitStatus::Running));
         assert_eq!(parse_status("exited x"), None);

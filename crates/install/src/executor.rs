@@ -503,6 +503,19 @@ async fn follow_unit(
     log.flush().await.map_err(|e| (None, format!("cannot write the log file: {e}")))?;
     // The unit's own exit status, and then its state is forgotten (the log stays on the node).
     let conn = shared.connection(host).await.map_err(|e| (None, e.to_string()))?;
+    let status = unit_status(&*conn, unit).await;
+    if matches!(status, Some(steps::UnitStatus::Exited(_) | steps::UnitStatus::Unknown)) {
+        if matches!(status, Some(steps::UnitStatus::Exited(_))) {
+            let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.to_string()], None, &mut |_, _| {}).await;
+        }
+        shared.journal.remove(host, unit).map_err(|e| (None, e))?;
+    }
+    Ok((tracker.marker, status))
+}
+
+/// What `step.sh status UNIT` says of `unit` (`None` when it could not be asked or said
+/// nothing the protocol knows).
+async fn unit_status(conn: &dyn NodeConnection, unit: &str) -> Option<steps::UnitStatus> {
     let mut status = None;
     let _ = conn
         .run(steps::STEP_SCRIPT, &["status".to_string(), unit.to_string()], None, &mut |s, l| {
@@ -511,13 +524,7 @@ async fn follow_unit(
             }
         })
         .await;
-    if matches!(status, Some(steps::UnitStatus::Exited(_) | steps::UnitStatus::Unknown)) {
-        if matches!(status, Some(steps::UnitStatus::Exited(_))) {
-            let _ = conn.run(steps::STEP_SCRIPT, &["clear".to_string(), unit.to_string()], None, &mut |_, _| {}).await;
-        }
-        shared.journal.remove(host, unit).map_err(|e| (None, e))?;
-    }
-    Ok((tracker.marker, status))
+    status
 }
 
 /// The steps an earlier run left in the journal on the nodes of this run (issue 12, item 2):
@@ -532,14 +539,7 @@ pub(crate) async fn settle_left_steps(shared: &Shared, involved: &[String]) -> R
         }
         let Ok(conn) = shared.connection(&host).await else { continue };
         for (unit, entry) in units {
-            let mut status = None;
-            let _ = conn
-                .run(steps::STEP_SCRIPT, &["status".to_string(), unit.clone()], None, &mut |s, l| {
-                    if s == Stream::Stdout {
-                        status = steps::parse_status(l);
-                    }
-                })
-                .await;
+            let status = unit_status(&*conn, &unit).await;
             // Running: the plan attaches to it. Ended, or cleared (the log's markers tell).
             if matches!(status, Some(steps::UnitStatus::Running) | None) {
                 continue;

@@ -63,9 +63,7 @@ impl Journal {
         let mut file: File =
             std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         for units in file.steps.values_mut() {
-            units.retain(|unit, e| {
-                steps::parse_start(&format!("started {unit}")).is_some() && steps::is_step_name(&e.step)
-            });
+            units.retain(|unit, e| steps::is_unit_name(unit) && steps::is_step_name(&e.step));
         }
         file.steps.retain(|host, units| hakube_assets::layout::is_node_name(host) && !units.is_empty());
         file.format = 1;

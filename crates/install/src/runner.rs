@@ -485,9 +485,9 @@ pub fn check_local_assets(assets_dir: &Path, manifest: &Manifest, nodes: &[Strin
     Ok(())
 }
 
-/// Runs `plan`, sending events, and returns what happened to every targeted node.
-/// Cancelling `cancel` (Ctrl-C) starts no new step; steps already running are reported
-/// as left running.
+/// Runs `plan` over OpenSSH ([`OpenSsh`]), sending events, and returns what happened to every
+/// targeted node. `interrupt` is Ctrl-C ([`Interrupt`]): no new step after the first, no more
+/// waiting after the second; steps still running then are reported as left running.
 ///
 /// # Errors
 ///
